@@ -1,0 +1,200 @@
+"""Reading config files (SPEC §3): `file:` includes, `customizations` expansion, command-line
+overrides, then validation (experiment/config/schema.py). Nothing here writes anything.
+
+While loading, every value travels as a `_Sourced` node that remembers the file that set it, so merges,
+customizations and overrides carry provenance along for free and a validation error can name the file
+a bad value came from rather than the top file.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from experiment.config.schema import ConfigError, KeyPath, Sources, format_key_path, validate_config
+
+COMMAND_LINE = "command line"  # the source named for overrides
+
+
+@dataclass
+class _Sourced:
+    """A YAML value and the file that set it; mappings and lists hold `_Sourced` children."""
+
+    value: Any
+    source: str
+
+
+def load_configs(path: str | os.PathLike, overrides: Sequence[str] = ()) -> list[dict]:
+    """Loads a YAML config: includes, customizations expansion (one config per entry; a file without
+    customizations gives one), then `a.b.c=VALUE` overrides (VALUE parsed as YAML) applied to every
+    expanded config, then validation + defaults. Returns fully resolved plain dicts (JSON/YAML-
+    serialisable, every key present with its default, `retraining` merged over a copy of `training`).
+    Raises ConfigError."""
+    parsed_overrides = [_parse_override(text) for text in overrides]
+    top_file = str(path)
+    document = _load_document(Path(path), top_file, ())
+    configs = []
+    for label, variant in _expand_customizations(document):
+        try:
+            for keys, value in parsed_overrides:
+                _set_at(variant, keys, copy.deepcopy(value), COMMAND_LINE)
+            provenance: dict[KeyPath, str] = {}
+            plain = _strip(variant, (), provenance)
+            configs.append(validate_config(plain, Sources(provenance, top_file)))
+        except ConfigError as error:
+            if label is None:
+                raise
+            raise ConfigError(error.file, error.key, f"{error.message} (in the config made by {label})") from None
+    return configs
+
+
+def _load_document(path: Path, name: str, stack: tuple[Path, ...]) -> _Sourced:
+    """The mapping in file `path` (shown as `name`) with its includes resolved; `stack` holds the
+    files including it, to detect cycles."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(name, "<root>", f"cannot read config file: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(name, "<root>", f"invalid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        kind = "nothing" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(name, "<root>", f"the top level must be a mapping, got {kind}")
+    return _resolve_includes(_annotate(data, name), (), (*stack, path.resolve()))
+
+
+def _annotate(value: Any, source: str) -> _Sourced:
+    """`value` as a tree of `_Sourced` nodes, all set by `source`."""
+    if isinstance(value, dict):
+        return _Sourced({key: _annotate(item, source) for key, item in value.items()}, source)
+    if isinstance(value, list):
+        return _Sourced([_annotate(item, source) for item in value], source)
+    return _Sourced(value, source)
+
+
+def _resolve_includes(node: _Sourced, key_path: KeyPath, stack: tuple[Path, ...]) -> _Sourced:
+    """`node` (at `key_path` in its file) with every `file:` key, at any depth, replaced by the
+    included document with the mapping's other keys merged on top."""
+    if isinstance(node.value, list):
+        items = [_resolve_includes(item, (*key_path, index), stack) for index, item in enumerate(node.value)]
+        return _Sourced(items, node.source)
+    if not isinstance(node.value, dict):
+        return node
+    own = {
+        key: _resolve_includes(child, (*key_path, key), stack) for key, child in node.value.items() if key != "file"
+    }
+    mapping = _Sourced(own, node.source)
+    if "file" not in node.value:
+        return mapping
+    include_key = (*key_path, "file")
+    included_path, included_name = _find_include(node.value["file"].value, node.source, include_key)
+    if included_path.resolve() in stack:
+        cycle = " -> ".join([*(str(path) for path in stack), str(included_path.resolve())])
+        raise ConfigError(node.source, format_key_path(include_key), f"include cycle: {cycle}")
+    return _merge(_load_document(included_path, included_name, stack), mapping)
+
+
+def _find_include(include: Any, including_file: str, include_key: KeyPath) -> tuple[Path, str]:
+    """The file an include names and how to show it: relative to the including file's folder first,
+    else relative to the working directory (the original used repository-root-relative paths)."""
+    if not isinstance(include, str) or not include:
+        raise ConfigError(including_file, format_key_path(include_key), f"expected a file path, got {include!r}")
+    candidates = [Path(including_file).parent / include, Path(include)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate, os.path.normpath(candidate)
+    tried = " and ".join(repr(os.path.normpath(candidate)) for candidate in candidates)
+    raise ConfigError(including_file, format_key_path(include_key), f"included file not found (tried {tried})")
+
+
+def _merge(base: _Sourced, top: _Sourced) -> _Sourced:
+    """`top` over `base`: mappings merge recursively, anything else (lists too) is replaced."""
+    if not (isinstance(base.value, dict) and isinstance(top.value, dict)):
+        return top
+    merged = dict(base.value)
+    for key, child in top.value.items():
+        merged[key] = _merge(merged[key], child) if key in merged else child
+    return _Sourced(merged, top.source)
+
+
+def _expand_customizations(document: _Sourced) -> list[tuple[str | None, _Sourced]]:
+    """One copy of `document` per `customizations` entry {key: [a, b, c], value: V}, each with
+    a.b.c = V and labelled 'customizations[i]' for error messages; the document itself (without the
+    key, labelled None) when there are no customizations."""
+    base = _Sourced({key: child for key, child in document.value.items() if key != "customizations"}, document.source)
+    entries = document.value.get("customizations")
+    if entries is None or entries.value == []:
+        return [(None, base)]
+    if not isinstance(entries.value, list):
+        raise ConfigError(entries.source, "customizations", "expected a list of {key, value} mappings")
+    variants = []
+    for index, entry in enumerate(entries.value):
+        keys, value = _customization(entry, ("customizations", index))
+        variant = copy.deepcopy(base)
+        _set_at(variant, keys, copy.deepcopy(value), entry.source)
+        variants.append((format_key_path(("customizations", index)), variant))
+    return variants
+
+
+def _customization(entry: _Sourced, path: KeyPath) -> tuple[list[str], _Sourced]:
+    """The key path and value node of one customizations entry."""
+    where = format_key_path(path)
+    if not isinstance(entry.value, dict):
+        raise ConfigError(entry.source, where, "expected a mapping {key: [a, b, c], value: V}")
+    unknown = sorted(set(entry.value) - {"key", "value"}, key=str)
+    if unknown:
+        raise ConfigError(entry.source, f"{where}.{unknown[0]}", "unknown key; expected 'key' and 'value'")
+    for required in ("key", "value"):
+        if required not in entry.value:
+            raise ConfigError(entry.source, f"{where}.{required}", "required key is missing")
+    keys = _strip(entry.value["key"], (), {})
+    if not isinstance(keys, list) or not keys or not all(isinstance(key, str) and key for key in keys):
+        raise ConfigError(entry.source, f"{where}.key", f"expected a non-empty list of key names, got {keys!r}")
+    return keys, entry.value["value"]
+
+
+def _parse_override(text: str) -> tuple[list[str], _Sourced]:
+    """`a.b.c=VALUE` as (['a', 'b', 'c'], VALUE parsed as YAML)."""
+    dotted, equals, value_text = text.partition("=")
+    keys = dotted.strip().split(".")
+    if not equals or not all(keys):
+        raise ConfigError(COMMAND_LINE, text, "malformed override, expected KEY.PATH=VALUE (e.g. training.numEpochs=2)")
+    try:
+        value = yaml.safe_load(value_text)
+    except yaml.YAMLError as error:
+        raise ConfigError(COMMAND_LINE, dotted, f"cannot parse value {value_text!r} as YAML: {error}") from None
+    return keys, _annotate(value, COMMAND_LINE)
+
+
+def _set_at(document: _Sourced, keys: list[str], value: _Sourced, source: str) -> None:
+    """Sets document[a][b][c] = value for keys [a, b, c], creating missing mappings (set by `source`)."""
+    node = document
+    for depth, key in enumerate(keys[:-1]):
+        child = node.value.setdefault(key, _Sourced({}, source))
+        if not isinstance(child.value, dict):
+            raise ConfigError(
+                source, ".".join(keys[: depth + 1]), f"is not a mapping, cannot set {'.'.join(keys)}"
+            )
+        node = child
+    node.value[keys[-1]] = value
+
+
+def _strip(node: _Sourced, path: KeyPath, provenance: dict[KeyPath, str]) -> Any:
+    """The plain value of `node`; records in `provenance` the source of every key path below `path`."""
+    provenance[path] = node.source
+    if isinstance(node.value, dict):
+        return {key: _strip(child, (*path, key), provenance) for key, child in node.value.items()}
+    if isinstance(node.value, list):
+        return [_strip(child, (*path, index), provenance) for index, child in enumerate(node.value)]
+    return node.value

@@ -1,0 +1,431 @@
+"""Validation and defaults for a loaded config (SPEC §3; every key is documented in docs/CONFIG.md).
+
+`validate_config` turns a plain mapping (includes, customizations and overrides already applied) into
+a fully resolved config: every key present with its default, values normalised (ints accepted where
+floats are expected, numeric strings such as "5e-3" turned into floats), `retraining` resolved over a
+copy of `training`. Any problem raises a ConfigError naming the file that set the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch.optim import lr_scheduler
+
+from experiment.data import DATASET_NAMES
+from experiment.models.names import parse_model_name
+from experiment.training.losses import LOSSES
+from experiment.training.metrics import METRICS
+
+KeyPath = tuple[str | int, ...]
+
+METHODS = ("ThresNet", "FilterThresNet")
+MODES = ("cascade", "retrain", "train")
+DEVICES = ("cpu", "cuda", "auto")
+SPACING_TYPES = ("geometric", "linear", "manual")
+
+# A float literal PyYAML leaves as a string: an exponent without a dot ("5e-3") or without a sign ("1.0e3").
+_FLOAT_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)[eE][+-]?\d+|[+-]?(?:\d+\.\d*|\.\d+)")
+
+
+class ConfigError(ValueError):
+    """A config problem. str(err) == f"{file}: {key}: {message}"; `key` is a dotted key path such as
+    'training.optimizerKwargs.lr' or 'experiments.spacing[1].maxVal', '<root>' for the whole document."""
+
+    def __init__(self, file: str, key: str, message: str) -> None:
+        super().__init__(file, key, message)  # keeps the error picklable
+        self.file = file
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.message}"
+
+
+def format_key_path(path: KeyPath) -> str:
+    """'a.b[2].c' for ('a', 'b', 2, 'c'); '<root>' for the empty path."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "<root>"
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Which file set each key path last, so an error names the file the bad value came from."""
+
+    files: Mapping[KeyPath, str]
+    default_file: str
+
+    def file_of(self, path: KeyPath) -> str:
+        """The file that set `path`, or its nearest ancestor (a missing key: the file of its mapping)."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.files:
+                return self.files[path[:end]]
+        return self.default_file
+
+    def error(self, path: KeyPath, message: str) -> ConfigError:
+        return ConfigError(self.file_of(path), format_key_path(path), message)
+
+
+Checker = Callable[[Any, KeyPath, Sources], Any]
+"""Validates the value at a key path and returns it normalised; raises ConfigError."""
+
+_REQUIRED = object()  # Field default of a key that must be given
+
+
+class Field(NamedTuple):
+    """One key of a mapping: how to check it and its default (validated like a given value)."""
+
+    check: Checker
+    default: Any = _REQUIRED
+
+
+def _describe(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r}"
+
+
+def numbers_from_strings(value: Any) -> Any:
+    """Copy of `value` with float literals PyYAML left as strings ("5e-3") turned into floats, in
+    nested mappings and lists too: free-form kwargs end up in torch, which needs numbers."""
+    if isinstance(value, dict):
+        return {key: numbers_from_strings(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [numbers_from_strings(item) for item in value]
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------- checkers
+
+
+def _string(value: Any, path: KeyPath, sources: Sources) -> str:
+    if not isinstance(value, str):
+        raise sources.error(path, f"expected a string, got {_describe(value)}")
+    return value
+
+
+def _boolean(value: Any, path: KeyPath, sources: Sources) -> bool:
+    if not isinstance(value, bool):
+        raise sources.error(path, f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _mapping(value: Any, path: KeyPath, sources: Sources) -> dict:
+    if not isinstance(value, dict):
+        raise sources.error(path, f"expected a mapping, got {_describe(value)}")
+    return value
+
+
+def _any_list(value: Any, path: KeyPath, sources: Sources) -> list:
+    if not isinstance(value, list):
+        raise sources.error(path, f"expected a list, got {_describe(value)}")
+    return value
+
+
+def _kwargs(value: Any, path: KeyPath, sources: Sources) -> dict:
+    """Free-form keyword arguments: a mapping with string keys; numeric strings become floats."""
+    for key in _mapping(value, path, sources):
+        if not isinstance(key, str):
+            raise sources.error(path + (key,), f"argument names must be strings, got {_describe(key)}")
+    return numbers_from_strings(value)
+
+
+def _integer(minimum: int) -> Checker:
+    """An int (bool is not one) of at least `minimum`."""
+
+    def check(value: Any, path: KeyPath, sources: Sources) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise sources.error(path, f"expected an integer, got {_describe(value)}")
+        if value < minimum:
+            raise sources.error(path, f"must be at least {minimum}, got {value}")
+        return value
+
+    return check
+
+
+def _number(is_allowed: Callable[[float], bool], complaint: str) -> Checker:
+    """A float (ints and float literals in strings accepted) passing `is_allowed`; `complaint` is the
+    message for one that does not, with {value} in it."""
+
+    def check(value: Any, path: KeyPath, sources: Sources) -> float:
+        number = numbers_from_strings(value)
+        if not isinstance(number, (int, float)) or isinstance(number, bool):
+            raise sources.error(path, f"expected a number, got {_describe(value)}")
+        if not is_allowed(float(number)):
+            raise sources.error(path, complaint.format(value=number))
+        return float(number)
+
+    return check
+
+
+def _optional(check: Checker) -> Checker:
+    """`check`, or null."""
+    return lambda value, path, sources: None if value is None else check(value, path, sources)
+
+
+def _choice(options: Sequence[str], what: str) -> Checker:
+    """One of `options`; the error lists them."""
+
+    def check(value: Any, path: KeyPath, sources: Sources) -> str:
+        if _string(value, path, sources) not in options:
+            raise sources.error(path, f"unknown {what} {value!r}; expected one of: {', '.join(options)}")
+        return value
+
+    return check
+
+
+def _list_of(check_item: Checker, non_empty: bool = False) -> Checker:
+    """A list whose entries each pass `check_item`."""
+
+    def check(value: Any, path: KeyPath, sources: Sources) -> list:
+        items = _any_list(value, path, sources)
+        if non_empty and not items:
+            raise sources.error(path, "must not be empty")
+        return [check_item(item, path + (index,), sources) for index, item in enumerate(items)]
+
+    return check
+
+
+def _section(fields: Mapping[str, Field]) -> Checker:
+    """A mapping with exactly the keys of `fields`, defaults filled in."""
+    return lambda value, path, sources: _fields(value, path, sources, fields)
+
+
+def _fields(
+    value: Any, path: KeyPath, sources: Sources, fields: Mapping[str, Field], fill_defaults: bool = True
+) -> dict:
+    """Checks a mapping against `fields`: unknown keys are errors; with `fill_defaults` missing keys
+    take their default (and required ones are errors), without it only the given keys are returned."""
+    mapping = _mapping(value, path, sources)
+    for key in mapping:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise sources.error(path + (key,), f"unknown key{hint}; expected one of: {', '.join(fields)}")
+    result = {}
+    for key, field in fields.items():
+        if key in mapping:
+            result[key] = field.check(mapping[key], path + (key,), sources)
+        elif not fill_defaults:
+            continue
+        elif field.default is _REQUIRED:
+            raise sources.error(path + (key,), "required key is missing")
+        else:
+            result[key] = field.check(copy.deepcopy(field.default), path + (key,), sources)
+    return result
+
+
+def _check_order(section: dict, low: str, high: str, path: KeyPath, sources: Sources) -> None:
+    if section[low] > section[high]:
+        raise sources.error(path + (low,), f"{low} {section[low]} exceeds {high} {section[high]}")
+
+
+def _check_arguments(target: type, given: Mapping[str, KeyPath], at: KeyPath, sources: Sources) -> None:
+    """Whether `target(first, **kwargs)` would accept the keyword arguments named in `given` (each
+    mapped to the key path that set it): catches misspelt or missing arguments before any run."""
+    parameters = list(inspect.signature(target).parameters.values())[1:]  # the first: params/optimizer
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return
+    keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [parameter.name for parameter in parameters if parameter.kind in keyword_kinds]
+    for name, path in given.items():
+        if name not in names:
+            raise sources.error(path, f"{target.__name__} takes no argument {name!r}; it takes: {', '.join(names)}")
+    missing = [p.name for p in parameters if p.kind in keyword_kinds and p.default is p.empty and p.name not in given]
+    if missing:
+        raise sources.error(at, f"{target.__name__} needs argument(s): {', '.join(missing)}")
+
+
+def _subclass_names(module: Any, base: type) -> tuple[str, ...]:
+    """Public names in `module` of proper subclasses of `base`."""
+    return tuple(
+        name
+        for name, member in vars(module).items()
+        if inspect.isclass(member) and issubclass(member, base) and member is not base and not name.startswith("_")
+    )
+
+
+OPTIMIZERS = _subclass_names(torch.optim, torch.optim.Optimizer)
+LR_SCHEDULERS = _subclass_names(lr_scheduler, lr_scheduler.LRScheduler)
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+
+def _model_name(value: Any, path: KeyPath, sources: Sources) -> str:
+    try:
+        parse_model_name(_string(value, path, sources))
+    except ValueError as error:
+        raise sources.error(path, str(error)) from None
+    return value
+
+
+_POSITIVE = _number(lambda number: number > 0, "must be > 0, got {value}")
+
+TOLERANCE_FIELDS = {"atol": Field(_optional(_POSITIVE), None), "rtol": Field(_optional(_POSITIVE), None)}
+
+NETWORK_FIELDS = {
+    "name": Field(_model_name),
+    "dataset": Field(_choice(DATASET_NAMES, "dataset")),
+    "outputSize": Field(_integer(1)),
+    "tolerances": Field(_section(TOLERANCE_FIELDS), {}),
+}
+
+METRIC_FIELDS = {"type": Field(_choice(tuple(METRICS), "metric")), "kwargs": Field(_kwargs, {})}
+
+SCHEDULER_FIELDS = {
+    "type": Field(_choice(LR_SCHEDULERS, "learning-rate scheduler")),
+    "kwargs": Field(_kwargs, {}),
+    "stepKwargs": Field(_kwargs, {}),
+}
+
+
+def _lr_scheduler(value: Any, path: KeyPath, sources: Sources) -> dict:
+    """One `lrSchedulers` entry; kwargs and stepKwargs together must fit the scheduler's arguments."""
+    entry = _fields(value, path, sources, SCHEDULER_FIELDS)
+    both = sorted(entry["kwargs"].keys() & entry["stepKwargs"].keys())
+    if both:
+        raise sources.error(path + ("stepKwargs", both[0]), f"{both[0]!r} is given in both kwargs and stepKwargs")
+    given = {name: path + ("kwargs", name) for name in entry["kwargs"]}
+    given |= {name: path + ("stepKwargs", name) for name in entry["stepKwargs"]}
+    _check_arguments(getattr(lr_scheduler, entry["type"]), given, path + ("kwargs",), sources)
+    return entry
+
+
+TRAINING_FIELDS = {
+    "loss": Field(_choice(LOSSES, "loss")),
+    "lossKwargs": Field(_kwargs, {}),
+    "metricsTest": Field(_list_of(_section(METRIC_FIELDS), non_empty=True)),
+    "batchSize": Field(_integer(1)),
+    "testBatchSize": Field(_optional(_integer(1)), None),  # null: same as batchSize
+    "optimizer": Field(_choice(OPTIMIZERS, "optimizer")),
+    "optimizerKwargs": Field(_kwargs, {}),
+    "numEpochs": Field(_integer(0)),
+    "earlyStopEpoch": Field(_optional(_integer(0)), None),
+    "lrSchedulers": Field(_list_of(_lr_scheduler), []),
+    "transformsTrain": Field(_any_list, []),
+    "transformsTest": Field(_any_list, []),
+    "transformsFinal": Field(_any_list, []),
+    "enableAMP": Field(_boolean, False),
+    "startEpoch": Field(_integer(0), 0),
+}
+
+
+def _complete_training(schedule: dict, path: KeyPath, sources: Sources) -> dict:
+    """Checks that need several keys of a (re)training schedule, and the batch-size default."""
+    if schedule["testBatchSize"] is None:
+        schedule["testBatchSize"] = schedule["batchSize"]
+    given = {name: path + ("optimizerKwargs", name) for name in schedule["optimizerKwargs"]}
+    _check_arguments(getattr(torch.optim, schedule["optimizer"]), given, path + ("optimizerKwargs",), sources)
+    if schedule["startEpoch"] > schedule["numEpochs"]:
+        raise sources.error(
+            path + ("startEpoch",), f"startEpoch {schedule['startEpoch']} exceeds numEpochs {schedule['numEpochs']}"
+        )
+    return schedule
+
+
+def _training(value: Any, path: KeyPath, sources: Sources) -> dict:
+    return _complete_training(_fields(value, path, sources, TRAINING_FIELDS), path, sources)
+
+
+def _retraining_keys(value: Any, path: KeyPath, sources: Sources) -> dict:
+    """Only the retraining keys that are given (the rest is inherited from training later)."""
+    return _fields(value, path, sources, TRAINING_FIELDS, fill_defaults=False)
+
+
+_KEEP_RATIO = _number(lambda number: 0 < number <= 1, "keep ratio {value} outside (0, 1]")
+
+RANGE_SPACING_FIELDS = {
+    "type": Field(_choice(SPACING_TYPES, "spacing type")),
+    "numIntervals": Field(_integer(1)),
+    "maxVal": Field(_KEEP_RATIO),
+    "minVal": Field(_KEEP_RATIO),
+}
+MANUAL_SPACING_FIELDS = {
+    "type": Field(_choice(SPACING_TYPES, "spacing type")),
+    "values": Field(_list_of(_KEEP_RATIO, non_empty=True)),
+}
+
+
+def _spacing(value: Any, path: KeyPath, sources: Sources) -> dict:
+    """One `spacing` entry: a geometric/linear range of keep ratios or a manual list."""
+    if "type" not in _mapping(value, path, sources):
+        raise sources.error(path + ("type",), "required key is missing")
+    if _choice(SPACING_TYPES, "spacing type")(value["type"], path + ("type",), sources) == "manual":
+        return _fields(value, path, sources, MANUAL_SPACING_FIELDS)
+    entry = _fields(value, path, sources, RANGE_SPACING_FIELDS)
+    _check_order(entry, "minVal", "maxVal", path, sources)
+    return entry
+
+
+_UNIT = _number(lambda number: 0 <= number <= 1, "must lie in [0, 1], got {value}")
+
+PLOTTING_FIELDS = {"minVal": Field(_UNIT, 0.02), "maxVal": Field(_UNIT, 0.85)}
+
+
+def _plotting(value: Any, path: KeyPath, sources: Sources) -> dict:
+    plotting = _fields(value, path, sources, PLOTTING_FIELDS)
+    _check_order(plotting, "minVal", "maxVal", path, sources)
+    return plotting
+
+
+def _methods(value: Any, path: KeyPath, sources: Sources) -> list:
+    methods = _list_of(_choice(METHODS, "method"))(value, path, sources)
+    for index, method in enumerate(methods):
+        if method in methods[:index]:
+            raise sources.error(path + (index,), f"duplicate method {method!r}")
+    return methods
+
+
+EXPERIMENT_FIELDS = {
+    "methods": Field(_methods, []),
+    "mode": Field(_choice(MODES, "mode"), "cascade"),
+    "numNets": Field(_integer(1), 1),
+    "numRepetitions": Field(_integer(1), 1),
+    "spacing": Field(_list_of(_spacing), []),
+    "retrainIterations": Field(_integer(-1), -1),
+    "plotting": Field(_plotting, {}),
+}
+
+
+def _experiments(value: Any, path: KeyPath, sources: Sources) -> dict:
+    experiments = _fields(value, path, sources, EXPERIMENT_FIELDS)
+    if experiments["mode"] != "train" and experiments["methods"] and not experiments["spacing"]:
+        raise sources.error(path + ("spacing",), f"mode {experiments['mode']!r} with methods needs keep ratios")
+    return experiments
+
+
+DIRECTORY_FIELDS = {
+    "results": Field(_string, "./data/results"),
+    "training_data": Field(_string, "./data/training"),
+    "local_data": Field(_string, "./local"),
+    "trained_networks": Field(_optional(_string), None),
+}
+
+TOP_FIELDS = {
+    "network": Field(_section(NETWORK_FIELDS)),
+    "training": Field(_training),
+    "retraining": Field(_retraining_keys, {}),
+    "experiments": Field(_experiments, {}),
+    "directories": Field(_section(DIRECTORY_FIELDS), {}),
+    "seed": Field(_integer(0), 0),
+    "device": Field(_choice(DEVICES, "device"), "auto"),
+}
+
+
+def validate_config(raw: Any, sources: Sources) -> dict:
+    """The fully resolved config for `raw` (a plain mapping without includes or customizations).
+    `retraining` becomes a copy of the resolved `training` with the given keys replaced."""
+    config = _fields(raw, (), sources, TOP_FIELDS)
+    retraining = copy.deepcopy(config["training"]) | config["retraining"]
+    config["retraining"] = _complete_training(retraining, ("retraining",), sources)
+    return config

@@ -1,0 +1,19 @@
+"""Deterministic train/validation split of a training set's row indices."""
+
+import numpy as np
+
+
+def train_valid_indices(
+    num_train: int, seed: int, valid_fraction: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(num_train)`` by a random permutation from ``np.random.default_rng(seed)``.
+
+    The first ``round(valid_fraction · num_train)`` permuted indices form the validation
+    split, the rest the training split. Returns ``(train_idx, valid_idx)``, each sorted
+    int64: disjoint, and together all of ``range(num_train)``.
+    """
+    if not 0.0 <= valid_fraction <= 1.0:
+        raise ValueError(f"valid_fraction must lie in [0, 1], got {valid_fraction}")
+    permutation = np.random.default_rng(seed).permutation(num_train).astype(np.int64)
+    num_valid = round(valid_fraction * num_train)
+    return np.sort(permutation[num_valid:]), np.sort(permutation[:num_valid])

@@ -1,0 +1,33 @@
+"""Models built from their names (SPEC §4). Every model is an ordinary `nn.Module` whose forward
+returns per-sample log-densities (flows) or logits (classifiers)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from experiment.models.cnf import CNF
+from experiment.models.mlp import AutonomousField, mlp
+from experiment.models.names import ModelSpec, parse_model_name
+from experiment.models.node import NeuralODEClassifier
+from experiment.models.ode import ODEBlock, SolverOptions, count_nfe
+
+__all__ = ["build_model", "parse_model_name", "ModelSpec", "CNF", "NeuralODEClassifier", "ODEBlock", "count_nfe"]
+
+
+def build_model(name: str, output_size: int, atol: float | None = None, rtol: float | None = None) -> nn.Module:
+    """The model called `name` for data of dimension (flows) or number of classes (classifiers)
+    `output_size`; `atol`/`rtol` override the tolerances the name implies."""
+    spec = parse_model_name(name)
+    options = SolverOptions(
+        method=spec.solver,
+        adjoint=spec.adjoint,
+        atol=spec.atol if atol is None else atol,
+        rtol=spec.rtol if rtol is None else rtol,
+        num_steps=spec.num_steps,
+    )
+    if spec.family in ("node", "cnf"):
+        field = AutonomousField(mlp(output_size, spec.hidden, spec.num_layers, spec.activation))
+        if spec.family == "node":
+            return NeuralODEClassifier(field, options)
+        return CNF(field, output_size, options, exact_trace=spec.exact_trace)
+    raise NotImplementedError(f"model family {spec.family!r} ({name}) is not built yet")

@@ -1,0 +1,30 @@
+"""The multilayer perceptron vector fields of the toy models (SPEC §4)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATION_MODULES = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}
+
+
+def mlp(dim: int, hidden: int, num_layers: int, activation: str) -> nn.Sequential:
+    """L Linear layers D→H, (L−2)×(H→H), H→D with the activation after every layer but the last."""
+    widths = [dim] + [hidden] * (num_layers - 1) + [dim]
+    layers: list[nn.Module] = []
+    for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(width_in, width_out))
+        if index < num_layers - 1:
+            layers.append(ACTIVATION_MODULES[activation]())
+    return nn.Sequential(*layers)
+
+
+class AutonomousField(nn.Module):
+    """f(t, z) = net(z): a vector field that does not depend on time."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

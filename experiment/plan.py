@@ -1,0 +1,80 @@
+"""What a resolved config asks for: which dense nets, which pruning methods, which ratios."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from experiment.results.tree import run_folder, run_id
+
+
+def keep_ratios(spacing: list[dict]) -> list[float]:
+    """The keep ratios of `experiments.spacing`, its entries concatenated in order:
+    geometric → geomspace(maxVal, minVal, numIntervals), linear → linspace(...), manual → values."""
+    ratios: list[float] = []
+    for entry in spacing:
+        if entry["type"] == "geometric":
+            ratios += np.geomspace(entry["maxVal"], entry["minVal"], entry["numIntervals"]).tolist()
+        elif entry["type"] == "linear":
+            ratios += np.linspace(entry["maxVal"], entry["minVal"], entry["numIntervals"]).tolist()
+        else:
+            ratios += [float(value) for value in entry["values"]]
+    return ratios
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The work of one resolved config. Prune ratio = 1 − keep ratio."""
+
+    config: dict
+    run_id: str
+    run_folder: Path
+    mode: str
+    nets: tuple[int, ...]
+    repetitions: int
+    methods: tuple[str, ...]
+    keep_ratios: tuple[float, ...]
+    retrain_steps: int  # prune steps that are followed by retraining (the first ones)
+
+    @property
+    def prune_ratios(self) -> tuple[float, ...]:
+        return tuple(1.0 - keep for keep in self.keep_ratios)
+
+    def describe(self) -> str:
+        lines = [
+            f"run folder: {self.run_folder}",
+            f"run id:     {self.run_id}",
+            f"network:    {self.config['network']['name']} on {self.config['network']['dataset']}",
+            f"mode:       {self.mode}",
+            f"dense nets: {len(self.nets)} (nets {', '.join(map(str, self.nets))}), "
+            f"{self.config['training']['numEpochs']} epochs each",
+        ]
+        if self.mode != "train" and self.methods:
+            ratios = ", ".join(f"{ratio:.3f}" for ratio in self.prune_ratios)
+            lines += [
+                f"methods:    {', '.join(self.methods)} x {self.repetitions} repetition(s)",
+                f"prune ratios ({len(self.prune_ratios)}): {ratios}",
+                f"retraining: {self.config['retraining']['numEpochs']} epochs after each of the first "
+                f"{self.retrain_steps} prune step(s)",
+            ]
+        return "\n".join(lines)
+
+
+def make_plan(config: dict) -> Plan:
+    experiments = config["experiments"]
+    ratios = keep_ratios(experiments["spacing"])
+    methods = tuple(experiments["methods"]) if experiments["mode"] != "train" else ()
+    retrain_iterations = experiments["retrainIterations"]
+    return Plan(
+        config=config,
+        run_id=run_id(config),
+        run_folder=run_folder(config),
+        mode=experiments["mode"],
+        nets=tuple(range(experiments["numNets"])),
+        repetitions=experiments["numRepetitions"],
+        methods=methods,
+        keep_ratios=tuple(ratios) if methods else (),
+        retrain_steps=len(ratios) if retrain_iterations == -1 else min(retrain_iterations, len(ratios)),
+    )

@@ -1,0 +1,1 @@
+"""Pruning continuous-depth models: which layers, how sparse, and the WT/FT rules."""

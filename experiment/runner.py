@@ -1,0 +1,223 @@
+"""The training chain of one resolved config: data → dense nets → (pruning steps) → results tree.
+
+Every finished model is a checkpoint plus a metrics row; both are written atomically, and work whose
+outputs exist is skipped, so re-running a config resumes it and a finished run trains nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from experiment.config import ConfigError
+from experiment.data import Splits, load_dataset
+from experiment.data.splits import train_valid_indices
+from experiment.models import build_model, parse_model_name
+from experiment.plan import Plan, make_plan
+from experiment.pruning.rules import prune
+from experiment.pruning.sparsity import measure_sparsity
+from experiment.report import format_table, main_metric, plot_prune_curve, summarize
+from experiment.results.files import atomic_torch_save, load_checkpoint
+from experiment.results.tree import RunDir
+from experiment.seeds import derive_seed
+from experiment.training.evaluate import evaluate
+from experiment.training.losses import FLOW_LOSSES, build_loss
+from experiment.training.loop import TrainData, TrainOutcome, train
+
+log = logging.getLogger("experiment")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Everything the chain needs, built once per run."""
+
+    plan: Plan
+    run: RunDir
+    device: torch.device
+    data: TrainData
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def config(self) -> dict:
+        return self.plan.config
+
+    def new_model(self) -> nn.Module:
+        network = self.config["network"]
+        tolerances = network["tolerances"]
+        return build_model(network["name"], network["outputSize"], tolerances["atol"], tolerances["rtol"]).to(self.device)
+
+    def loss(self, section: str):
+        schedule = self.config[section]
+        return build_loss(schedule["loss"], schedule["lossKwargs"], self.data.data_dim)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("<config>", "device", "cuda requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def check_data_fits(config: dict, splits: Splits) -> None:
+    """The network, loss and dataset must agree; raised before anything is written."""
+    network, loss = config["network"], config["training"]["loss"]
+    is_flow = parse_model_name(network["name"]).is_flow
+    expected = splits.dim if is_flow else splits.num_classes
+    if network["outputSize"] != expected:
+        what = "data dimension" if is_flow else "number of classes"
+        raise ConfigError("<config>", "network.outputSize", f"{network['outputSize']} does not match the {what} {expected} of {network['dataset']}")
+    if not is_flow and splits.dim != splits.num_classes:
+        raise ConfigError("<config>", "network.name", f"a node_ classifier needs input dimension = number of classes, {network['dataset']} has {splits.dim} and {splits.num_classes}")
+    for section in ("training", "retraining"):
+        if (config[section]["loss"] in FLOW_LOSSES) != is_flow:
+            raise ConfigError("<config>", f"{section}.loss", f"{config[section]['loss']} does not fit {'a flow' if is_flow else 'a classifier'} ({network['name']})")
+
+
+def prepare(config: dict) -> Experiment:
+    """Loads data and checks the config against it, then creates the run folder."""
+    plan = make_plan(config)
+    device = resolve_device(config["device"])
+    splits = load_dataset(config["network"]["dataset"], config["directories"]["training_data"], derive_seed(config["seed"], "data"))
+    check_data_fits(config, splits)
+    run = RunDir.create(config)
+    x_train, y_train = splits.train.tensors
+    if splits.valid is None:
+        train_index, valid_index = run.data_split(lambda: train_valid_indices(len(x_train), derive_seed(config["seed"], "split")))
+        x_valid, y_valid = x_train[valid_index], y_train[valid_index]
+        x_train, y_train = x_train[train_index], y_train[train_index]
+    else:
+        x_valid, y_valid = splits.valid.tensors
+    data = TrainData(x_train.to(device), y_train.to(device), x_valid.to(device), y_valid.to(device), splits.dim)
+    x_test, y_test = (tensor.to(device) for tensor in splits.test.tensors)
+    return Experiment(plan, run, device, data, x_test, y_test)
+
+
+def run_experiment(config: dict) -> RunDir:
+    """Runs (or resumes) everything `config` asks for and returns its run folder."""
+    experiment = prepare(config)
+    handler = logging.FileHandler(experiment.run.log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        log.info("run %s: %s", experiment.plan.run_id, experiment.run.path)
+        dense = {net: dense_model(experiment, net) for net in experiment.plan.nets}
+        for method in experiment.plan.methods:
+            for net in experiment.plan.nets:
+                for repetition in range(experiment.plan.repetitions):
+                    prune_chain(experiment, method, net, repetition, dense[net])
+        report(experiment)
+        log.info("run %s finished", experiment.plan.run_id)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    return experiment.run
+
+
+def dense_model(experiment: Experiment, net: int) -> nn.Module:
+    """Dense net `net`: loaded if trained before, else trained (resuming a partial run); its metrics
+    row is written if missing."""
+    name, run, seed = f"dense_net{net}", experiment.run, experiment.config["seed"]
+    torch.manual_seed(derive_seed(seed, "init", net))
+    model = experiment.new_model()
+    if run.checkpoint(name).exists():
+        checkpoint = load_checkpoint(run.checkpoint(name), experiment.device)
+        model.load_state_dict(checkpoint["model"])
+        seconds, epochs = checkpoint["train_seconds"], checkpoint["epochs"]
+    else:
+        log.info("training %s", name)
+        outcome = train(model, experiment.config["training"], experiment.data, experiment.loss("training"),
+                        seed=derive_seed(seed, "train", net), progress_file=run.progress(name), description=name)
+        save_trained(run, name, model, outcome, {}, {})
+        seconds, epochs = outcome.seconds, len(outcome.curve)
+    key = dict(mode="train", method="dense", net=net, repetition=0, step=0, target_prune_ratio=0.0)
+    if not run.has_metrics(key):
+        record(experiment, model, key, "training", seconds, epochs)
+    return model
+
+
+def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, dense: nn.Module) -> None:
+    """Prune → retrain → evaluate over the plan's ratios. In `cascade` mode each step starts from the
+    previous step's retrained net and masks; in `retrain` mode every step starts from the dense net.
+    A step whose checkpoint exists for the same ratio history is loaded instead of recomputed."""
+    plan, run, seed = experiment.plan, experiment.run, experiment.config["seed"]
+    start, start_masks, history = dense, {}, ()
+    for step, keep in enumerate(plan.keep_ratios, start=1):
+        history = history + (keep,) if plan.mode == "cascade" else (keep,)
+        name = f"{plan.mode}_{method}_net{net}_rep{repetition}_step{step}"
+        key = dict(mode=plan.mode, method=method, net=net, repetition=repetition, step=step, target_prune_ratio=1.0 - keep)
+        model = experiment.new_model()
+        saved = load_checkpoint(run.checkpoint(name), experiment.device) if run.checkpoint(name).exists() else None
+        if saved is not None and saved["keep_ratios"] == list(history):
+            model.load_state_dict(saved["model"])
+            masks, seconds, epochs = saved["masks"], saved["train_seconds"], saved["epochs"]
+            fresh = False
+        else:
+            model.load_state_dict(start.state_dict())
+            masks = prune(model, method, 1.0 - keep, start_masks)
+            outcome = TrainOutcome(curve=[], seconds=0.0, kept_epoch=-1)
+            if step <= plan.retrain_steps:
+                log.info("retraining %s", name)
+                outcome = train(model, experiment.config["retraining"], experiment.data, experiment.loss("retraining"),
+                                seed=derive_seed(seed, "retrain", *key.values()), progress_file=run.progress(name),
+                                masks=masks, description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {1 - keep:.3f}")
+            save_trained(run, name, model, outcome, masks, {"keep_ratios": list(history), "method": method})
+            seconds, epochs, fresh = outcome.seconds, len(outcome.curve), True
+        if fresh or not run.has_metrics(key):
+            record(experiment, model, key, "retraining", seconds, epochs)
+        if plan.mode == "cascade":
+            start, start_masks = model, masks
+
+
+def report(experiment: Experiment) -> None:
+    """Prints prune ratio vs the main metric per method and plots it into the run folder."""
+    metric = main_metric(experiment.config["training"])
+    summary = summarize(experiment.run.read_metrics(), metric)
+    print(f"\n{experiment.config['network']['name']} on {experiment.config['network']['dataset']} "
+          f"({experiment.run.path}), test {metric}, mean ± std over nets:")
+    print(format_table(summary, metric))
+    plot_prune_curve(summary, metric, f"{experiment.config['network']['name']} on {experiment.config['network']['dataset']}",
+                     experiment.run.path / "prune_curve.png")
+
+
+def save_trained(run: RunDir, name: str, model: nn.Module, outcome: TrainOutcome, masks: dict[str, torch.Tensor],
+                 extra: dict) -> None:
+    """Final checkpoint, then the curve, then the progress file goes (a kill in between is harmless)."""
+    atomic_torch_save(run.checkpoint(name), {
+        "model": model.state_dict(), "masks": masks, "train_seconds": outcome.seconds,
+        "epochs": len(outcome.curve), "kept_epoch": outcome.kept_epoch, **extra,
+    })
+    run.write_curve(name, outcome.curve)
+    run.progress(name).unlink(missing_ok=True)
+
+
+def record(experiment: Experiment, model: nn.Module, key: dict, section: str, train_seconds: float, epochs: int) -> dict:
+    """Evaluates `model` on the test set and upserts its metrics row."""
+    schedule = experiment.config[section]
+    torch.manual_seed(derive_seed(experiment.config["seed"], "test", *key.values()))
+    result = evaluate(model, experiment.x_test, experiment.y_test, schedule["testBatchSize"], experiment.loss(section),
+                      schedule["metricsTest"], experiment.data.data_dim)
+    sparsity = measure_sparsity(model)
+    row = {
+        **key,
+        "prune_ratio": sparsity.prune_ratio,
+        "weight_prune_ratio": sparsity.weight_prune_ratio,
+        "num_params": sparsity.num_params,
+        "nonzero_params": sparsity.nonzero_params,
+        "test_loss": result.loss,
+        **result.metrics,
+        "trace_estimator": result.trace_estimator,
+        "nfe_forward": result.nfe_forward,
+        "flops": sparsity.nonzero_weights * result.nfe_forward,
+        "train_seconds": train_seconds,
+        "epochs": epochs,
+    }
+    experiment.run.upsert_metrics(row)
+    log.info("%s net %d rep %d step %d: prune ratio %.3f, test loss %.4f", key["method"], key["net"], key["repetition"],
+             key["step"], sparsity.prune_ratio, result.loss)
+    return row

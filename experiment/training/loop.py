@@ -1,0 +1,123 @@
+"""The training loop: epochs of mini-batch steps, validation every epoch, a crash-safe checkpoint
+after every epoch so that an interrupted run resumes where it stopped and ends bit-identically."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from experiment.models import count_nfe
+from experiment.pruning.rules import apply_masks
+from experiment.results.files import atomic_torch_save, load_checkpoint
+from experiment.seeds import derive_seed
+from experiment.training.evaluate import evaluate
+from experiment.training.losses import Loss
+from experiment.training.optim import build_optimizer, build_schedulers
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """Tensors already on the training device."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_valid: torch.Tensor
+    y_valid: torch.Tensor
+    data_dim: int
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    curve: list[dict]  # one row per epoch
+    seconds: float  # wall time spent training, summed over resumed sessions
+    kept_epoch: int  # the epoch whose weights the model now holds (best-validation or last)
+
+
+def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, seed: int, progress_file: Path,
+          masks: dict[str, torch.Tensor] | None = None, description: str = "train") -> TrainOutcome:
+    """Trains `model` in place with the `training`/`retraining` config section `schedule`.
+
+    Epochs run from `schedule["startEpoch"]` to `numEpochs`; every epoch's batches and random numbers
+    (e.g. Hutchinson noise) come from seeds derived from `seed` and the epoch, so resuming from
+    `progress_file` (written after each epoch) reproduces an uninterrupted run exactly. `masks`
+    (parameter name → 0/1 tensor) are enforced after every optimizer step: pruned entries stay zero.
+    """
+    masks = masks or {}
+    optimizer = build_optimizer(model.parameters(), schedule["optimizer"], schedule["optimizerKwargs"])
+    schedulers = build_schedulers(optimizer, schedule["lrSchedulers"])
+    for _ in range(schedule["startEpoch"]):  # a later start means the schedule is already that far along
+        for scheduler in schedulers:
+            scheduler.step()
+    state = {"epoch": schedule["startEpoch"], "curve": [], "seconds": 0.0, "best": None}
+    if progress_file.exists():
+        saved = load_checkpoint(progress_file, data.x_train.device)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        for scheduler, scheduler_state in zip(schedulers, saved["schedulers"]):
+            scheduler.load_state_dict(scheduler_state)
+        state = {key: saved[key] for key in state}
+    apply_masks(model, masks)
+
+    early_stop = schedule["earlyStopEpoch"]
+    epochs = tqdm(range(state["epoch"], schedule["numEpochs"]), desc=description, initial=state["epoch"],
+                  total=schedule["numEpochs"], unit="epoch", dynamic_ncols=True)
+    for epoch in epochs:
+        started = time.perf_counter()
+        torch.manual_seed(derive_seed(seed, "epoch", epoch))
+        train_loss, nfe_forward, nfe_backward = _train_epoch(model, optimizer, data, loss_fn, schedule["batchSize"], masks, epoch)
+        valid = evaluate(model, data.x_valid, data.y_valid, schedule["testBatchSize"], loss_fn, [], data.data_dim)
+        learning_rate = optimizer.param_groups[0]["lr"]
+        for scheduler in schedulers:
+            scheduler.step()
+        seconds = time.perf_counter() - started
+        state["curve"].append({
+            "epoch": epoch, "train_loss": train_loss, "valid_loss": valid.loss, "lr": learning_rate,
+            "nfe_forward": nfe_forward, "nfe_backward": nfe_backward, "seconds": seconds,
+        })
+        state["seconds"] += seconds
+        if early_stop is not None and epoch >= early_stop and (state["best"] is None or valid.loss < state["best"]["loss"]):
+            state["best"] = {"loss": valid.loss, "epoch": epoch, "model": copy.deepcopy(model.state_dict())}
+        state["epoch"] = epoch + 1
+        epochs.set_postfix(loss=f"{train_loss:.4f}", valid=f"{valid.loss:.4f}", nfe=f"{nfe_forward:.0f}/{nfe_backward:.0f}")
+        atomic_torch_save(progress_file, {
+            **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedulers": [scheduler.state_dict() for scheduler in schedulers],
+        })
+    epochs.close()
+
+    kept_epoch = state["epoch"] - 1
+    if state["best"] is not None:
+        model.load_state_dict(state["best"]["model"])
+        kept_epoch = state["best"]["epoch"]
+    return TrainOutcome(curve=state["curve"], seconds=state["seconds"], kept_epoch=kept_epoch)
+
+
+def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TrainData, loss_fn: Loss, batch_size: int,
+                 masks: dict[str, torch.Tensor], epoch: int) -> tuple[float, float, float]:
+    """One pass over shuffled training batches; returns mean loss and mean NFE per iteration
+    (forward solve, backward solve)."""
+    model.train()
+    order = torch.randperm(len(data.x_train), device=data.x_train.device)
+    total_loss = total_forward = total_backward = 0.0
+    batches = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch}", leave=False, unit="it", dynamic_ncols=True)
+    for count, start in enumerate(batches, start=1):
+        index = order[start:start + batch_size]
+        nfe_start = count_nfe(model)
+        loss = loss_fn(model(data.x_train[index]), data.y_train[index])
+        nfe_after_forward = count_nfe(model)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        apply_masks(model, masks)
+        forward, backward = nfe_after_forward - nfe_start, count_nfe(model) - nfe_after_forward
+        total_loss += loss.item()
+        total_forward += forward
+        total_backward += backward
+        batches.set_postfix(loss=f"{loss.item():.4f}", nfe=f"{forward}/{backward}")
+    return total_loss / count, total_forward / count, total_backward / count

@@ -1,0 +1,23 @@
+"""Installs the `experiment` package (Sparse Flows reproduction)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+requirements = [
+    line.strip()
+    for line in Path(__file__).with_name("requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="sparse-flows",
+    version="0.1.0",
+    description="Sparse Flows: Pruning Continuous-depth Models (NeurIPS 2021), reproduced",
+    long_description=Path(__file__).with_name("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["experiment", "experiment.*", "paper", "paper.*"]),
+    install_requires=requirements,
+    extras_require={"test": ["pytest>=7.0"]},
+)

@@ -1,0 +1,100 @@
+"""Shared helpers for the end-to-end tests: tiny configs, running the CLI in a subprocess, and looking
+at results trees."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PARAM = REPO / "param"
+NODE_BASE = PARAM / "toy" / "node" / "base.yaml"
+
+# A node classifier small enough that an epoch on ToyMoons takes a fraction of a second.
+TINY_NETWORK = "node_l2_h4_tanh_da"
+
+
+def write_yaml(path: Path, content: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+def tiny_config(path: Path, results: Path, *, epochs: int = 3, nets: int = 2, name: str = TINY_NETWORK,
+                dataset: str = "ToyMoons", training: dict | None = None, **sections: dict) -> Path:
+    """Writes a config that includes the repository's node base (by absolute path) and makes it tiny:
+    dense training only, `nets` nets of `epochs` epochs, results under `results`."""
+    content = {
+        "file": str(NODE_BASE),
+        "network": {"name": name, "dataset": dataset},
+        "training": {"numEpochs": epochs, "batchSize": 128, **(training or {})},
+        "experiments": {"mode": "train", "numNets": nets},
+        "directories": {"results": str(results), "training_data": str(results.parent / "training_data")},
+    }
+    for section, values in sections.items():
+        content.setdefault(section, {}).update(values)
+    return write_yaml(path, content)
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for a CLI subprocess: the repository importable, one intra-op thread (on a loaded
+    2-core machine OpenMP's spinning threads make tiny models 10-100x slower)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def cli_command(config: Path | str, *arguments: str) -> list[str]:
+    return [sys.executable, "-m", "experiment.main", str(config), *arguments]
+
+
+def run_cli(config: Path | str, *arguments: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs `python -m experiment.main CONFIG ARGUMENTS...` to completion (output captured as text)."""
+    return subprocess.run(cli_command(config, *arguments), cwd=cwd, env=cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def describe(process: subprocess.CompletedProcess) -> str:
+    """The tail of a finished process's output, for assertion messages."""
+    return f"exit {process.returncode}\n--- stdout ---\n{process.stdout[-3000:]}\n--- stderr ---\n{process.stderr[-3000:]}"
+
+
+def run_folders(results: Path) -> list[Path]:
+    return sorted(config.parent for config in Path(results).glob("*/*/*/config.yaml"))
+
+
+def the_run_folder(results: Path) -> Path:
+    folders = run_folders(results)
+    assert len(folders) == 1, f"expected one run folder under {results}, found {folders}"
+    return folders[0]
+
+
+def file_states(folder: Path) -> dict[str, tuple[int, str]]:
+    """Every file below `folder` → (mtime_ns, sha256 of its bytes)."""
+    return {
+        str(path.relative_to(folder)): (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+        for path in sorted(Path(folder).rglob("*")) if path.is_file()
+    }
+
+
+def load_weights(path: Path) -> dict:
+    """A checkpoint loaded the way the spec promises it can be: plain tensors and builtins only."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread while a test trains in-process (see cli_env); restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,394 @@
+"""Tests for experiment.config: includes, customizations, overrides, defaults and malformed configs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+import yaml
+
+from experiment.config import ConfigError, load_configs
+
+VALID: dict[str, Any] = {
+    "network": {"name": "node_l2_h64_tanh_da", "dataset": "ToyMoons", "outputSize": 2},
+    "training": {
+        "loss": "CrossEntropyLoss",
+        "metricsTest": [{"type": "TopK", "kwargs": {"topk": 1}}, {"type": "MCorr"}],
+        "batchSize": 128,
+        "optimizer": "Adam",
+        "optimizerKwargs": {"lr": 0.01, "weight_decay": 1.0e-4},
+        "numEpochs": 50,
+        "lrSchedulers": [{"type": "MultiStepLR", "stepKwargs": {"milestones": [40, 45]}, "kwargs": {"gamma": 0.1}}],
+    },
+    "experiments": {
+        "methods": ["ThresNet", "FilterThresNet"],
+        "spacing": [{"type": "geometric", "numIntervals": 3, "maxVal": 0.8, "minVal": 0.2}],
+    },
+}
+
+
+def config_with(changes: dict[str, Any]) -> dict[str, Any]:
+    """VALID with `changes` ({'a.b.c': value}) applied; a value of `...` deletes the key."""
+    config = copy.deepcopy(VALID)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        mapping = config
+        for key in parents:
+            mapping = mapping.setdefault(key, {})
+        if value is ...:
+            del mapping[last]
+        else:
+            mapping[last] = value
+    return config
+
+
+def ratio_range(kind: str, max_val: float, min_val: float) -> dict[str, Any]:
+    """A geometric/linear `spacing` entry of two keep ratios."""
+    return {"type": kind, "numIntervals": 2, "maxVal": max_val, "minVal": min_val}
+
+
+def write(folder: Path, name: str, content: dict | str) -> Path:
+    """Writes a YAML file (a dict is dumped, a string written as is) and returns its path."""
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+def load_one(path: Path, overrides: tuple[str, ...] = ()) -> dict:
+    (config,) = load_configs(path, overrides)
+    return config
+
+
+# ------------------------------------------------------------------------------------- valid configs
+
+
+def test_defaults_are_filled(tmp_path: Path) -> None:
+    config = load_one(write(tmp_path, "main.yaml", VALID))
+    assert config["network"]["tolerances"] == {"atol": None, "rtol": None}
+    training = config["training"]
+    assert training["testBatchSize"] == 128
+    assert training["lossKwargs"] == {} and training["earlyStopEpoch"] is None
+    assert training["metricsTest"][1] == {"type": "MCorr", "kwargs": {}}
+    assert training["lrSchedulers"][0]["stepKwargs"] == {"milestones": [40, 45]}
+    assert training["transformsTrain"] == training["transformsTest"] == training["transformsFinal"] == []
+    assert training["enableAMP"] is False and training["startEpoch"] == 0
+    experiments = config["experiments"]
+    assert experiments["mode"] == "cascade"
+    assert (experiments["numNets"], experiments["numRepetitions"], experiments["retrainIterations"]) == (1, 1, -1)
+    assert experiments["plotting"] == {"minVal": 0.02, "maxVal": 0.85}
+    assert experiments["spacing"][0]["maxVal"] == 0.8
+    assert config["directories"] == {
+        "results": "./data/results",
+        "training_data": "./data/training",
+        "local_data": "./local",
+        "trained_networks": None,
+    }
+    assert (config["seed"], config["device"]) == (0, "auto")
+    assert config["retraining"] == training
+
+
+def test_resolved_config_is_plain_and_serialisable(tmp_path: Path) -> None:
+    write(tmp_path, "training.yaml", VALID["training"])
+    config = load_one(write(tmp_path, "main.yaml", config_with({"training": {"file": "training.yaml"}})))
+    assert json.loads(json.dumps(config)) == config
+    assert "file" not in json.dumps(config)
+
+
+def test_retraining_inherits_training_and_replaces_given_keys(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "main.yaml",
+        config_with({"retraining": {"numEpochs": 30, "optimizerKwargs": {"lr": 0.5}, "startEpoch": 0}}),
+    )
+    config = load_one(path)
+    retraining, training = config["retraining"], config["training"]
+    assert retraining["numEpochs"] == 30 and training["numEpochs"] == 50
+    assert retraining["optimizerKwargs"] == {"lr": 0.5}
+    assert retraining["optimizer"] == "Adam" and retraining["metricsTest"] == training["metricsTest"]
+    assert retraining["lrSchedulers"] == training["lrSchedulers"]
+    assert retraining["lrSchedulers"] is not training["lrSchedulers"]
+
+
+def test_include_inside_a_section_resolves_relative_to_including_file(tmp_path: Path) -> None:
+    write(tmp_path, "sub/training.yaml", VALID["training"])
+    path = write(tmp_path, "sub/main.yaml", config_with({"training": {"file": "training.yaml", "numEpochs": 7}}))
+    training = load_one(path)["training"]
+    assert training["numEpochs"] == 7 and training["optimizer"] == "Adam"
+
+
+def test_include_falls_back_to_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "param/shared/network.yaml", VALID["network"])
+    path = write(tmp_path, "param/toy/main.yaml", config_with({"network": {"file": "param/shared/network.yaml"}}))
+    monkeypatch.chdir(tmp_path)
+    assert load_one(path)["network"]["name"] == "node_l2_h64_tanh_da"
+
+
+def test_include_merges_recursively_current_file_wins_and_replaces_lists(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", VALID)
+    path = write(
+        tmp_path,
+        "main.yaml",
+        {
+            "file": "base.yaml",
+            "training": {"optimizerKwargs": {"lr": 0.2}, "metricsTest": [{"type": "Dummy"}]},
+            "experiments": {"methods": ["ThresNet"]},
+        },
+    )
+    config = load_one(path)
+    assert config["training"]["optimizerKwargs"] == {"lr": 0.2, "weight_decay": 1.0e-4}
+    assert config["training"]["metricsTest"] == [{"type": "Dummy", "kwargs": {}}]
+    assert config["experiments"]["methods"] == ["ThresNet"]
+    assert config["training"]["batchSize"] == 128
+
+
+def test_nested_includes(tmp_path: Path) -> None:
+    write(tmp_path, "a/network.yaml", VALID["network"])
+    write(tmp_path, "a/base.yaml", config_with({"network": {"file": "network.yaml", "outputSize": 3}}))
+    path = write(tmp_path, "main.yaml", {"file": "a/base.yaml", "seed": 4})
+    config = load_one(path)
+    assert (config["network"]["outputSize"], config["network"]["dataset"], config["seed"]) == (3, "ToyMoons", 4)
+
+
+def test_customizations_give_one_config_per_entry(tmp_path: Path) -> None:
+    names = ["node_l2_h3_tanh_da", "node_l2_h32_tanh_da", "node_l2_h128_tanh_da"]
+    customizations = [{"key": ["network", "name"], "value": name} for name in names]
+    customizations.append({"key": ["training", "lossKwargs", "label_smoothing"], "value": 0.1})
+    configs = load_configs(write(tmp_path, "sweep.yaml", {**VALID, "customizations": customizations}))
+    assert [config["network"]["name"] for config in configs] == [*names, "node_l2_h64_tanh_da"]
+    assert configs[3]["training"]["lossKwargs"] == {"label_smoothing": 0.1}
+    assert all("customizations" not in config for config in configs)
+
+
+def test_overrides_apply_to_every_config_and_parse_yaml(tmp_path: Path) -> None:
+    customizations = [{"key": ["seed"], "value": seed} for seed in (1, 2)]
+    path = write(tmp_path, "sweep.yaml", {**VALID, "customizations": customizations})
+    configs = load_configs(path, ["training.numEpochs=2", "experiments.methods=[ThresNet]", "device=cpu"])
+    assert [config["seed"] for config in configs] == [1, 2]
+    for config in configs:
+        assert config["training"]["numEpochs"] == 2 and config["retraining"]["numEpochs"] == 2
+        assert config["experiments"]["methods"] == ["ThresNet"]
+        assert config["device"] == "cpu"
+
+
+def test_float_literals_left_as_strings_become_numbers(tmp_path: Path) -> None:
+    text = yaml.safe_dump(VALID).replace("weight_decay: 0.0001", "weight_decay: 5e-3")
+    assert "5e-3" in text
+    path = write(tmp_path, "main.yaml", text)
+    config = load_one(path, ["experiments.spacing=[{type: manual, values: [1, 5e-1]}]", "network.tolerances.atol=1e-6"])
+    assert config["training"]["optimizerKwargs"]["weight_decay"] == 5e-3
+    assert config["experiments"]["spacing"][0]["values"] == [1.0, 0.5]
+    assert config["network"]["tolerances"]["atol"] == 1e-6
+
+
+# ---------------------------------------------------------------------------------- malformed configs
+
+
+class Bad(NamedTuple):
+    """A malformed config: files to write (main.yaml is loaded), overrides, and the expected error."""
+
+    files: dict[str, dict | str]
+    file: str  # basename of the file the error must name ("command line" for overrides)
+    key: str
+    fragment: str  # a piece of the message
+    overrides: tuple[str, ...] = ()
+
+
+BAD_CONFIGS = {
+    "unknown top-level key": Bad({"main.yaml": config_with({"bogus": 1})}, "main.yaml", "bogus", "unknown key"),
+    "unknown nested key": Bad(
+        {"main.yaml": config_with({"training.optimizerKwarg": {}})},
+        "main.yaml",
+        "training.optimizerKwarg",
+        "did you mean 'optimizerKwargs'",
+    ),
+    "string for int": Bad(
+        {"main.yaml": config_with({"training.batchSize": "many"})}, "main.yaml", "training.batchSize", "integer"
+    ),
+    "bool for int": Bad(
+        {"main.yaml": config_with({"training.numEpochs": True})}, "main.yaml", "training.numEpochs", "integer"
+    ),
+    "float for int": Bad(
+        {"main.yaml": config_with({"experiments.numNets": 2.0})}, "main.yaml", "experiments.numNets", "integer"
+    ),
+    "missing required key": Bad(
+        {"main.yaml": config_with({"network.dataset": ...})}, "main.yaml", "network.dataset", "missing"
+    ),
+    "missing include": Bad(
+        {"main.yaml": config_with({"training": {"file": "nowhere.yaml"}})},
+        "main.yaml",
+        "training.file",
+        "nowhere.yaml",
+    ),
+    "include cycle": Bad(
+        {"main.yaml": {"file": "a.yaml"}, "a.yaml": {"file": "b.yaml"}, "b.yaml": {"file": "a.yaml"}},
+        "b.yaml",
+        "file",
+        "include cycle",
+    ),
+    "bad value in included file": Bad(
+        {
+            "main.yaml": config_with({"training": {"file": "sub/training.yaml"}}),
+            "sub/training.yaml": {**VALID["training"], "numEpochs": -3},
+        },
+        "training.yaml",
+        "training.numEpochs",
+        "at least 0",
+    ),
+    "unknown model name": Bad(
+        {"main.yaml": config_with({"network.name": "resnet18"})}, "main.yaml", "network.name", "unknown model name"
+    ),
+    "unknown activation": Bad(
+        {"main.yaml": config_with({"network.name": "node_l2_h64_gelu_da"})}, "main.yaml", "network.name", "activation"
+    ),
+    "unknown dataset": Bad(
+        {"main.yaml": config_with({"network.dataset": "ToyBananas"})}, "main.yaml", "network.dataset", "ToyMoons"
+    ),
+    "negative numEpochs": Bad(
+        {"main.yaml": config_with({"training.numEpochs": -1})}, "main.yaml", "training.numEpochs", "at least 0"
+    ),
+    "keep ratio above 1": Bad(
+        {"main.yaml": config_with({"experiments.spacing": [ratio_range("linear", 1.5, 0.5)]})},
+        "main.yaml",
+        "experiments.spacing[0].maxVal",
+        "outside (0, 1]",
+    ),
+    "keep ratio 0": Bad(
+        {"main.yaml": config_with({"experiments.spacing": [ratio_range("linear", 1, r) for r in (0.5, 0)]})},
+        "main.yaml",
+        "experiments.spacing[1].minVal",
+        "outside (0, 1]",
+    ),
+    "minVal above maxVal": Bad(
+        {"main.yaml": config_with({"experiments.spacing": [ratio_range("linear", 0.2, 0.5)]})},
+        "main.yaml",
+        "experiments.spacing[0].minVal",
+        "exceeds maxVal",
+    ),
+    "cascade without spacing": Bad(
+        {"main.yaml": config_with({"experiments.spacing": []})}, "main.yaml", "experiments.spacing", "keep ratios"
+    ),
+    "unknown optimizer": Bad(
+        {"main.yaml": config_with({"training.optimizer": "Adamm"})}, "main.yaml", "training.optimizer", "AdamW"
+    ),
+    "unknown optimizer argument": Bad(
+        {"main.yaml": config_with({"training.optimizerKwargs": {"learning_rate": 0.1}})},
+        "main.yaml",
+        "training.optimizerKwargs.learning_rate",
+        "takes no argument",
+    ),
+    "unknown scheduler": Bad(
+        {"main.yaml": config_with({"training.lrSchedulers": [{"type": "StepLRR"}]})},
+        "main.yaml",
+        "training.lrSchedulers[0].type",
+        "unknown learning-rate scheduler",
+    ),
+    "scheduler missing argument": Bad(
+        {"main.yaml": config_with({"training.lrSchedulers": [{"type": "MultiStepLR"}]})},
+        "main.yaml",
+        "training.lrSchedulers[0].kwargs",
+        "milestones",
+    ),
+    "unknown loss": Bad(
+        {"main.yaml": config_with({"training.loss": "L2"})}, "main.yaml", "training.loss", "unknown loss"
+    ),
+    "unknown metric": Bad(
+        {"main.yaml": config_with({"training.metricsTest": [{"type": "Top5"}]})},
+        "main.yaml",
+        "training.metricsTest[0].type",
+        "unknown metric",
+    ),
+    "empty metricsTest": Bad(
+        {"main.yaml": config_with({"training.metricsTest": []})}, "main.yaml", "training.metricsTest", "empty"
+    ),
+    "unknown method": Bad(
+        {"main.yaml": config_with({"experiments.methods": ["ThresNet", "SiPP"]})},
+        "main.yaml",
+        "experiments.methods[1]",
+        "unknown method",
+    ),
+    "duplicate method": Bad(
+        {"main.yaml": config_with({"experiments.methods": ["ThresNet", "ThresNet"]})},
+        "main.yaml",
+        "experiments.methods[1]",
+        "duplicate",
+    ),
+    "bad mode": Bad(
+        {"main.yaml": config_with({"experiments.mode": "oneshot"})}, "main.yaml", "experiments.mode", "unknown mode"
+    ),
+    "batchSize 0": Bad(
+        {"main.yaml": config_with({"training.batchSize": 0})}, "main.yaml", "training.batchSize", "at least 1"
+    ),
+    "startEpoch beyond numEpochs": Bad(
+        {"main.yaml": config_with({"retraining": {"startEpoch": 60}})},
+        "main.yaml",
+        "retraining.startEpoch",
+        "exceeds numEpochs",
+    ),
+    "bad retraining key in included file": Bad(
+        {"main.yaml": config_with({"retraining": {"file": "re.yaml"}}), "re.yaml": {"enableAMP": "yes"}},
+        "re.yaml",
+        "retraining.enableAMP",
+        "true or false",
+    ),
+    "malformed override": Bad(
+        {"main.yaml": VALID}, "command line", "training.numEpochs", "malformed override", ("training.numEpochs",)
+    ),
+    "bad override value": Bad(
+        {"main.yaml": VALID}, "command line", "training.numEpochs", "integer", ("training.numEpochs=lots",)
+    ),
+    "bad customization value": Bad(
+        {
+            "main.yaml": {"file": "base.yaml", "customizations": [{"key": ["seed"], "value": s} for s in (1, "x")]},
+            "base.yaml": VALID,
+        },
+        "main.yaml",
+        "seed",
+        "made by customizations[1]",
+    ),
+    "customization without key": Bad(
+        {"main.yaml": {**VALID, "customizations": [{"value": 1}]}}, "main.yaml", "customizations[0].key", "missing"
+    ),
+    "yaml syntax error": Bad({"main.yaml": "network: {name: [\n"}, "main.yaml", "<root>", "line"),
+    "non-mapping top level": Bad({"main.yaml": "- just\n- a list\n"}, "main.yaml", "<root>", "mapping"),
+    "bad device": Bad({"main.yaml": config_with({"device": "tpu"})}, "main.yaml", "device", "unknown device"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+def test_malformed_config_names_file_and_key(case: Bad, tmp_path: Path) -> None:
+    for name, content in case.files.items():
+        write(tmp_path, name, content)
+    with pytest.raises(ConfigError) as caught:
+        load_configs(tmp_path / "main.yaml", case.overrides)
+    error = caught.value
+    assert Path(error.file).name == case.file
+    assert error.key == case.key
+    assert case.fragment in error.message
+    assert str(error) == f"{error.file}: {error.key}: {error.message}"
+
+
+def test_missing_include_names_tried_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "main.yaml", config_with({"training": {"file": "nowhere.yaml"}}))
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml") as caught:
+        load_configs(path)
+    assert str(tmp_path / "nowhere.yaml") in caught.value.message
+
+
+def test_config_error_is_a_picklable_value_error() -> None:
+    error = pickle.loads(pickle.dumps(ConfigError("a.yaml", "training.lr", "bad")))
+    assert isinstance(error, ValueError)
+    assert str(error) == "a.yaml: training.lr: bad"
+
+
+def test_bad_config_writes_nothing(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    config = config_with({"directories": {"results": str(results)}, "training.numEpochs": -1})
+    with pytest.raises(ConfigError):
+        load_configs(write(tmp_path, "main.yaml", config))
+    assert not results.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["main.yaml"]
