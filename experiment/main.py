@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 
+import torch
 import yaml
 
 from experiment.config import ConfigError, load_configs
@@ -19,6 +20,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("config", help="YAML config file, e.g. param/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a config value (parsed as YAML)")
     parser.add_argument("--dry-run", action="store_true", help="print each resolved config and its plan; write nothing")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch (default 1: fastest for the small toy models; raise it for images)")
     return parser.parse_args(argv)
 
 
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
         return 0
 
+    torch.set_num_threads(arguments.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     for index, config in enumerate(configs):
         print(f"experiment {index + 1} of {len(configs)}")

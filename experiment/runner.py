@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from experiment.config import ConfigError
-from experiment.data import Splits, load_dataset
+from experiment.data import load_dataset
 from experiment.data.splits import train_valid_indices
-from experiment.models import build_model, parse_model_name
+from experiment.models import build_model
 from experiment.plan import Plan, make_plan
 from experiment.pruning.rules import prune
 from experiment.pruning.sparsity import measure_sparsity
@@ -25,7 +24,7 @@ from experiment.results.files import atomic_torch_save, load_checkpoint
 from experiment.results.tree import RunDir
 from experiment.seeds import derive_seed
 from experiment.training.evaluate import evaluate
-from experiment.training.losses import FLOW_LOSSES, build_loss
+from experiment.training.losses import build_loss
 from experiment.training.loop import TrainData, TrainOutcome, train
 
 log = logging.getLogger("experiment")
@@ -64,27 +63,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_data_fits(config: dict, splits: Splits) -> None:
-    """The network, loss and dataset must agree; raised before anything is written."""
-    network, loss = config["network"], config["training"]["loss"]
-    is_flow = parse_model_name(network["name"]).is_flow
-    expected = splits.dim if is_flow else splits.num_classes
-    if network["outputSize"] != expected:
-        what = "data dimension" if is_flow else "number of classes"
-        raise ConfigError("<config>", "network.outputSize", f"{network['outputSize']} does not match the {what} {expected} of {network['dataset']}")
-    if not is_flow and splits.dim != splits.num_classes:
-        raise ConfigError("<config>", "network.name", f"a node_ classifier needs input dimension = number of classes, {network['dataset']} has {splits.dim} and {splits.num_classes}")
-    for section in ("training", "retraining"):
-        if (config[section]["loss"] in FLOW_LOSSES) != is_flow:
-            raise ConfigError("<config>", f"{section}.loss", f"{config[section]['loss']} does not fit {'a flow' if is_flow else 'a classifier'} ({network['name']})")
-
-
 def prepare(config: dict) -> Experiment:
     """Loads data and checks the config against it, then creates the run folder."""
     plan = make_plan(config)
     device = resolve_device(config["device"])
     splits = load_dataset(config["network"]["dataset"], config["directories"]["training_data"], derive_seed(config["seed"], "data"))
-    check_data_fits(config, splits)
     run = RunDir.create(config)
     x_train, y_train = splits.train.tensors
     if splits.valid is None:
@@ -126,14 +109,14 @@ def dense_model(experiment: Experiment, net: int) -> nn.Module:
     torch.manual_seed(derive_seed(seed, "init", net))
     model = experiment.new_model()
     if run.checkpoint(name).exists():
-        checkpoint = load_checkpoint(run.checkpoint(name), experiment.device)
+        checkpoint = load_trained(run, name, experiment.device)
         model.load_state_dict(checkpoint["model"])
         seconds, epochs = checkpoint["train_seconds"], checkpoint["epochs"]
     else:
         log.info("training %s", name)
         outcome = train(model, experiment.config["training"], experiment.data, experiment.loss("training"),
                         seed=derive_seed(seed, "train", net), progress_file=run.progress(name), description=name)
-        save_trained(run, name, model, outcome, {}, {})
+        save_trained(run, name, model, outcome, {}, {}, name)
         seconds, epochs = outcome.seconds, len(outcome.curve)
     key = dict(mode="train", method="dense", net=net, repetition=0, step=0, target_prune_ratio=0.0)
     if not run.has_metrics(key):
@@ -152,7 +135,7 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
         name = f"{plan.mode}_{method}_net{net}_rep{repetition}_step{step}"
         key = dict(mode=plan.mode, method=method, net=net, repetition=repetition, step=step, target_prune_ratio=1.0 - keep)
         model = experiment.new_model()
-        saved = load_checkpoint(run.checkpoint(name), experiment.device) if run.checkpoint(name).exists() else None
+        saved = load_trained(run, name, experiment.device) if run.checkpoint(name).exists() else None
         if saved is not None and saved["keep_ratios"] == list(history):
             model.load_state_dict(saved["model"])
             masks, seconds, epochs = saved["masks"], saved["train_seconds"], saved["epochs"]
@@ -160,13 +143,15 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
         else:
             model.load_state_dict(start.state_dict())
             masks = prune(model, method, 1.0 - keep, start_masks)
-            outcome = TrainOutcome(curve=[], seconds=0.0, kept_epoch=-1)
+            outcome, progress = TrainOutcome(curve=[], seconds=0.0, kept_epoch=-1), None
             if step <= plan.retrain_steps:
                 log.info("retraining %s", name)
+                # The progress file is tied to the ratio history, so a changed ratio list never resumes a stale step.
+                progress = f"{name}_{derive_seed(0, history):08x}"
                 outcome = train(model, experiment.config["retraining"], experiment.data, experiment.loss("retraining"),
-                                seed=derive_seed(seed, "retrain", *key.values()), progress_file=run.progress(name),
+                                seed=derive_seed(seed, "retrain", *key.values()), progress_file=run.progress(progress),
                                 masks=masks, description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {1 - keep:.3f}")
-            save_trained(run, name, model, outcome, masks, {"keep_ratios": list(history), "method": method})
+            save_trained(run, name, model, outcome, masks, {"keep_ratios": list(history), "method": method}, progress)
             seconds, epochs, fresh = outcome.seconds, len(outcome.curve), True
         if fresh or not run.has_metrics(key):
             record(experiment, model, key, "retraining", seconds, epochs)
@@ -186,14 +171,26 @@ def report(experiment: Experiment) -> None:
 
 
 def save_trained(run: RunDir, name: str, model: nn.Module, outcome: TrainOutcome, masks: dict[str, torch.Tensor],
-                 extra: dict) -> None:
-    """Final checkpoint, then the curve, then the progress file goes (a kill in between is harmless)."""
+                 extra: dict, progress: str | None) -> None:
+    """The final checkpoint (holding the curve too), then the curve file, then the progress file
+    goes; `load_trained` finishes the last two if a kill came in between."""
     atomic_torch_save(run.checkpoint(name), {
-        "model": model.state_dict(), "masks": masks, "train_seconds": outcome.seconds,
-        "epochs": len(outcome.curve), "kept_epoch": outcome.kept_epoch, **extra,
+        "model": model.state_dict(), "masks": masks, "train_seconds": outcome.seconds, "curve": outcome.curve,
+        "epochs": len(outcome.curve), "kept_epoch": outcome.kept_epoch, "progress": progress or "", **extra,
     })
     run.write_curve(name, outcome.curve)
-    run.progress(name).unlink(missing_ok=True)
+    if progress is not None:
+        run.progress(progress).unlink(missing_ok=True)
+
+
+def load_trained(run: RunDir, name: str, device: torch.device) -> dict:
+    """A final checkpoint, with the bookkeeping of `save_trained` completed if it was interrupted."""
+    checkpoint = load_checkpoint(run.checkpoint(name), device)
+    if not run.curve(name).exists():
+        run.write_curve(name, checkpoint["curve"])
+    if checkpoint["progress"]:
+        run.progress(checkpoint["progress"]).unlink(missing_ok=True)
+    return checkpoint
 
 
 def record(experiment: Experiment, model: nn.Module, key: dict, section: str, train_seconds: float, epochs: int) -> dict:

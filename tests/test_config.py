@@ -148,10 +148,10 @@ def test_include_merges_recursively_current_file_wins_and_replaces_lists(tmp_pat
 
 def test_nested_includes(tmp_path: Path) -> None:
     write(tmp_path, "a/network.yaml", VALID["network"])
-    write(tmp_path, "a/base.yaml", config_with({"network": {"file": "network.yaml", "outputSize": 3}}))
+    write(tmp_path, "a/base.yaml", config_with({"network": {"file": "network.yaml", "dataset": "ToyConcentric"}}))
     path = write(tmp_path, "main.yaml", {"file": "a/base.yaml", "seed": 4})
     config = load_one(path)
-    assert (config["network"]["outputSize"], config["network"]["dataset"], config["seed"]) == (3, "ToyMoons", 4)
+    assert (config["network"]["name"], config["network"]["dataset"], config["seed"]) == ("node_l2_h64_tanh_da", "ToyConcentric", 4)
 
 
 def test_customizations_give_one_config_per_entry(tmp_path: Path) -> None:
@@ -199,6 +199,15 @@ class Bad(NamedTuple):
 
 
 BAD_CONFIGS = {
+    "outputSize not the number of classes": Bad(
+        {"main.yaml": config_with({"network.outputSize": 3})}, "main.yaml", "network.outputSize", "number of classes 2"
+    ),
+    "flow loss for a classifier": Bad(
+        {"main.yaml": config_with({"retraining": {"loss": "NLLPriorLoss"}})}, "main.yaml", "retraining.loss", "classifier"
+    ),
+    "enableAMP": Bad(
+        {"main.yaml": config_with({"training.enableAMP": True})}, "main.yaml", "training.enableAMP", "not supported"
+    ),
     "unknown top-level key": Bad({"main.yaml": config_with({"bogus": 1})}, "main.yaml", "bogus", "unknown key"),
     "unknown nested key": Bad(
         {"main.yaml": config_with({"training.optimizerKwarg": {}})},

@@ -19,9 +19,9 @@ from typing import Any, NamedTuple
 import torch
 from torch.optim import lr_scheduler
 
-from experiment.data import DATASET_NAMES
+from experiment.data import DATASET_NAMES, DATASETS
 from experiment.models.names import parse_model_name
-from experiment.training.losses import LOSSES
+from experiment.training.losses import FLOW_LOSSES, LOSSES
 from experiment.training.metrics import METRICS
 
 KeyPath = tuple[str | int, ...]
@@ -330,6 +330,11 @@ def _complete_training(schedule: dict, path: KeyPath, sources: Sources) -> dict:
         raise sources.error(
             path + ("startEpoch",), f"startEpoch {schedule['startEpoch']} exceeds numEpochs {schedule['numEpochs']}"
         )
+    if schedule["enableAMP"]:
+        raise sources.error(path + ("enableAMP",), "mixed precision is not supported: adaptive ODE solvers need float32")
+    for key in ("transformsTrain", "transformsTest", "transformsFinal"):
+        if schedule[key]:
+            raise sources.error(path + (key,), "data transforms are not supported for the available (toy) datasets; use []")
     return schedule
 
 
@@ -428,4 +433,24 @@ def validate_config(raw: Any, sources: Sources) -> dict:
     config = _fields(raw, (), sources, TOP_FIELDS)
     retraining = copy.deepcopy(config["training"]) | config["retraining"]
     config["retraining"] = _complete_training(retraining, ("retraining",), sources)
+    _check_network_fits_data(config, sources)
     return config
+
+
+def _check_network_fits_data(config: dict, sources: Sources) -> None:
+    """Network, dataset and losses must agree: a flow's outputSize is the data dimension, a
+    classifier's the number of classes (and a node_ classifier's input dimension too)."""
+    network = config["network"]
+    data = DATASETS[network["dataset"]]
+    is_flow = parse_model_name(network["name"]).is_flow
+    expected, what = (data.dim, "data dimension") if is_flow else (data.num_classes, "number of classes")
+    if network["outputSize"] != expected:
+        raise sources.error(("network", "outputSize"),
+                            f"{network['outputSize']} does not match the {what} {expected} of {network['dataset']}")
+    if not is_flow and data.dim != data.num_classes:
+        raise sources.error(("network", "name"), f"a node_ classifier needs input dimension = number of classes; "
+                                                 f"{network['dataset']} has {data.dim} and {data.num_classes}")
+    for section in ("training", "retraining"):
+        loss = config[section]["loss"]
+        if (loss in FLOW_LOSSES) != is_flow:
+            raise sources.error((section, "loss"), f"{loss} does not fit {'a flow' if is_flow else 'a classifier'} ({network['name']})")

@@ -4,7 +4,6 @@ name used in a config's ``network.dataset`` (SPEC section 5)."""
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 from torch.utils.data import TensorDataset
 
@@ -22,32 +21,36 @@ class Splits:
     num_classes: int  # distinct labels (modes for flow data, classes for classifiers)
 
 
-Builder = Callable[[str | os.PathLike, int], Splits]
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a config needs to know about a dataset before loading it, and how to load it."""
+
+    dim: int  # D, the data dimension
+    num_classes: int  # distinct labels
+    build: Callable[[str | os.PathLike, int], Splits]  # (data_dir, seed) -> Splits
 
 
-def _build_toy(
-    generator: toy.Generator,
-    num_train: int,
-    num_classes: int,
-    data_dir: str | os.PathLike,
-    seed: int,
-) -> Splits:
-    """A 2-D toy set: independent train/test (test half the size), no separate validation."""
-    del data_dir  # toy sets are generated, never cached
-    train, test = toy.make_toy_splits(generator, num_train, seed)
-    return Splits(train=train, test=test, valid=None, dim=2, num_classes=num_classes)
+def _toy(generator: toy.Generator, num_train: int, num_classes: int) -> DatasetInfo:
+    """A 2-D toy set: independent train/test (test half the size), no separate validation; toy
+    sets are generated, never cached, so the data folder is unused."""
+
+    def build(data_dir: str | os.PathLike, seed: int) -> Splits:
+        train, test = toy.make_toy_splits(generator, num_train, seed)
+        return Splits(train=train, test=test, valid=None, dim=2, num_classes=num_classes)
+
+    return DatasetInfo(dim=2, num_classes=num_classes, build=build)
 
 
-_BUILDERS: dict[str, Builder] = {
-    "ToyGaussians": partial(_build_toy, toy.gaussians, 16_380, 6),
-    "ToyGaussiansSpiral": partial(_build_toy, toy.gaussians_spiral, 16_380, 10),
-    "ToySpirals2": partial(_build_toy, toy.spirals2, 32_768, 2),
-    "ToyMoons": partial(_build_toy, toy.moons, 1_024, 2),
-    "ToyConcentric": partial(_build_toy, toy.concentric, 1_024, 2),
-    "ToySpirals": partial(_build_toy, toy.spirals, 2_048, 2),
+DATASETS: dict[str, DatasetInfo] = {
+    "ToyGaussians": _toy(toy.gaussians, 16_380, 6),
+    "ToyGaussiansSpiral": _toy(toy.gaussians_spiral, 16_380, 10),
+    "ToySpirals2": _toy(toy.spirals2, 32_768, 2),
+    "ToyMoons": _toy(toy.moons, 1_024, 2),
+    "ToyConcentric": _toy(toy.concentric, 1_024, 2),
+    "ToySpirals": _toy(toy.spirals, 2_048, 2),
 }
 
-DATASET_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike, seed: int) -> Splits:
@@ -55,6 +58,6 @@ def load_dataset(name: str, data_dir: str | os.PathLike, seed: int) -> Splits:
 
     Raises ValueError naming ``name`` and listing DATASET_NAMES when it is unknown.
     """
-    if name not in _BUILDERS:
+    if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASET_NAMES)}")
-    return _BUILDERS[name](data_dir, seed)
+    return DATASETS[name].build(data_dir, seed)

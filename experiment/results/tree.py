@@ -16,7 +16,6 @@ a net or a ratio to a finished run reuses everything already computed.
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import io
@@ -52,11 +51,12 @@ class RunDir:
 
     @classmethod
     def create(cls, config: dict) -> "RunDir":
-        """The run folder of `config`, created with its config.yaml if new."""
+        """The run folder of `config`, its config.yaml (re)written: the parts that define the run
+        are the same every time, `experiments` and `directories` say what the latest call asked for."""
         run = cls(run_folder(config))
-        if not run.config_file.exists():
-            stored = copy.deepcopy(config)
-            atomic_write_text(run.config_file, yaml.safe_dump(stored, sort_keys=False))
+        text = yaml.safe_dump(config, sort_keys=False)
+        if not run.config_file.exists() or run.config_file.read_text() != text:
+            atomic_write_text(run.config_file, text)
         return run
 
     @property
