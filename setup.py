@@ -19,5 +19,6 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["experiment", "experiment.*", "paper", "paper.*"]),
     install_requires=requirements,
-    extras_require={"test": ["pytest>=7.0"]},
+    # GAS is a pandas DataFrame pickle and BSDS300 is HDF5 (experiment/data/tabular.py).
+    extras_require={"tabular": ["pandas>=1.5", "h5py>=3.8"], "test": ["pytest>=7.0", "pandas>=1.5", "h5py>=3.8"]},
 )

@@ -31,7 +31,7 @@ def bench(network: str, epochs: int, device: str, results: str) -> dict:
     experiment = prepare(config)
     torch.manual_seed(0)
     model = experiment.new_model()
-    outcome = train(model, config["training"], experiment.data, experiment.loss("training"), seed=0,
+    outcome = train(model, config["training"], experiment.data_for("training"), experiment.loss("training"), seed=0,
                     progress_file=experiment.run.progress("bench"), description=network)
     iterations = sum(-(-len(experiment.data.x_train) // config["training"]["batchSize"]) for _ in outcome.curve)
     train_seconds = sum(row["seconds"] for row in outcome.curve)

@@ -7,7 +7,8 @@ outputs exist is skipped, so re-running a config resumes it and a finished run t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from torch import nn
 from experiment.config import ConfigError
 from experiment.data import load_dataset
 from experiment.data.splits import train_valid_indices
+from experiment.data.transforms import build_transform
 from experiment.models import build_model
 from experiment.plan import Plan, make_plan
 from experiment.pruning.rules import prune
@@ -53,6 +55,12 @@ class Experiment:
     def loss(self, section: str):
         schedule = self.config[section]
         return build_loss(schedule["loss"], schedule["lossKwargs"], self.data.data_dim)
+
+    def data_for(self, section: str) -> TrainData:
+        """The data with the per-batch transforms of the `training` or `retraining` section."""
+        schedule = self.config[section]
+        return replace(self.data, train_transform=build_transform(schedule["transformsTrain"] + schedule["transformsFinal"]),
+                       eval_transform=build_transform(schedule["transformsTest"] + schedule["transformsFinal"]))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -114,7 +122,7 @@ def dense_model(experiment: Experiment, net: int) -> nn.Module:
         seconds, epochs = checkpoint["train_seconds"], checkpoint["epochs"]
     else:
         log.info("training %s", name)
-        outcome = train(model, experiment.config["training"], experiment.data, experiment.loss("training"),
+        outcome = train(model, experiment.config["training"], experiment.data_for("training"), experiment.loss("training"),
                         seed=derive_seed(seed, "train", net), progress_file=run.progress(name), description=name)
         save_trained(run, name, model, outcome, {}, {}, name)
         seconds, epochs = outcome.seconds, len(outcome.curve)
@@ -148,7 +156,8 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
                 log.info("retraining %s", name)
                 # The progress file is tied to the ratio history, so a changed ratio list never resumes a stale step.
                 progress = f"{name}_{derive_seed(0, history):08x}"
-                outcome = train(model, experiment.config["retraining"], experiment.data, experiment.loss("retraining"),
+                outcome = train(model, experiment.config["retraining"], experiment.data_for("retraining"),
+                                experiment.loss("retraining"),
                                 seed=derive_seed(seed, "retrain", *key.values()), progress_file=run.progress(progress),
                                 masks=masks, description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {1 - keep:.3f}")
             save_trained(run, name, model, outcome, masks, {"keep_ratios": list(history), "method": method}, progress)
@@ -159,10 +168,24 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
             start, start_masks = model, masks
 
 
+def planned_rows(rows: list[dict], plan: Plan) -> list[dict]:
+    """The metrics rows of the models `plan` asks for (a run folder may also hold rows of other
+    modes, more nets or an earlier ratio list)."""
+    def planned(row: dict) -> bool:
+        if row["net"] not in plan.nets:
+            return False
+        if row["method"] == "dense":
+            return True
+        return (row["mode"] == plan.mode and row["method"] in plan.methods and row["repetition"] < plan.repetitions
+                and 1 <= row["step"] <= len(plan.prune_ratios)
+                and math.isclose(row["target_prune_ratio"], plan.prune_ratios[row["step"] - 1], abs_tol=1e-9))
+    return [row for row in rows if planned(row)]
+
+
 def report(experiment: Experiment) -> None:
     """Prints prune ratio vs the main metric per method and plots it into the run folder."""
     metric = main_metric(experiment.config["training"])
-    summary = summarize(experiment.run.read_metrics(), metric)
+    summary = summarize(planned_rows(experiment.run.read_metrics(), experiment.plan), metric)
     print(f"\n{experiment.config['network']['name']} on {experiment.config['network']['dataset']} "
           f"({experiment.run.path}), test {metric}, mean ± std over nets:")
     print(format_table(summary, metric))
@@ -198,7 +221,7 @@ def record(experiment: Experiment, model: nn.Module, key: dict, section: str, tr
     schedule = experiment.config[section]
     torch.manual_seed(derive_seed(experiment.config["seed"], "test", *key.values()))
     result = evaluate(model, experiment.x_test, experiment.y_test, schedule["testBatchSize"], experiment.loss(section),
-                      schedule["metricsTest"], experiment.data.data_dim)
+                      schedule["metricsTest"], experiment.data.data_dim, experiment.data_for(section).eval_transform)
     sparsity = measure_sparsity(model)
     row = {
         **key,

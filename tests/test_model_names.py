@@ -164,7 +164,7 @@ def test_l2_is_a_single_hidden_layer():
 )
 def test_activation_modules_after_every_layer_but_last(act, module):
     model = build_model(f"cnf_l4_h16_{act}_da", 2)
-    net = model.field.net
+    net = model.blocks[0].field.field.net
     kinds = [type(layer) for layer in net]
     assert kinds == [nn.Linear, module, nn.Linear, module, nn.Linear, module, nn.Linear]
 
@@ -178,17 +178,17 @@ def test_model_classes_and_solver_options():
 
     cnf = build_model("cnf_l3_h8_tanh_rk4_adjoint", 2)
     assert isinstance(cnf, CNF) and cnf.exact_trace
-    assert cnf.block.options.method == "rk4" and cnf.block.options.adjoint and cnf.block.options.num_steps == 19
+    assert cnf.blocks[0].options.method == "rk4" and cnf.blocks[0].options.adjoint and cnf.blocks[0].options.num_steps == 19
 
     ffjord = build_model("ffjord_l3_h8_tanh_high_tol", 2)
     assert isinstance(ffjord, CNF) and not ffjord.exact_trace
-    options = ffjord.block.options
+    options = ffjord.blocks[0].options
     assert (options.method, options.adjoint, options.atol, options.rtol, options.num_steps) == ("dopri5", True, 1e-4, 1e-4, None)
 
 
 def test_build_model_tolerance_overrides():
     model = build_model("cnf_l3_h8_tanh_da", 2, atol=1e-7, rtol=1e-6)
-    assert model.block.options.atol == 1e-7 and model.block.options.rtol == 1e-6
+    assert model.blocks[0].options.atol == 1e-7 and model.blocks[0].options.rtol == 1e-6
     model = build_model("node_l3_h8_tanh_da", 2, atol=1e-3)
     assert model.block.options.atol == 1e-3 and model.block.options.rtol == 1e-4
 

@@ -55,7 +55,7 @@ def linear_flow(A: torch.Tensor, options: SolverOptions, exact_trace: bool = Tru
     """A CNF in float64 whose field is f(z) = A z (a bias-free Linear with weight A)."""
     dim = A.shape[0]
     linear = nn.Linear(dim, dim, bias=False)
-    model = CNF(AutonomousField(linear), dim, options, exact_trace=exact_trace,
+    model = CNF([AutonomousField(linear)], dim, options, exact_trace=exact_trace,
                 learn_end_time=learn_end_time).double()
     with torch.no_grad():
         linear.weight.copy_(A)
@@ -131,7 +131,7 @@ def test_linear_flow_gradient_matches_closed_form(adjoint, dim):
     x = data(16, dim, seed=4)
 
     model.log_prob(x, exact_trace=True).mean().backward()
-    model_grad = model.field.net.weight.grad
+    model_grad = model.blocks[0].field.field.net.weight.grad
 
     A_ref = A.clone().requires_grad_(True)
     closed_form_log_prob(A_ref, x).mean().backward()
@@ -147,7 +147,7 @@ def test_learned_end_time_gradient_matches_closed_form(adjoint):
     A = random_matrix(2, seed=30)
     model = linear_flow(A, SolverOptions(adjoint=adjoint, **TIGHT), learn_end_time=True)
     with torch.no_grad():
-        model.block.sqrt_end_time.fill_(1.2)
+        model.blocks[0].sqrt_end_time.fill_(1.2)
     x = data(16, 2, seed=5)
 
     log_prob = model.log_prob(x, exact_trace=True)
@@ -159,8 +159,8 @@ def test_learned_end_time_gradient_matches_closed_form(adjoint):
     expected.mean().backward()
 
     torch.testing.assert_close(log_prob.detach(), expected.detach(), atol=1e-6, rtol=0)
-    torch.testing.assert_close(model.field.net.weight.grad, A_ref.grad, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(model.block.sqrt_end_time.grad, tau.grad, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(model.blocks[0].field.field.net.weight.grad, A_ref.grad, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(model.blocks[0].sqrt_end_time.grad, tau.grad, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["cnf_l3_h16_tanh", "ffjord_l3_h16_tanh"])
@@ -303,7 +303,7 @@ def test_rk4_fixed_grid_integrates_whole_interval():
     x = data(16, 2, seed=10)
     with torch.no_grad():
         z, integral = model.transform(x, exact_trace=True)
-    assert model.block.nfe == 4 * 19
+    assert model.blocks[0].nfe == 4 * 19
     torch.testing.assert_close(z, x @ torch.linalg.matrix_exp(A).T, atol=1e-6, rtol=0)
     torch.testing.assert_close(integral, torch.full((16,), float(torch.trace(A)), dtype=torch.float64))
     # backwards over the same grid as well
@@ -317,7 +317,7 @@ def test_euler_fixed_grid_integrates_whole_interval():
     x = data(16, 2, seed=11)
     with torch.no_grad():
         z, _ = model.transform(x, exact_trace=True)
-    assert model.block.nfe == 99
+    assert model.blocks[0].nfe == 99
     exact = x @ torch.linalg.matrix_exp(A).T
     # Euler's global error for a linear field: (I + A/n)^n vs expm(A), of order ‖A‖² / (2n).
     euler_closed = x @ torch.linalg.matrix_power(torch.eye(2, dtype=torch.float64) + A / 99, 99).T
@@ -431,7 +431,7 @@ def test_linear_flow_sample_covariance():
     linear = nn.Linear(2, 2, bias=False)
     with torch.no_grad():
         linear.weight.copy_(A)
-    model = CNF(AutonomousField(linear), 2, SolverOptions(atol=1e-6, rtol=1e-6), exact_trace=True)
+    model = CNF([AutonomousField(linear)], 2, SolverOptions(atol=1e-6, rtol=1e-6), exact_trace=True)
     samples = model.sample(20_000, generator=torch.Generator().manual_seed(5)).double()
     E = torch.linalg.matrix_exp(-A.double())
     expected = E @ E.T
@@ -452,7 +452,7 @@ def test_sample_follows_model_dtype():
 
 def test_density_dynamics_exact_trace_is_jacobian_trace():
     torch.manual_seed(0)
-    field = build_model("cnf_l3_h16_softplus_da", 3).field
+    field = build_model("cnf_l3_h16_softplus_da", 3).blocks[0].field.field
     dynamics = DensityDynamics(field).double()
     z = data(5, 3, seed=13)
     dz, trace = dynamics(torch.tensor(0.0), (z, torch.zeros(5, dtype=torch.float64)))

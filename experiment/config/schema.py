@@ -20,6 +20,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from experiment.data import DATASET_NAMES, DATASETS
+from experiment.data.transforms import TRANSFORM_NAMES, TRANSFORMS
 from experiment.models.names import parse_model_name
 from experiment.training.losses import FLOW_LOSSES, LOSSES
 from experiment.training.metrics import METRICS
@@ -229,17 +230,17 @@ def _check_order(section: dict, low: str, high: str, path: KeyPath, sources: Sou
         raise sources.error(path + (low,), f"{low} {section[low]} exceeds {high} {section[high]}")
 
 
-def _check_arguments(target: type, given: Mapping[str, KeyPath], at: KeyPath, sources: Sources) -> None:
+def _check_arguments(target: type, given: Mapping[str, KeyPath], at: KeyPath, sources: Sources, skip: int = 1) -> None:
     """Whether `target(first, **kwargs)` would accept the keyword arguments named in `given` (each
     mapped to the key path that set it): catches misspelt or missing arguments before any run."""
-    parameters = list(inspect.signature(target).parameters.values())[1:]  # the first: params/optimizer
+    parameters = list(inspect.signature(target).parameters.values())[skip:]  # by default the first: params/optimizer
     if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
         return
     keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     names = [parameter.name for parameter in parameters if parameter.kind in keyword_kinds]
     for name, path in given.items():
         if name not in names:
-            raise sources.error(path, f"{target.__name__} takes no argument {name!r}; it takes: {', '.join(names)}")
+            raise sources.error(path, f"{target.__name__} takes no argument {name!r}; it takes: {', '.join(names) or 'none'}")
     missing = [p.name for p in parameters if p.kind in keyword_kinds and p.default is p.empty and p.name not in given]
     if missing:
         raise sources.error(at, f"{target.__name__} needs argument(s): {', '.join(missing)}")
@@ -301,6 +302,21 @@ def _lr_scheduler(value: Any, path: KeyPath, sources: Sources) -> dict:
     return entry
 
 
+TRANSFORM_FIELDS = {"type": Field(_choice(TRANSFORM_NAMES, "transform")), "kwargs": Field(_kwargs, {})}
+
+
+def _transform(value: Any, path: KeyPath, sources: Sources) -> dict:
+    """One `transforms*` entry: kwargs must fit the transform's arguments and values."""
+    entry = _fields(value, path, sources, TRANSFORM_FIELDS)
+    given = {name: path + ("kwargs", name) for name in entry["kwargs"]}
+    _check_arguments(TRANSFORMS[entry["type"]], given, path + ("kwargs",), sources, skip=0)
+    try:
+        TRANSFORMS[entry["type"]](**entry["kwargs"])
+    except (TypeError, ValueError) as error:
+        raise sources.error(path + ("kwargs",), f"{entry['type']}: {error}") from None
+    return entry
+
+
 TRAINING_FIELDS = {
     "loss": Field(_choice(LOSSES, "loss")),
     "lossKwargs": Field(_kwargs, {}),
@@ -312,9 +328,9 @@ TRAINING_FIELDS = {
     "numEpochs": Field(_integer(0)),
     "earlyStopEpoch": Field(_optional(_integer(0)), None),
     "lrSchedulers": Field(_list_of(_lr_scheduler), []),
-    "transformsTrain": Field(_any_list, []),
-    "transformsTest": Field(_any_list, []),
-    "transformsFinal": Field(_any_list, []),
+    "transformsTrain": Field(_list_of(_transform), []),
+    "transformsTest": Field(_list_of(_transform), []),
+    "transformsFinal": Field(_list_of(_transform), []),
     "enableAMP": Field(_boolean, False),
     "startEpoch": Field(_integer(0), 0),
 }
@@ -332,9 +348,6 @@ def _complete_training(schedule: dict, path: KeyPath, sources: Sources) -> dict:
         )
     if schedule["enableAMP"]:
         raise sources.error(path + ("enableAMP",), "mixed precision is not supported: adaptive ODE solvers need float32")
-    for key in ("transformsTrain", "transformsTest", "transformsFinal"):
-        if schedule[key]:
-            raise sources.error(path + (key,), "data transforms are not supported for the available (toy) datasets; use []")
     return schedule
 
 
@@ -438,11 +451,16 @@ def validate_config(raw: Any, sources: Sources) -> dict:
 
 
 def _check_network_fits_data(config: dict, sources: Sources) -> None:
-    """Network, dataset and losses must agree: a flow's outputSize is the data dimension, a
-    classifier's the number of classes (and a node_ classifier's input dimension too)."""
+    """Network, dataset and losses must agree: image flows need image data and vector models vector
+    data; a flow's outputSize is the data dimension (C·H·W for images), a classifier's the number of
+    classes (and a node_ classifier's input dimension too)."""
     network = config["network"]
     data = DATASETS[network["dataset"]]
-    is_flow = parse_model_name(network["name"]).is_flow
+    spec = parse_model_name(network["name"])
+    if (spec.family == "multiscale") != (data.image_shape is not None):
+        kind = "images" if spec.family == "multiscale" else "vectors"
+        raise sources.error(("network", "dataset"), f"{network['name']} models {kind}; {network['dataset']} does not hold {kind}")
+    is_flow = spec.is_flow
     expected, what = (data.dim, "data dimension") if is_flow else (data.num_classes, "number of classes")
     if network["outputSize"] != expected:
         raise sources.error(("network", "outputSize"),

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 from torch.utils.data import TensorDataset
 
-from experiment.data import toy
+from experiment.data import images, tabular, toy
 
 
 @dataclass(frozen=True)
 class Splits:
-    """A dataset's splits: each a TensorDataset of (x float32 [N, D], y int64 [N])."""
+    """A dataset's splits: each a TensorDataset of (x float32 [N, D], y int64 [N]); image datasets'
+    x is [N, C, H, W] with D = C·H·W."""
 
     train: TensorDataset
     test: TensorDataset
@@ -28,6 +29,7 @@ class DatasetInfo:
     dim: int  # D, the data dimension
     num_classes: int  # distinct labels
     build: Callable[[str | os.PathLike, int], Splits]  # (data_dir, seed) -> Splits
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) of image datasets, None otherwise
 
 
 def _toy(generator: toy.Generator, num_train: int, num_classes: int) -> DatasetInfo:
@@ -41,6 +43,19 @@ def _toy(generator: toy.Generator, num_train: int, num_classes: int) -> DatasetI
     return DatasetInfo(dim=2, num_classes=num_classes, build=build)
 
 
+def _image(load: Callable[[str | os.PathLike, int], tuple[TensorDataset, TensorDataset]],
+           shape: tuple[int, int, int]) -> DatasetInfo:
+    """An image set of 10 classes: x [N, C, H, W] holding 8-bit values as k/255; no separate
+    validation split."""
+    dim = shape[0] * shape[1] * shape[2]
+
+    def build(data_dir: str | os.PathLike, seed: int) -> Splits:
+        train, test = load(data_dir, seed)
+        return Splits(train=train, test=test, valid=None, dim=dim, num_classes=10)
+
+    return DatasetInfo(dim=dim, num_classes=10, build=build, image_shape=shape)
+
+
 DATASETS: dict[str, DatasetInfo] = {
     "ToyGaussians": _toy(toy.gaussians, 16_380, 6),
     "ToyGaussiansSpiral": _toy(toy.gaussians_spiral, 16_380, 10),
@@ -48,6 +63,14 @@ DATASETS: dict[str, DatasetInfo] = {
     "ToyMoons": _toy(toy.moons, 1_024, 2),
     "ToyConcentric": _toy(toy.concentric, 1_024, 2),
     "ToySpirals": _toy(toy.spirals, 2_048, 2),
+    "Power": DatasetInfo(dim=6, num_classes=1, build=tabular.build_power),
+    "Gas": DatasetInfo(dim=8, num_classes=1, build=tabular.build_gas),
+    "Hepmass": DatasetInfo(dim=21, num_classes=1, build=tabular.build_hepmass),
+    "Miniboone": DatasetInfo(dim=43, num_classes=1, build=tabular.build_miniboone),
+    "Bsds300": DatasetInfo(dim=63, num_classes=1, build=tabular.build_bsds300),
+    "MNIST": _image(lambda data_dir, seed: images.load_mnist(data_dir), images.MNIST_SHAPE),
+    "CIFAR10": _image(lambda data_dir, seed: images.load_cifar10(data_dir), images.CIFAR_SHAPE),
+    "Digits": _image(lambda data_dir, seed: images.load_digits_splits(seed), images.DIGITS_SHAPE),
 }
 
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)

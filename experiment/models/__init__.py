@@ -29,5 +29,13 @@ def build_model(name: str, output_size: int, atol: float | None = None, rtol: fl
         field = AutonomousField(mlp(output_size, spec.hidden, spec.num_layers, spec.activation))
         if spec.family == "node":
             return NeuralODEClassifier(field, options)
-        return CNF(field, output_size, options, exact_trace=spec.exact_trace)
+        return CNF([field], output_size, options, exact_trace=spec.exact_trace)
+    if spec.family == "tabular":
+        from experiment.models.tabular import tabular_flow
+
+        return tabular_flow(spec, output_size, options)
+    if spec.family == "multiscale":
+        from experiment.models.multiscale import multiscale_flow
+
+        return multiscale_flow(spec.image, output_size, options)  # output_size: C·H·W (or C)
     raise NotImplementedError(f"model family {spec.family!r} ({name}) is not built yet")

@@ -72,45 +72,48 @@ class DensityDynamics(nn.Module):
 
 
 class CNF(nn.Module):
-    """One continuous normalizing flow block over vectors of dimension `dim`.
+    """A continuous normalizing flow: one or more CNF blocks over vectors of dimension `dim`,
+    z_0 = x, z_k = z_{k-1}(T_k), log p(x) = log N(z_K; 0, I) + Σ_k ∫_0^{T_k} tr(∂f_k/∂z) dt.
 
-    `forward(x)` is `log_prob(x)` with the block's default trace estimator, so a flow plugs into the
-    same training loop as a classifier (its output is the per-sample log-density).
+    `forward(x)` is `log_prob(x)` with the default trace estimator, so a flow plugs into the same
+    training loop as a classifier (its output is the per-sample log-density).
     """
 
-    def __init__(self, field: nn.Module, dim: int, options: SolverOptions, exact_trace: bool, learn_end_time: bool = False):
+    def __init__(self, fields: list[nn.Module], dim: int, options: SolverOptions, exact_trace: bool,
+                 learn_end_time: bool = False):
         super().__init__()
         self.dim = dim
         self.exact_trace = exact_trace
-        self.block = ODEBlock(DensityDynamics(field), options, learn_end_time)
-
-    @property
-    def field(self) -> nn.Module:
-        return self.block.field.field
+        self.blocks = nn.ModuleList(ODEBlock(DensityDynamics(field), options, learn_end_time) for field in fields)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_prob(x)
 
     def log_prob(self, x: torch.Tensor, exact_trace: bool | None = None) -> torch.Tensor:
-        """log p(x) per sample in nats; `exact_trace` overrides the block's estimator."""
+        """log p(x) per sample in nats; `exact_trace` overrides the flow's estimator."""
         z, log_det = self.transform(x, exact_trace)
         return standard_normal_log_prob(z) + log_det
 
     def transform(self, x: torch.Tensor, exact_trace: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """z(T) and ∫_0^T tr(∂f/∂z) dt for z(0) = x."""
+        """z_K and Σ_k ∫ tr(∂f_k/∂z) dt for z_0 = x."""
         exact = self.exact_trace if exact_trace is None else exact_trace
-        self.block.field.noise = None if exact else torch.randn_like(x)
-        zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        return self.block.solve((x, zero))
+        z, log_det = x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for block in self.blocks:
+            block.field.noise = None if exact else torch.randn_like(z)
+            z, delta = block.solve((z, torch.zeros_like(log_det)))
+            log_det = log_det + delta
+        return z, log_det
 
     @torch.no_grad()
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        """x = z(0) for a given z(T): the ODE solved backwards, without density bookkeeping."""
-        t_span = torch.stack([self.block.end_time, torch.zeros_like(self.block.end_time)])
-        return odesolve(self.field, z, t_span, self.block.options)
+        """x = z_0 for a given z_K: every block's ODE solved backwards, without density bookkeeping."""
+        for block in reversed(self.blocks):
+            t_span = torch.stack([block.end_time, torch.zeros_like(block.end_time)])
+            z = odesolve(block.field.field, z, t_span, block.options)
+        return z
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draws z ~ N(0, I) and pushes it back through the ODE."""
-        reference = self.block.sqrt_end_time
+        """Draws z ~ N(0, I) and pushes it back through the ODEs."""
+        reference = self.blocks[0].sqrt_end_time
         z = torch.randn(num_samples, self.dim, generator=generator, device=reference.device, dtype=reference.dtype)
         return self.inverse(z)

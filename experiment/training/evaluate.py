@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -31,14 +32,16 @@ def trace_estimator_for(model: nn.Module, data_dim: int) -> str:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, loss_fn: Loss,
-             metric_specs: list[dict], data_dim: int) -> Evaluation:
-    """Loss (averaged over samples) and metrics over all of (x, y). Flows of dimension ≤ 8 use the
-    exact trace, so reported NLLs carry no estimator noise."""
+             metric_specs: list[dict], data_dim: int,
+             transform: Callable[[torch.Tensor], torch.Tensor] = lambda batch: batch) -> Evaluation:
+    """Loss (averaged over samples) and metrics over all of (x, y), each batch passed through
+    `transform` first. Flows of dimension ≤ 8 use the exact trace, so reported NLLs carry no
+    estimator noise."""
     model.eval()
     estimator = trace_estimator_for(model, data_dim)
     outputs, batch_nfes = [], []
     for start in range(0, len(x), batch_size):
-        batch = x[start:start + batch_size]
+        batch = transform(x[start:start + batch_size])
         nfe_before = count_nfe(model)
         if estimator:
             outputs.append(model.log_prob(batch, exact_trace=estimator == "exact"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -21,15 +22,22 @@ from experiment.training.losses import Loss
 from experiment.training.optim import build_optimizer, build_schedulers
 
 
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 @dataclass(frozen=True)
 class TrainData:
-    """Tensors already on the training device."""
+    """Tensors already on the training device, and the per-batch transforms of training and
+    evaluation batches (e.g. dequantisation noise, random flips for images)."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_valid: torch.Tensor
     y_valid: torch.Tensor
     data_dim: int
+    train_transform: Callable[[torch.Tensor], torch.Tensor] = identity
+    eval_transform: Callable[[torch.Tensor], torch.Tensor] = identity
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,8 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
         started = time.perf_counter()
         torch.manual_seed(derive_seed(seed, "epoch", epoch))
         train_loss, nfe_forward, nfe_backward = _train_epoch(model, optimizer, data, loss_fn, schedule["batchSize"], masks, epoch)
-        valid = evaluate(model, data.x_valid, data.y_valid, schedule["testBatchSize"], loss_fn, [], data.data_dim)
+        valid = evaluate(model, data.x_valid, data.y_valid, schedule["testBatchSize"], loss_fn, [], data.data_dim,
+                         data.eval_transform)
         learning_rate = optimizer.param_groups[0]["lr"]
         for scheduler in schedulers:
             scheduler.step()
@@ -109,7 +118,7 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Train
     for count, start in enumerate(batches, start=1):
         index = order[start:start + batch_size]
         nfe_start = count_nfe(model)
-        loss = loss_fn(model(data.x_train[index]), data.y_train[index])
+        loss = loss_fn(model(data.train_transform(data.x_train[index])), data.y_train[index])
         nfe_after_forward = count_nfe(model)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,92 @@
+"""FFJORD's tabular flow (SPEC §4): `ffjord_l{NH}_hm{M}_f{F}_{act}`.
+
+F stacked CNF blocks over data of dimension D. Each block's vector field f(t, z) is a stack of
+concat-squash layers D→H, (NH−1)×(H→H), H→D with H = M·D and the activation after every layer but
+the last. A concat-squash layer lets the field depend on time:
+
+    out = Linear(x) ⊙ σ(a·t + b) + c·t
+
+with the main `nn.Linear(d_in, d_out)` (weight and bias) and, per output, a gate weight a, gate bias
+b and time-bias weight c. Parameters per layer: d_in·d_out + d_out + 2·d_out + d_out. Every block
+also learns its end time T = τ² (τ initialised to 1), and the trace is Hutchinson's estimate; the
+solver is dopri5 with adjoint gradients at atol 1e-8, rtol 1e-6 unless overridden.
+
+Pruning (SPEC §6) touches only the main Linear layers. The time maps a, b, c are therefore plain
+parameters of a `TimeGate`, not `nn.Linear` modules, so `prunable_chains` sees exactly the main
+Linears of each field, in forward order, the last being the output layer.
+
+Initialisation: the main Linear keeps PyTorch's default; a, b and c are drawn uniformly from
+[−1, 1], which is what PyTorch's default gives the weight and bias of an `nn.Linear(1, d_out)`
+(bound 1/√fan_in with fan_in = 1), i.e. FFJORD's `_hyper_gate` / `_hyper_bias` layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from experiment.models.cnf import CNF
+from experiment.models.mlp import ACTIVATION_MODULES
+from experiment.models.names import ModelSpec
+from experiment.models.ode import SolverOptions
+
+
+class TimeGate(nn.Module):
+    """The time-dependent gate σ(a·t + b) and shift c·t of a concat-squash layer, one (a, b, c) per
+    output. Plain parameters (not an `nn.Linear`), so pruning never selects them."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.gate_weight = nn.Parameter(torch.empty(features))  # a
+        self.gate_bias = nn.Parameter(torch.empty(features))  # b
+        self.shift_weight = nn.Parameter(torch.empty(features))  # c
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # As nn.Linear(1, features) initialises its weight and bias: U(−1/√1, 1/√1).
+        for parameter in (self.gate_weight, self.gate_bias, self.shift_weight):
+            nn.init.uniform_(parameter, -1.0, 1.0)
+
+    def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gate, shift), each of shape [features], for a scalar time t."""
+        t = t.to(self.gate_weight.dtype)
+        return torch.sigmoid(self.gate_weight * t + self.gate_bias), self.shift_weight * t
+
+
+class ConcatSquashLinear(nn.Module):
+    """out = linear(x) ⊙ σ(a·t + b) + c·t."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.time = TimeGate(out_features)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        gate, shift = self.time(t)
+        return self.linear(x) * gate + shift
+
+
+class ConcatSquashField(nn.Module):
+    """f(t, z): concat-squash layers D→H, (NH−1)×(H→H), H→D, the activation after all but the last."""
+
+    def __init__(self, dim: int, hidden: int, num_hidden_layers: int, activation: str):
+        super().__init__()
+        widths = [dim] + [hidden] * num_hidden_layers + [dim]
+        self.layers = nn.ModuleList(ConcatSquashLinear(width_in, width_out) for width_in, width_out in zip(widths[:-1], widths[1:]))
+        self.activation = ACTIVATION_MODULES[activation]()
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            z = layer(t, z)
+            if index < len(self.layers) - 1:
+                z = self.activation(z)
+        return z
+
+
+def tabular_flow(spec: ModelSpec, dim: int, options: SolverOptions) -> CNF:
+    """The FFJORD tabular flow for `spec` (family "tabular") over data of dimension `dim`:
+    `spec.num_blocks` CNF blocks with learnable end times and Hutchinson's trace estimator."""
+    if spec.family != "tabular":
+        raise ValueError(f"{spec.name!r} is not a tabular FFJORD model")
+    fields = [ConcatSquashField(dim, spec.hidden * dim, spec.num_layers, spec.activation) for _ in range(spec.num_blocks)]
+    return CNF(fields, dim, options, exact_trace=False, learn_end_time=True)

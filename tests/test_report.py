@@ -1,0 +1,48 @@
+"""The end-of-run summary only shows the models the current plan asks for, averaged over nets."""
+
+from pathlib import Path
+
+import pytest
+
+from experiment.config import load_configs
+from experiment.plan import make_plan
+from experiment.report import format_table, summarize
+from experiment.runner import planned_rows
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "param" / "quickstart.yaml"
+
+
+def row(mode, method, net, step, target, nll, repetition=0):
+    return dict(mode=mode, method=method, net=net, repetition=repetition, step=step, target_prune_ratio=target,
+                prune_ratio=target, nll=nll)
+
+
+@pytest.fixture
+def plan():
+    config = load_configs(QUICKSTART, ["experiments.numNets=2", "experiments.methods=[ThresNet]",
+                                       "experiments.spacing=[{type: manual, values: [0.5, 0.25]}]"])[0]
+    return make_plan(config)
+
+
+def test_rows_of_other_modes_nets_methods_and_ratio_lists_are_left_out(plan):
+    wanted = [row("train", "dense", 0, 0, 0.0, 1.0), row("train", "dense", 1, 0, 0.0, 1.2),
+              row("cascade", "ThresNet", 0, 1, 0.5, 1.1), row("cascade", "ThresNet", 1, 1, 0.5, 1.3),
+              row("cascade", "ThresNet", 0, 2, 0.75, 1.4)]
+    others = [row("train", "dense", 2, 0, 0.0, 9.0),  # a net beyond numNets
+              row("retrain", "ThresNet", 0, 1, 0.5, 9.0),  # another mode in the same run folder
+              row("cascade", "FilterThresNet", 0, 1, 0.5, 9.0),  # a method not asked for
+              row("cascade", "ThresNet", 0, 3, 0.9, 9.0),  # a step beyond the ratio list
+              row("cascade", "ThresNet", 1, 2, 0.6, 9.0),  # an earlier ratio list
+              row("cascade", "ThresNet", 0, 1, 0.5, 9.0, repetition=1)]  # a repetition not asked for
+    assert planned_rows(wanted + others, plan) == wanted
+
+
+def test_summary_averages_over_nets_with_dense_as_step_zero(plan):
+    rows = [row("train", "dense", 0, 0, 0.0, 1.0), row("train", "dense", 1, 0, 0.0, 1.2),
+            row("cascade", "ThresNet", 0, 1, 0.5, 1.1), row("cascade", "ThresNet", 1, 1, 0.5, 1.3)]
+    summary = summarize(planned_rows(rows, plan), "nll")
+    dense, first = summary["ThresNet"]
+    assert dense == pytest.approx((0.0, 0.0, 1.1, 0.1))
+    assert first == pytest.approx((0.5, 0.5, 1.2, 0.1))
+    table = format_table(summary, "nll")
+    assert "1.2000 ± 0.1000" in table and "ThresNet nll" in table
