@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiment.results.files import atomic_write_bytes
+from experiment.files import atomic_write_bytes
 from experiment.training.metrics import metric_column
 
 

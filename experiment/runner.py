@@ -15,15 +15,15 @@ from torch import nn
 
 from experiment.config import ConfigError
 from experiment.data import load_dataset
-from experiment.data.splits import train_valid_indices
+from experiment.data.splits import split_tensors, train_valid_indices
 from experiment.data.transforms import build_transform
 from experiment.models import build_model
 from experiment.plan import Plan, make_plan
 from experiment.pruning.rules import prune
 from experiment.pruning.sparsity import measure_sparsity
 from experiment.report import format_table, main_metric, plot_prune_curve, summarize
-from experiment.results.files import atomic_torch_save, load_checkpoint
-from experiment.results.tree import RunDir
+from experiment.files import atomic_torch_save, load_checkpoint
+from experiment.results.tree import RunDir, model_name
 from experiment.seeds import derive_seed
 from experiment.training.evaluate import evaluate
 from experiment.training.losses import build_loss
@@ -72,21 +72,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare(config: dict) -> Experiment:
-    """Loads data and checks the config against it, then creates the run folder."""
+    """Loads the data (downloading real datasets if needed), then creates the run folder with its
+    persisted train/validation split."""
     plan = make_plan(config)
     device = resolve_device(config["device"])
     splits = load_dataset(config["network"]["dataset"], config["directories"]["training_data"], derive_seed(config["seed"], "data"))
     run = RunDir.create(config)
-    x_train, y_train = splits.train.tensors
+    indices = None
     if splits.valid is None:
-        train_index, valid_index = run.data_split(lambda: train_valid_indices(len(x_train), derive_seed(config["seed"], "split")))
-        x_valid, y_valid = x_train[valid_index], y_train[valid_index]
-        x_train, y_train = x_train[train_index], y_train[train_index]
-    else:
-        x_valid, y_valid = splits.valid.tensors
-    data = TrainData(x_train.to(device), y_train.to(device), x_valid.to(device), y_valid.to(device), splits.dim)
-    x_test, y_test = (tensor.to(device) for tensor in splits.test.tensors)
-    return Experiment(plan, run, device, data, x_test, y_test)
+        num_train = len(splits.train)
+        indices = run.data_split(lambda: train_valid_indices(num_train, derive_seed(config["seed"], "split")))
+    parts = {name: tuple(tensor.to(device) for tensor in pair) for name, pair in split_tensors(splits, indices).items()}
+    data = TrainData(*parts["train"], *parts["valid"], splits.dim)
+    return Experiment(plan, run, device, data, *parts["test"])
 
 
 def run_experiment(config: dict) -> RunDir:
@@ -113,7 +111,9 @@ def run_experiment(config: dict) -> RunDir:
 def dense_model(experiment: Experiment, net: int) -> nn.Module:
     """Dense net `net`: loaded if trained before, else trained (resuming a partial run); its metrics
     row is written if missing."""
-    name, run, seed = f"dense_net{net}", experiment.run, experiment.config["seed"]
+    run, seed = experiment.run, experiment.config["seed"]
+    key = dict(mode="train", method="dense", net=net, repetition=0, step=0, target_prune_ratio=0.0)
+    name = model_name(key)
     torch.manual_seed(derive_seed(seed, "init", net))
     model = experiment.new_model()
     if run.checkpoint(name).exists():
@@ -126,7 +126,6 @@ def dense_model(experiment: Experiment, net: int) -> nn.Module:
                         seed=derive_seed(seed, "train", net), progress_file=run.progress(name), description=name)
         save_trained(run, name, model, outcome, {}, {}, name)
         seconds, epochs = outcome.seconds, len(outcome.curve)
-    key = dict(mode="train", method="dense", net=net, repetition=0, step=0, target_prune_ratio=0.0)
     if not run.has_metrics(key):
         record(experiment, model, key, "training", seconds, epochs)
     return model
@@ -140,8 +139,8 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
     start, start_masks, history = dense, {}, ()
     for step, keep in enumerate(plan.keep_ratios, start=1):
         history = history + (keep,) if plan.mode == "cascade" else (keep,)
-        name = f"{plan.mode}_{method}_net{net}_rep{repetition}_step{step}"
         key = dict(mode=plan.mode, method=method, net=net, repetition=repetition, step=step, target_prune_ratio=1.0 - keep)
+        name = model_name(key)
         model = experiment.new_model()
         saved = load_trained(run, name, experiment.device) if run.checkpoint(name).exists() else None
         if saved is not None and saved["keep_ratios"] == list(history):

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 
@@ -91,10 +90,6 @@ def load_weights(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-@pytest.fixture
-def single_thread():
-    """One intra-op thread while a test trains in-process (see cli_env); restored afterwards."""
-    previous = torch.get_num_threads()
+def pytest_configure(config):
+    """One intra-op thread for every test that computes in-process (see cli_env for subprocesses)."""
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

@@ -21,7 +21,6 @@ from experiment.data import images
 from experiment.data.download import DataMissingError
 from experiment.data.transforms import TRANSFORM_NAMES, build_transform
 
-torch.set_num_threads(1)
 
 UNREACHABLE = "http://127.0.0.1:9/"
 

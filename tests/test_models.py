@@ -35,16 +35,6 @@ TIGHT = dict(atol=1e-8, rtol=1e-8)
 LOG_2PI = math.log(2 * math.pi)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tests run many tiny tensor ops; on a busy 2-core machine intra-op threads contend and
-    slow them by an order of magnitude, so each test runs single-threaded (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_matrix(dim: int, seed: int, scale: float = 0.6) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return scale * torch.randn(dim, dim, generator=generator, dtype=torch.float64) / math.sqrt(dim)

@@ -18,7 +18,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from experiment.models import build_model, count_nfe
 from experiment.models.multiscale import (MultiscaleCNF, inverse_logit_transform, logit_transform, squeeze,
@@ -33,14 +32,6 @@ MNIST = "ffjord_multiscale_mnist"
 CIFAR = "ffjord_multiscale_cifar"
 LOOSE = dict(atol=1e-3, rtol=1e-3)
 LOG_2PI = math.log(2 * math.pi)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def small_model(seed: int = 0, **tolerances) -> MultiscaleCNF:

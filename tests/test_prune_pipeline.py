@@ -226,7 +226,7 @@ def test_cascade_ft_keeps_the_largest_rows_of_the_previous_step(cascade_run):
     previous = load(run, "dense_net0")
     for step in (1, 2, 3):
         checkpoint = load(run, step_name("cascade", "FilterThresNet", step))
-        weights, masks = checkpoint["model"], checkpoint["masks"]
+        weights = checkpoint["model"]
         kept = ft_neurons(checkpoint)
         assert torch.equal(kept, expected_ft_neurons(previous["model"], previous["masks"], int(kept.sum())))
         # removed neurons: row, bias and output-layer column all zero; kept ones: whole rows; outputs intact

@@ -34,14 +34,6 @@ NODE_BASE = Path(__file__).resolve().parents[1] / "param" / "toy" / "node" / "ba
 TOLERANCE = 0.005  # SPEC §6: hit the target PR within 0.5%
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ----------------------------------------------------------------------------------------- helpers
 
 

@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_NETWORK, tiny_config
 from experiment.config import load_configs
 from experiment.results import RunDir, load_results, run_id
-from experiment.results.files import atomic_torch_save, atomic_write_bytes, atomic_write_text
+from experiment.files import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from experiment.results.tree import METRIC_KEY
 from experiment.runner import run_experiment
 
@@ -30,12 +30,7 @@ def results_tree(tmp_path_factory):
         load_configs(tiny_config(folder / "moons.yaml", root, epochs=2, nets=2))[0],
         load_configs(tiny_config(folder / "concentric.yaml", root, epochs=2, nets=1, dataset="ToyConcentric"))[0],
     ]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        runs = [run_experiment(config) for config in configs]
-    finally:
-        torch.set_num_threads(threads)
+    runs = [run_experiment(config) for config in configs]
     return root, configs, runs
 
 

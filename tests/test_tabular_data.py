@@ -20,13 +20,9 @@ UNREACHABLE = "http://127.0.0.1:9/data.tar.gz"
 
 
 @pytest.fixture(autouse=True)
-def one_thread_offline(monkeypatch):
-    """One torch thread (shared 2-core machine), and never a real download."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def offline(monkeypatch):
+    """Never a real download."""
     monkeypatch.setattr(tabular, "ARCHIVE_URL", UNREACHABLE)
-    yield
-    torch.set_num_threads(previous)
 
 
 def arrays(splits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -39,14 +39,6 @@ LOOSE = dict(atol=1e-4, rtol=1e-4)
 TOLERANCE = 0.005  # SPEC §6
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def new_model(name: str, dim: int, seed: int = 0, **tolerances) -> CNF:
     torch.manual_seed(seed)
     return build_model(name, dim, **tolerances)

@@ -7,7 +7,7 @@ import hashlib
 import urllib.request
 from pathlib import Path
 
-from experiment.results.files import atomic_write_bytes
+from experiment.files import atomic_write_bytes
 
 
 class DataMissingError(RuntimeError):

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from experiment.data.download import DataMissingError, fetch
-from experiment.results.files import atomic_write_bytes
+from experiment.files import atomic_write_bytes
 
 # ------------------------------------------------------------------------------------------- MNIST
 

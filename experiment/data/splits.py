@@ -17,3 +17,15 @@ def train_valid_indices(
     permutation = np.random.default_rng(seed).permutation(num_train).astype(np.int64)
     num_valid = round(valid_fraction * num_train)
     return np.sort(permutation[num_valid:]), np.sort(permutation[:num_valid])
+
+
+def split_tensors(splits, indices: tuple[np.ndarray, np.ndarray] | None) -> dict[str, tuple]:
+    """{"train", "valid", "test"} → (x, y) tensors of a dataset's `Splits`; a dataset without its
+    own validation set is split by `indices` = (train_idx, valid_idx) (see train_valid_indices)."""
+    x_train, y_train = splits.train.tensors
+    if splits.valid is None:
+        train_index, valid_index = indices
+        return {"train": (x_train[train_index], y_train[train_index]),
+                "valid": (x_train[valid_index], y_train[valid_index]),
+                "test": splits.test.tensors}
+    return {"train": (x_train, y_train), "valid": splits.valid.tensors, "test": splits.test.tensors}

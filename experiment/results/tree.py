@@ -25,10 +25,18 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from experiment.results.files import atomic_write_bytes, atomic_write_text
+from experiment.files import atomic_write_bytes, atomic_write_text
 
 RUN_ID_EXCLUDED_KEYS = ("experiments", "directories", "device")
 METRIC_KEY = ("mode", "method", "net", "repetition", "step")
+
+
+def model_name(key: dict) -> str:
+    """The file stem of the model a metrics row (or its METRIC_KEY values) describes:
+    `dense_net{n}` or `{mode}_{method}_net{n}_rep{r}_step{k}`."""
+    if key["method"] == "dense":
+        return f"dense_net{key['net']}"
+    return f"{key['mode']}_{key['method']}_net{key['net']}_rep{key['repetition']}_step{key['step']}"
 
 
 def run_id(config: dict) -> str:

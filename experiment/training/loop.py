@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from experiment.models import count_nfe
 from experiment.pruning.rules import apply_masks
-from experiment.results.files import atomic_torch_save, load_checkpoint
+from experiment.files import atomic_torch_save, load_checkpoint
 from experiment.seeds import derive_seed
 from experiment.training.evaluate import evaluate
 from experiment.training.losses import Loss

@@ -1,0 +1,57 @@
+"""Reading one run folder back, without writing anything: its config, metrics rows, curves, the
+trained models and the exact data splits it used. This is what the `paper/` scripts build on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from experiment.data import load_dataset
+from experiment.data.splits import split_tensors
+from experiment.models import build_model
+from experiment.pruning.rules import apply_masks
+from experiment.files import load_checkpoint
+from experiment.results.tree import RunDir, model_name, read_csv
+from experiment.seeds import derive_seed
+
+
+class Run:
+    """A run folder: `config`, `rows` (metrics.csv), and loaders for models, curves and data."""
+
+    def __init__(self, path: str | Path):
+        self.folder = RunDir(Path(path))
+        self.config = self.folder.load_config()
+        self.rows = self.folder.read_metrics()
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    def load_model(self, row_or_name: dict | str, device: str | torch.device = "cpu") -> nn.Module:
+        """The trained model of a metrics row (or of a checkpoint stem such as "dense_net0"), masks
+        applied, in eval mode."""
+        name = row_or_name if isinstance(row_or_name, str) else model_name(row_or_name)
+        network = self.config["network"]
+        model = build_model(network["name"], network["outputSize"], network["tolerances"]["atol"], network["tolerances"]["rtol"])
+        checkpoint = load_checkpoint(self.folder.checkpoint(name), device)
+        model.load_state_dict(checkpoint["model"])
+        apply_masks(model, checkpoint["masks"])
+        return model.to(device).eval()
+
+    def curve(self, row_or_name: dict | str) -> list[dict]:
+        name = row_or_name if isinstance(row_or_name, str) else model_name(row_or_name)
+        return read_csv(self.folder.curve(name))
+
+    def load_data(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{"train", "valid", "test"} → (x, y) exactly as the run used them (persisted split)."""
+        config = self.config
+        splits = load_dataset(config["network"]["dataset"], config["directories"]["training_data"],
+                              derive_seed(config["seed"], "data"))
+        indices = None
+        if splits.valid is None:
+            with np.load(self.path / "data_split.npz") as stored:
+                indices = stored["train"], stored["valid"]
+        return split_tensors(splits, indices)
