@@ -1,0 +1,682 @@
+"""Loss-surface flatness of dense and pruned nets (SPEC §8): the Hessian of the *training* loss
+restricted to the surviving (non-zero) parameters, on a fixed 10 % subset of the training data.
+
+    python -m paper.flatness TARGET [--out DIR] [--subset 0.1] [--ratios 0.25 0.5 ...] [--all-steps]
+
+For the dense net and, per (mode, method), the pruned nets of net 0 at the steps whose achieved prune
+ratio is closest to each of `--ratios` (or every step with `--all-steps`), it reports
+
+* ``lambda_max``: the largest (algebraic) eigenvalue of the restricted Hessian H;
+* ``trace``: tr H (and ``trace_stderr``, the standard error of Hutchinson's estimate; 0 when exact);
+* ``condition_number``: κ = λ_max / λ_min⁺, where λ_min⁺ is the smallest eigenvalue above the tolerance
+  ``eig_tol · λ_max`` (default 1e-6). Eigenvalues at or below it — the (near-)null directions, e.g.
+  weights into dead neurons, and the negative curvature of a non-convex loss — are left out, so κ is
+  the condition number of H on its numerically positive-definite part. It is exact when the full
+  Hessian is computed; on the iterative path λ_min⁺ is only available when the smallest algebraic
+  eigenvalue (Lanczos, ``eigsh(which="SA")``) is itself above the tolerance, otherwise κ is NaN.
+  ``lambda_min`` (the smallest algebraic eigenvalue) is reported alongside so negative curvature is visible;
+* the spectral density: a Gaussian-broadened density of the eigenvalues (exact path) or its stochastic
+  Lanczos quadrature (SLQ) estimate (iterative path), ∫ρ = 1, ∫λρ(λ)dλ ≈ tr H / n.
+
+How. θ ∈ ℝⁿ holds the surviving entries only; the pruned entries stay exactly zero (they are rebuilt
+as constants around θ and the model is called with `torch.func.functional_call`). The loss is
+L(θ) = Σ_c (|c| / N) · loss(model_θ(x_c), y_c) over chunks c of the subset (``--chunk-size``, default
+1024, so toy subsets are one chunk). For mean losses this is the full-batch loss exactly with fixed-grid
+solvers; adaptive solvers choose their steps per chunk, so there it agrees up to solver tolerance. Hessian-vector products are double backprop (`torch.autograd.grad(..., create_graph=True)`,
+then the gradient of gᵀv), several vectors at once with ``is_grads_batched``. The gradient graph of
+every chunk is built once and reused by every product (``--no-cache-graph`` rebuilds it per product).
+
+* The adjoint method (names with ``_da``, ``_adjoint``) does not support double backward, so the
+  Hessian is taken on a copy of the model whose ODE blocks backpropagate through the solver
+  (``SolverOptions(adjoint=False)``, same weights, solver and tolerances). This differentiates the
+  discretised solve, whose gradient the adjoint approximates; the adaptive step sizes depend on θ
+  and are differentiated through as torchdiffeq computes them.
+* Flows of dimension ≤ 8 use the exact trace in log p(x) (deterministic loss); larger flows use
+  Hutchinson's trace estimator with its noise fixed by seeding torch before every chunk's forward pass.
+* The subset is a seeded choice (``--seed``) of rows of the run's training split, passed once through
+  the training transforms (seeded too), so the loss is a fixed deterministic function of θ and every
+  model of a run is measured on the same data.
+* Computation is in float64 by default (``--dtype``) so that roundoff stays far below the
+  eigenvalue tolerance.
+
+Exact path (n ≤ ``--exact-max``, default 2000): the full Hessian from n HVPs with the unit vectors,
+symmetrised, then `numpy.linalg.eigvalsh` gives exact λ_max, λ_min, trace, κ and spectrum.
+Iterative path: `scipy.sparse.linalg.eigsh` (ARPACK Lanczos) on a LinearOperator of the HVP for the
+largest ('LA') and smallest ('SA') algebraic eigenvalue; Hutchinson's trace estimator with Rademacher
+probes (``--probes``); SLQ with ``--slq-vectors`` Rademacher starting vectors and ``--slq-steps``
+Lanczos steps with full reorthogonalisation (`lanczos` below).
+
+Cost: the exact path needs n HVPs (≈ seconds for the toy NODEs); the iterative path a few hundred to
+a thousand (ffjord_l4_h64, n ≈ 8.6k, 10 % of ToyGaussians: ≈ 2 min on one CPU thread). The SLQ basis
+holds slq_vectors × slq_steps × n floats.
+
+Outputs in the output folder (per run): ``flatness_<run>.csv`` / ``.md`` (one row per evaluated
+model), ``flatness_<run>.png/.pdf`` (λ_max, trace and κ against prune ratio, one line per method),
+``spectrum_<run>.png/.pdf`` (spectral densities overlaid, coloured by prune ratio) and
+``spectrum_<run>.csv`` (the quadrature nodes and weights behind them).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from experiment.data.transforms import build_transform
+from experiment.models import ODEBlock
+from experiment.results import Run
+from experiment.results.tree import model_name, rows_to_csv
+from experiment.training.evaluate import trace_estimator_for
+from experiment.training.losses import build_loss
+from paper.common import find_runs, output_folder, parse_arguments, plt, run_label, save_figure, save_text
+
+DEFAULT_RATIOS = (0.25, 0.5, 0.75, 0.9, 0.95)
+COLUMNS = ("run", "mode", "method", "net", "step", "prune_ratio", "num_surviving_params", "lambda_max", "trace",
+           "trace_stderr", "condition_number", "lambda_min", "hessian", "subset_size", "seconds")
+
+
+# ------------------------------------------------------------------------------ θ ↔ parameters
+
+
+@dataclass
+class SurvivingParameters:
+    """The surviving (non-zero) entries of a model's parameters as one flat vector θ.
+
+    `indices[i]` are the flat positions of parameter `names[i]` that survive; `full(θ)` rebuilds every
+    parameter with θ's values there and exact zeros elsewhere (the pruned entries are constants)."""
+
+    names: list[str]
+    shapes: list[torch.Size]
+    indices: list[torch.Tensor]
+    values: torch.Tensor  # θ at the trained weights
+
+    @classmethod
+    def of(cls, model: nn.Module, support: dict[str, torch.Tensor] | None = None) -> "SurvivingParameters":
+        """Survivors = non-zero entries, or the non-zero entries of `support` (name → tensor shaped
+        like the parameter; parameters it does not name keep every entry)."""
+        names, shapes, indices, values = [], [], [], []
+        for name, parameter in model.named_parameters():
+            data = parameter.detach()
+            keep = data != 0 if support is None else (support[name] != 0 if name in support else torch.ones_like(data, dtype=torch.bool))
+            index = torch.nonzero(keep.flatten(), as_tuple=False).flatten()
+            names.append(name)
+            shapes.append(data.shape)
+            indices.append(index)
+            values.append(data.flatten()[index])
+        return cls(names, shapes, indices, torch.cat(values) if values else torch.zeros(0))
+
+    @property
+    def size(self) -> int:
+        return int(self.values.numel())
+
+    def full(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """name → parameter tensor with θ at the surviving entries and zeros elsewhere (differentiable in θ)."""
+        parameters, start = {}, 0
+        for name, shape, index in zip(self.names, self.shapes, self.indices):
+            count = index.numel()
+            flat = theta.new_zeros(shape.numel()).index_put((index,), theta[start:start + count])
+            parameters[name] = flat.view(shape)
+            start += count
+        return parameters
+
+    def positions(self) -> np.ndarray:
+        """Positions of θ's entries in the flattened concatenation of all parameters (in named_parameters order)."""
+        offsets = np.cumsum([0] + [shape.numel() for shape in self.shapes])
+        return np.concatenate([offset + index.numpy() for offset, index in zip(offsets, self.indices)]).astype(np.int64)
+
+
+def differentiable_copy(model: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
+    """A copy of `model` in `dtype`, eval mode, whose ODE blocks backpropagate through the solver
+    (the adjoint method has no double backward); its own parameters are frozen (never used by
+    `functional_call`, which substitutes them)."""
+    copied = copy.deepcopy(model).to(dtype).eval()
+    for module in copied.modules():
+        if isinstance(module, ODEBlock):
+            module.options = dataclasses.replace(module.options, adjoint=False)
+    for parameter in copied.parameters():
+        parameter.requires_grad_(False)
+    return copied
+
+
+class _Output(nn.Module):
+    """model(x) for classifiers, model.log_prob(x, exact_trace) for flows (so `functional_call` can
+    call either through `forward`)."""
+
+    def __init__(self, model: nn.Module, trace: str):
+        super().__init__()
+        self.model = model
+        self.trace = trace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.trace:
+            return self.model.log_prob(x, exact_trace=self.trace == "exact")
+        return self.model(x)
+
+
+# ------------------------------------------------------------------------------ the restricted loss and its HVP
+
+
+class RestrictedLoss:
+    """L(θ) = Σ_c (|c|/N) · loss_fn(output(model_θ, x_c), y_c) for θ the surviving parameters.
+
+    `model` must support double backward (see `differentiable_copy`). `trace` is "" (classifier),
+    "exact" or "hutchinson" (flows: how log p(x) is computed; Hutchinson's noise is fixed by seeding
+    torch with `seed` + chunk index before every chunk's forward pass). `hvp(V)` computes H·V for
+    V of shape [n] or [k, n]; with `cache_graph` the gradient graph of every chunk is kept and reused."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, *, trace: str = "",
+                 chunk_size: int = 1024, seed: int = 0, cache_graph: bool = True, hvp_batch: int = 16,
+                 support: dict[str, torch.Tensor] | None = None):
+        self.model = model
+        self.output = _Output(model, trace)
+        self.loss_fn = loss_fn
+        self.space = SurvivingParameters.of(model, support)
+        dtype = self.space.values.dtype
+        self.x = x.to(dtype) if x.is_floating_point() else x
+        self.y = y
+        self.trace = trace
+        self.seed = seed
+        self.cache_graph = cache_graph
+        self.hvp_batch = max(1, hvp_batch)
+        self.chunks = [(start, min(start + chunk_size, len(x))) for start in range(0, len(x), chunk_size)]
+        self.theta = self.space.values.clone().requires_grad_(True)
+        self._graphs: list[torch.Tensor] | None = None
+        self._batched = True
+        self.num_hvps = 0
+
+    @property
+    def size(self) -> int:
+        return self.space.size
+
+    def chunk_loss(self, theta: torch.Tensor, chunk: int) -> torch.Tensor:
+        """(|c|/N) · loss on chunk `chunk`."""
+        start, stop = self.chunks[chunk]
+        parameters = {f"model.{name}": value for name, value in self.space.full(theta).items()}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + 7919 * chunk)
+            output = functional_call(self.output, parameters, (self.x[start:stop],))
+        return self.loss_fn(output, self.y[start:stop]) * ((stop - start) / len(self.x))
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        """L(θ) (differentiable; e.g. for `torch.autograd.functional.hessian`)."""
+        return sum(self.chunk_loss(theta, chunk) for chunk in range(len(self.chunks)))
+
+    def value(self) -> float:
+        with torch.no_grad():
+            return float(self(self.theta.detach()))
+
+    def _gradient(self, chunk: int) -> torch.Tensor:
+        with torch.enable_grad():
+            loss = self.chunk_loss(self.theta, chunk)
+            return torch.autograd.grad(loss, self.theta, create_graph=True)[0]
+
+    def gradients(self):
+        """The (graph-carrying) gradient of each chunk's weighted loss, cached if `cache_graph`."""
+        if self._graphs is not None:
+            yield from self._graphs
+            return
+        graphs = []
+        for chunk in range(len(self.chunks)):
+            gradient = self._gradient(chunk)
+            if self.cache_graph:
+                graphs.append(gradient)
+            yield gradient
+        if self.cache_graph:
+            self._graphs = graphs
+
+    def hvp(self, vectors: torch.Tensor) -> torch.Tensor:
+        """H·v for v of shape [n], or H·vᵢ for every row of [k, n]."""
+        single = vectors.dim() == 1
+        matrix = vectors.reshape(-1, self.size).to(self.theta.dtype)
+        result = torch.zeros_like(matrix)
+        if self.size == 0 or matrix.shape[0] == 0:
+            return result[0] if single else result
+        for gradient in self.gradients():
+            if not gradient.requires_grad:  # loss independent of θ
+                continue
+            for start in range(0, matrix.shape[0], self.hvp_batch):
+                block = matrix[start:start + self.hvp_batch]
+                result[start:start + len(block)] += self._products(gradient, block)
+        self.num_hvps += matrix.shape[0]
+        return result[0] if single else result
+
+    def _products(self, gradient: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        """Rows ∂(gᵀv)/∂θ for the rows v of `block` (batched through vmap when it works)."""
+        if self._batched and len(block) > 1:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # vmap's "no batching rule, falling back" notices
+                    (products,) = torch.autograd.grad(gradient, self.theta, block, retain_graph=True, is_grads_batched=True,
+                                                      allow_unused=True, materialize_grads=True)
+                return products
+            except RuntimeError:
+                self._batched = False  # some op of this model has no batched backward: one at a time
+        return torch.stack([torch.autograd.grad(gradient, self.theta, vector, retain_graph=True, allow_unused=True,
+                                                materialize_grads=True)[0] for vector in block])
+
+    def release(self) -> None:
+        self._graphs = None
+
+
+class HessianOperator:
+    """The restricted Hessian as numpy matrix-vector products (and a scipy LinearOperator)."""
+
+    def __init__(self, hvp: Callable[[torch.Tensor], torch.Tensor], size: int, dtype: torch.dtype = torch.float64):
+        self.hvp = hvp
+        self.size = size
+        self.dtype = dtype
+
+    @classmethod
+    def of(cls, loss: RestrictedLoss) -> "HessianOperator":
+        return cls(loss.hvp, loss.size, loss.theta.dtype)
+
+    @classmethod
+    def of_matrix(cls, matrix: np.ndarray) -> "HessianOperator":
+        """For tests: a fixed symmetric matrix."""
+        tensor = torch.as_tensor(matrix, dtype=torch.float64)
+        return cls(lambda vectors: vectors @ tensor.T, tensor.shape[0])
+
+    def matmat(self, vectors: np.ndarray) -> np.ndarray:
+        """H·V for V of shape [n, k]."""
+        vectors = np.asarray(vectors, dtype=np.float64).reshape(self.size, -1)
+        products = self.hvp(torch.as_tensor(vectors.T.copy(), dtype=self.dtype))
+        return products.detach().to(torch.float64).numpy().T.reshape(vectors.shape)
+
+    def matvec(self, vector: np.ndarray) -> np.ndarray:
+        return self.matmat(np.asarray(vector).reshape(-1, 1)).reshape(-1)
+
+    def linear_operator(self) -> scipy.sparse.linalg.LinearOperator:
+        return scipy.sparse.linalg.LinearOperator((self.size, self.size), matvec=self.matvec, matmat=self.matmat,
+                                                  rmatvec=self.matvec, dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------ spectral quantities
+
+
+def dense_hessian(operator: HessianOperator, batch: int = 64) -> np.ndarray:
+    """The full n × n Hessian, column by column (H eᵢ, `batch` columns per call), symmetrised."""
+    n = operator.size
+    hessian = np.zeros((n, n))
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        units = np.zeros((n, stop - start))
+        units[np.arange(start, stop), np.arange(stop - start)] = 1.0
+        hessian[:, start:stop] = operator.matmat(units)
+    return 0.5 * (hessian + hessian.T)
+
+
+def extreme_eigenvalue(operator: HessianOperator, which: str = "LA", tol: float = 1e-8, maxiter: int | None = None,
+                       seed: int = 0) -> float:
+    """The largest ('LA') or smallest ('SA') algebraic eigenvalue by ARPACK's Lanczos (`eigsh`)."""
+    n = operator.size
+    if n < 3:  # eigsh needs k < n; tiny problems are solved directly
+        eigenvalues = np.linalg.eigvalsh(dense_hessian(operator)) if n else np.array([np.nan])
+        return float(eigenvalues[-1] if which == "LA" else eigenvalues[0])
+    start = np.random.default_rng(seed).standard_normal(n)
+    try:
+        values = scipy.sparse.linalg.eigsh(operator.linear_operator(), k=1, which=which, tol=tol, v0=start,
+                                           maxiter=maxiter or max(1000, 10 * n), return_eigenvectors=False)
+    except scipy.sparse.linalg.ArpackNoConvergence as error:
+        values = error.eigenvalues
+        if len(values) == 0:
+            return math.nan
+    return float(values[0])
+
+
+def rademacher(n: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """[n, count] of independent ±1 entries."""
+    return rng.integers(0, 2, size=(n, count)).astype(np.float64) * 2.0 - 1.0
+
+
+def hutchinson_trace(operator: HessianOperator, probes: int = 100, seed: int = 0, batch: int = 16) -> tuple[float, float]:
+    """tr H ≈ mean of vᵀHv over Rademacher probes v; returns (mean, standard error of the mean)."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for start in range(0, probes, batch):
+        vectors = rademacher(operator.size, min(batch, probes - start), rng)
+        samples.append(np.einsum("nk,nk->k", vectors, operator.matmat(vectors)))
+    samples = np.concatenate(samples)
+    stderr = float(samples.std(ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
+    return float(samples.mean()), stderr
+
+
+def lanczos(matmat: Callable[[np.ndarray], np.ndarray], starts: np.ndarray, steps: int,
+            reorthogonalize: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The Lanczos iteration for a symmetric operator, run from every column of `starts` ([n, k]) in lockstep
+    (one `matmat` call per step serves all runs).
+
+    From q₁ = s/‖s‖ it builds orthonormal q₁..q_m and the tridiagonal T = Qᵀ H Q with diagonal α and
+    off-diagonal β: w = H q_j − α_j q_j − β_{j−1} q_{j−1}, α_j = q_jᵀ H q_j, β_j = ‖w‖, q_{j+1} = w/β_j.
+    With `reorthogonalize`, w is orthogonalised against every previous q (twice, classical Gram–Schmidt),
+    which keeps Q orthonormal in floating point (no spurious copies of converged Ritz values).
+    A run stops early when β_j ≈ 0 (Krylov space invariant: T's eigenvalues are then exact eigenvalues).
+    Returns, per start, (α of length m, β of length m − 1)."""
+    starts = np.asarray(starts, dtype=np.float64)
+    n, count = starts.shape
+    steps = max(1, min(steps, n))
+    basis = np.zeros((count, steps, n))
+    alphas, betas = np.zeros((count, steps)), np.zeros((count, steps))
+    lengths = np.full(count, steps)
+    active = np.ones(count, dtype=bool)
+    q = (starts / np.linalg.norm(starts, axis=0)).T  # [count, n]
+    q_previous, beta_previous = np.zeros_like(q), np.zeros(count)
+    scale = np.zeros(count)
+    for j in range(steps):
+        runs = np.flatnonzero(active)
+        if len(runs) == 0:
+            break
+        basis[runs, j] = q[runs]
+        w = matmat(q[runs].T).T  # [len(runs), n]
+        alpha = np.einsum("kn,kn->k", w, q[runs])
+        w = w - alpha[:, None] * q[runs] - beta_previous[runs, None] * q_previous[runs]
+        if reorthogonalize:
+            for _ in range(2):
+                previous = basis[runs, :j + 1]  # [len(runs), j+1, n]
+                w = w - np.einsum("kjn,kj->kn", previous, np.einsum("kjn,kn->kj", previous, w))
+        beta = np.linalg.norm(w, axis=1)
+        alphas[runs, j] = alpha
+        betas[runs, j] = beta
+        scale[runs] = np.maximum(scale[runs], np.abs(alpha) + beta)
+        q_previous[runs] = q[runs]
+        beta_previous[runs] = beta
+        for position, run in enumerate(runs):
+            if j == steps - 1:
+                continue
+            if beta[position] <= 1e-12 * max(scale[run], np.finfo(float).tiny):
+                lengths[run] = j + 1
+                active[run] = False
+            else:
+                q[run] = w[position] / beta[position]
+    return [(alphas[run, :lengths[run]].copy(), betas[run, :lengths[run] - 1].copy()) for run in range(count)]
+
+
+def gauss_quadrature(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ritz values θ_j (nodes) and weights τ_j = (first component of T's j-th eigenvector)² of the
+    Lanczos tridiagonal: Σ_j τ_j f(θ_j) ≈ q₁ᵀ f(H) q₁, with Σ τ_j = 1."""
+    if len(alpha) == 1:
+        return alpha.copy(), np.ones(1)
+    nodes, vectors = scipy.linalg.eigh_tridiagonal(alpha, beta)
+    return nodes, vectors[0] ** 2
+
+
+def slq(operator: HessianOperator, vectors: int = 3, steps: int = 80, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stochastic Lanczos quadrature: (nodes, weights) from `vectors` Rademacher starting vectors."""
+    starts = rademacher(operator.size, vectors, np.random.default_rng(seed))
+    return [gauss_quadrature(alpha, beta) for alpha, beta in lanczos(operator.matmat, starts, steps)]
+
+
+def spectral_density(quadratures: list[tuple[np.ndarray, np.ndarray]], grid: np.ndarray, sigma: float) -> np.ndarray:
+    """ρ(λ) = (1/V) Σ_v Σ_j τ_vj N(λ; θ_vj, σ²): the Gaussian-broadened density of the quadrature
+    nodes (exact eigenvalues with weights 1/n, or SLQ's Ritz values and weights)."""
+    density = np.zeros_like(grid, dtype=np.float64)
+    for nodes, weights in quadratures:
+        gaussians = np.exp(-0.5 * ((grid[:, None] - nodes[None, :]) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        density += gaussians @ weights
+    return density / len(quadratures)
+
+
+def density_grid(quadratures: list[tuple[np.ndarray, np.ndarray]], sigma_fraction: float = 0.01,
+                 points: int = 1000) -> tuple[np.ndarray, float]:
+    """A grid covering every node ± 6σ, with σ = `sigma_fraction` × (spread of the nodes)."""
+    nodes = np.concatenate([nodes for nodes, _ in quadratures])
+    low, high = float(nodes.min()), float(nodes.max())
+    sigma = sigma_fraction * max(high - low, 1e-12 * max(abs(low), abs(high), 1.0))
+    return np.linspace(low - 6 * sigma, high + 6 * sigma, points), sigma
+
+
+@dataclass
+class Flatness:
+    """What `measure` finds for one restricted Hessian."""
+
+    num_params: int
+    lambda_max: float
+    lambda_min: float
+    trace: float
+    trace_stderr: float
+    condition_number: float
+    quadrature: list[tuple[np.ndarray, np.ndarray]]  # exact eigenvalues (weights 1/n) or SLQ
+    hessian: str  # "exact" or "iterative"
+
+
+def condition_number(lambda_max: float, eigenvalues: np.ndarray, tol: float) -> float:
+    """λ_max / (smallest eigenvalue above tol · λ_max); NaN if λ_max ≤ 0 or none is above it."""
+    if not lambda_max > 0:
+        return math.nan
+    positive = eigenvalues[eigenvalues > tol * lambda_max]
+    return float(lambda_max / positive.min()) if len(positive) else math.nan
+
+
+def measure(operator: HessianOperator, *, exact_max: int = 2000, probes: int = 100, slq_vectors: int = 3,
+            slq_steps: int = 80, eig_tol: float = 1e-6, arpack_tol: float = 1e-8, seed: int = 0,
+            batch: int = 16) -> Flatness:
+    """λ_max, λ_min, trace, κ and spectral quadrature of the operator: exactly (full Hessian) when
+    n ≤ `exact_max`, else by Lanczos (eigsh), Hutchinson and SLQ."""
+    n = operator.size
+    if n == 0:
+        return Flatness(0, math.nan, math.nan, 0.0, 0.0, math.nan, [(np.zeros(1), np.ones(1))], "exact")
+    if n <= exact_max or n < 3:
+        eigenvalues = np.linalg.eigvalsh(dense_hessian(operator, batch=max(batch, 1)))
+        return Flatness(n, float(eigenvalues[-1]), float(eigenvalues[0]), float(eigenvalues.sum()), 0.0,
+                        condition_number(float(eigenvalues[-1]), eigenvalues, eig_tol),
+                        [(eigenvalues, np.full(n, 1.0 / n))], "exact")
+    lambda_max = extreme_eigenvalue(operator, "LA", arpack_tol, seed=seed)
+    lambda_min = extreme_eigenvalue(operator, "SA", arpack_tol, seed=seed + 1)
+    trace, stderr = hutchinson_trace(operator, probes, seed + 2, batch)
+    quadrature = slq(operator, slq_vectors, slq_steps, seed + 3)
+    kappa = lambda_max / lambda_min if lambda_max > 0 and lambda_min > eig_tol * lambda_max else math.nan
+    return Flatness(n, lambda_max, lambda_min, trace, stderr, kappa, quadrature, "iterative")
+
+
+# ------------------------------------------------------------------------------ runs → rows
+
+
+def select_rows(rows: list[dict], net: int = 0, ratios: tuple[float, ...] = DEFAULT_RATIOS, all_steps: bool = False,
+                repetition: int = 0) -> list[dict]:
+    """The dense net `net`, then per (mode, method) the pruned nets of that net and repetition at every
+    step (`all_steps`) or at the steps whose achieved prune ratio is closest to each of `ratios`."""
+    chosen = [row for row in rows if row["method"] == "dense" and int(row["net"]) == net]
+    pruned = [row for row in rows if row["method"] != "dense" and int(row["net"]) == net and int(row["repetition"]) == repetition]
+    for group in dict.fromkeys((row["mode"], row["method"]) for row in pruned):
+        candidates = sorted((row for row in pruned if (row["mode"], row["method"]) == group), key=lambda row: int(row["step"]))
+        if all_steps:
+            chosen += candidates
+            continue
+        steps = {int(min(candidates, key=lambda row: abs(float(row["prune_ratio"]) - ratio))["step"]) for ratio in ratios}
+        chosen += [row for row in candidates if int(row["step"]) in steps]
+    return chosen
+
+
+def training_subset(run: Run, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded choice of round(fraction · N) rows of the run's training split, through the training transforms."""
+    x, y = run.load_data()["train"]
+    count = min(len(x), max(1, round(fraction * len(x))))
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), size=count, replace=False))
+    index = torch.as_tensor(rows, dtype=torch.long)
+    schedule = run.config["training"]
+    transform = build_transform(schedule.get("transformsTrain", []) + schedule.get("transformsFinal", []))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(x[index]), y[index]
+
+
+def restricted_loss(run: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dtype: torch.dtype = torch.float64,
+                    chunk_size: int = 1024, seed: int = 0, cache_graph: bool = True, hvp_batch: int = 16) -> RestrictedLoss:
+    """The run's training loss of `model` on (x, y), as a function of its surviving parameters."""
+    schedule = run.config["training"]
+    data_dim = int(np.prod(x.shape[1:]))
+    loss_fn = build_loss(schedule["loss"], schedule.get("lossKwargs", {}) or {}, data_dim)
+    trace = trace_estimator_for(model, data_dim)
+    return RestrictedLoss(differentiable_copy(model, dtype), loss_fn, x, y, trace=trace, chunk_size=chunk_size, seed=seed,
+                          cache_graph=cache_graph, hvp_batch=hvp_batch)
+
+
+def analyse_run(run: Run, arguments) -> tuple[list[dict], list[dict]]:
+    """(table rows, spectrum rows) for the selected models of `run`."""
+    label = run_label(run)
+    dtype = getattr(torch, arguments.dtype)
+    x, y = training_subset(run, arguments.subset, arguments.seed)
+    table, spectra = [], []
+    for row in select_rows(run.rows, arguments.net, tuple(arguments.ratios), arguments.all_steps, arguments.repetition):
+        started = time.perf_counter()
+        model = run.load_model(row)
+        loss = restricted_loss(run, model, x, y, dtype=dtype, chunk_size=arguments.chunk_size, seed=arguments.seed,
+                               cache_graph=not arguments.no_cache_graph, hvp_batch=arguments.hvp_batch)
+        result = measure(HessianOperator.of(loss), exact_max=arguments.exact_max, probes=arguments.probes,
+                         slq_vectors=arguments.slq_vectors, slq_steps=arguments.slq_steps, eig_tol=arguments.eig_tol,
+                         seed=arguments.seed, batch=arguments.hvp_batch)
+        loss.release()
+        entry = {
+            "run": label, "mode": row["mode"], "method": row["method"], "net": int(row["net"]), "step": int(row["step"]),
+            "prune_ratio": float(row["prune_ratio"]), "num_surviving_params": result.num_params,
+            "lambda_max": result.lambda_max, "trace": result.trace, "trace_stderr": result.trace_stderr,
+            "condition_number": result.condition_number, "lambda_min": result.lambda_min, "hessian": result.hessian,
+            "subset_size": len(x), "seconds": round(time.perf_counter() - started, 2),
+        }
+        table.append(entry)
+        for vector, (nodes, weights) in enumerate(result.quadrature):
+            spectra += [{"run": label, "mode": row["mode"], "method": row["method"], "step": int(row["step"]),
+                         "prune_ratio": float(row["prune_ratio"]), "vector": vector, "node": float(node), "weight": float(weight)}
+                        for node, weight in zip(nodes, weights)]
+        print(f"{label} {model_name(row)}: PR {entry['prune_ratio']:.3f}, n={result.num_params}, λ_max={result.lambda_max:.5g}, "
+              f"trace={result.trace:.5g}±{result.trace_stderr:.2g}, κ={result.condition_number:.4g} "
+              f"({result.hessian}, {entry['seconds']:.1f} s)", flush=True)
+    return table, spectra
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def markdown_table(rows: list[dict]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "nan" if math.isnan(value) else f"{value:.6g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(row[column]) for column in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _lines(rows: list[dict]) -> dict[str, list[dict]]:
+    """'mode method' → rows sorted by prune ratio, each line starting at the dense net."""
+    dense = [row for row in rows if row["method"] == "dense"]
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["method"] != "dense":
+            groups.setdefault(f"{row['mode']} {row['method']}", []).append(row)
+    if not groups:
+        return {"dense": dense}
+    return {name: dense + sorted(members, key=lambda row: row["prune_ratio"]) for name, members in groups.items()}
+
+
+def plot_flatness(rows: list[dict], title: str) -> plt.Figure:
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for name, line in _lines(rows).items():
+        ratios = [row["prune_ratio"] for row in line]
+        axes[0].plot(ratios, [row["lambda_max"] for row in line], marker="o", markersize=3, label=name)
+        axes[1].errorbar(ratios, [row["trace"] for row in line], yerr=[row["trace_stderr"] for row in line], marker="o",
+                         markersize=3, capsize=2, label=name)
+        axes[2].plot(ratios, [row["condition_number"] for row in line], marker="o", markersize=3, label=name)
+    for axis, label in zip(axes, ("largest eigenvalue λ_max", "trace of the Hessian", "condition number λ_max / λ_min⁺")):
+        axis.set_xlabel("prune ratio")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    if any(row["condition_number"] > 0 for row in rows):
+        axes[2].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_spectra(rows: list[dict], quadratures: dict[tuple, list], title: str, sigma_fraction: float) -> plt.Figure:
+    """One panel per (mode, method): the densities of the dense net and of every pruned net, coloured by prune ratio."""
+    lines = _lines(rows)
+    figure, axes = plt.subplots(1, len(lines), figsize=(5 * len(lines), 3.8), squeeze=False)
+    everything = [q for parts in quadratures.values() for q in parts]
+    grid, sigma = density_grid(everything, sigma_fraction)
+    colours = plt.get_cmap("viridis")
+    for axis, (name, line) in zip(axes[0], lines.items()):
+        for row in line:
+            density = spectral_density(quadratures[(row["mode"], row["method"], row["step"])], grid, sigma)
+            colour = "black" if row["method"] == "dense" else colours(min(row["prune_ratio"], 1.0))
+            axis.semilogy(grid, np.maximum(density, 1e-12), color=colour, linewidth=1,
+                          label=f"PR {row['prune_ratio']:.2f}" + (" (dense)" if row["method"] == "dense" else ""))
+        axis.set_ylim(bottom=max(1e-8, axis.get_ylim()[0]))
+        axis.set_xlabel("eigenvalue λ")
+        axis.set_ylabel("spectral density ρ(λ)")
+        axis.set_title(name, fontsize=9)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle(f"{title} (Gaussian broadening σ = {sigma:.3g})", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def write_outputs(folder: Path, label: str, table: list[dict], spectra: list[dict], sigma_fraction: float) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [save_text(folder, f"flatness_{label}.csv", rows_to_csv([{column: row[column] for column in COLUMNS} for row in table])),
+             save_text(folder, f"flatness_{label}.md", markdown_table(table)),
+             save_text(folder, f"spectrum_{label}.csv", rows_to_csv(spectra))]
+    if not table:
+        return paths
+    title = f"Hessian of the training loss on the surviving parameters: {label}"
+    paths += save_figure(plot_flatness(table, title), folder, f"flatness_{label}")
+    quadratures: dict[tuple, list] = {}
+    for row in table:
+        key = (row["mode"], row["method"], row["step"])
+        points = [entry for entry in spectra if (entry["mode"], entry["method"], entry["step"]) == key]
+        vectors = sorted({entry["vector"] for entry in points})
+        quadratures[key] = [(np.array([e["node"] for e in points if e["vector"] == v]), np.array([e["weight"] for e in points if e["vector"] == v]))
+                            for v in vectors]
+    paths += save_figure(plot_spectra(table, quadratures, title, sigma_fraction), folder, f"spectrum_{label}")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(
+        "Hessian flatness (λ_max, trace, condition number, spectral density) of dense and pruned nets", argv,
+        **{
+            "--subset": dict(type=float, default=0.1, help="share of the training split to use (default 0.1)"),
+            "--ratios": dict(type=float, nargs="+", default=list(DEFAULT_RATIOS),
+                             help="prune ratios: per method, the steps closest to these (default %(default)s)"),
+            "--all-steps": dict(action="store_true", help="every pruning step instead of --ratios"),
+            "--net": dict(type=int, default=0, help="which net (default 0)"),
+            "--repetition": dict(type=int, default=0, help="which repetition of the pruned nets (default 0)"),
+            "--seed": dict(type=int, default=0, help="seed of the subset, probes and starting vectors"),
+            "--exact-max": dict(type=int, default=2000, help="compute the full Hessian up to this many surviving parameters"),
+            "--probes": dict(type=int, default=100, help="Hutchinson probes (iterative path)"),
+            "--slq-vectors": dict(type=int, default=3, help="SLQ starting vectors (iterative path)"),
+            "--slq-steps": dict(type=int, default=80, help="Lanczos steps per SLQ vector (iterative path)"),
+            "--eig-tol": dict(type=float, default=1e-6, help="eigenvalues ≤ eig_tol·λ_max are left out of the condition number"),
+            "--sigma": dict(type=float, default=0.01, help="Gaussian broadening of the densities, as a share of the spectrum's spread"),
+            "--chunk-size": dict(type=int, default=1024, help="samples per forward pass"),
+            "--hvp-batch": dict(type=int, default=16, help="Hessian-vector products per backward pass"),
+            "--no-cache-graph": dict(action="store_true", help="rebuild the gradient graph for every product (less memory)"),
+            "--dtype": dict(choices=["float64", "float32"], default="float64"),
+        },
+    )
+    for run in find_runs(arguments.target):
+        label = run_label(run)
+        table, spectra = analyse_run(run, arguments)
+        for path in write_outputs(output_folder(arguments.out, run), label, table, spectra, arguments.sigma):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    sys.exit(main())

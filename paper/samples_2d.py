@@ -1,0 +1,396 @@
+"""2-D figures per prune ratio (SPEC §8): what the toy models look like as they are pruned.
+
+    python -m paper.samples_2d TARGET [--out DIR] [--ratios PR ...] [--num-ratios 4] [--net 0]
+
+For every 2-D run under TARGET (a run folder, a results root or a config file), one grid per
+figure, rows = pruning methods, columns = the dense net then a few prune ratios:
+
+* flows (cnf_/ffjord_ toy runs): `samples_<run>`, the model density as a 2-D histogram of prior
+  samples N(0, I) pushed back through the ODE (seeded), next to a histogram of the test data;
+* classifiers (node_ runs): `decision_<run>`, the decision regions (argmax of the logits on a grid)
+  with the test data on top;
+* both: `field_<run>`, the learned vector field f(t, z) as a streamplot (t = T/2; the toy fields are
+  autonomous, so t does not matter), and `trajectories_<run>`, paths z(t) of test points from t = 0
+  to T coloured by label, for the dense net and the largest prune ratio shown.
+
+Panels are titled with the achieved prune ratio (PR) and the test metric of the metrics row. Only
+net 0 (--net), repetition 0 is shown. By default the columns are --num-ratios target ratios spread
+evenly over the run's ratio list, always ending with the largest; --ratios picks the nearest
+ratios of the list instead. Runs whose data are not 2-D are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torchdiffeq import odeint
+
+from experiment.models import CNF, NeuralODEClassifier, parse_model_name
+from experiment.results import Run
+from paper.common import find_runs, output_folder, parse_arguments, quantity, run_label, save_figure
+
+METHOD_LABELS = {"FilterThresNet": "FT", "ThresNet": "WT", "dense": "dense"}
+METRIC_SHORT = {"nll": "NLL", "bits_per_dim": "bits/dim", "top1_acc": "error %"}
+CLASS_COLOURS = plt.get_cmap("tab10").colors
+
+
+# ------------------------------------------------------------------------------ which models
+
+
+@dataclass
+class Selection:
+    """The models of one figure grid: `ratios` are the target prune ratios of the columns after the
+    dense one; `cells[(mode, method)]` the metrics rows of that method at those ratios (None where a
+    model is missing); `dense` the dense row (None if missing)."""
+
+    dense: dict | None
+    ratios: list[float]
+    cells: dict[tuple[str, str], list[dict | None]] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[tuple[str, str]]:
+        return list(self.cells)
+
+
+def spread_ratios(ratios: list[float], count: int) -> list[float]:
+    """`count` entries of the sorted list `ratios`, evenly spread and ending with the largest."""
+    ratios = sorted(ratios)
+    if count <= 0 or not ratios:
+        return []
+    if count >= len(ratios):
+        return ratios
+    positions = np.round(np.linspace(len(ratios) / count, len(ratios), count)).astype(int) - 1
+    return [ratios[index] for index in sorted(set(positions.tolist()))]
+
+
+def select_models(run: Run, ratios: list[float] | None = None, num_ratios: int = 4, net: int = 0,
+                  repetition: int = 0) -> Selection:
+    """The dense net `net` and, per (mode, method), its pruned models of repetition `repetition` at
+    the chosen target prune ratios: the nearest of the run's ratios to each of `ratios`, or
+    `num_ratios` of them spread evenly (see `spread_ratios`)."""
+    rows = [row for row in run.rows if int(row["net"]) == net]
+    dense = next((row for row in rows if row["method"] == "dense"), None)
+    pruned = [row for row in rows if row["method"] != "dense" and int(row["repetition"]) == repetition]
+    available = sorted({round(float(row["target_prune_ratio"]), 9) for row in pruned})
+    if ratios:
+        chosen = sorted({min(available, key=lambda value: abs(value - wanted)) for wanted in ratios}) if available else []
+    else:
+        chosen = spread_ratios(available, num_ratios)
+    selection = Selection(dense=dense, ratios=chosen)
+    for key in sorted({(row["mode"], row["method"]) for row in pruned}):
+        by_ratio = {round(float(row["target_prune_ratio"]), 9): row for row in pruned if (row["mode"], row["method"]) == key}
+        selection.cells[key] = [by_ratio.get(ratio) for ratio in chosen]
+    return selection
+
+
+def grid_rows(selection: Selection) -> list[tuple[str, list[dict | None]]]:
+    """(row label, [dense row, rows at each ratio]) per figure row; one 'dense' row if nothing was pruned."""
+    if not selection.cells:
+        return [("dense", [selection.dense])]
+    modes = {mode for mode, _ in selection.cells}
+    result = []
+    for (mode, method), cells in selection.cells.items():
+        label = METHOD_LABELS.get(method, method) + (f" ({mode})" if len(modes) > 1 else "")
+        result.append((label, [selection.dense, *cells]))
+    return result
+
+
+def is_2d_run(run: Run) -> str | None:
+    """'cnf' or 'node' for a run of a 2-D toy flow or classifier, else None."""
+    network = run.config["network"]
+    try:
+        family = parse_model_name(network["name"]).family
+    except ValueError:
+        return None
+    if family in ("cnf", "node") and int(network["outputSize"]) == 2:
+        return family
+    return None
+
+
+# ------------------------------------------------------------------------------ model helpers
+
+
+class ModelCache:
+    """Loads each model of a run once."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.models: dict[tuple, torch.nn.Module] = {}
+
+    def __call__(self, row: dict) -> torch.nn.Module:
+        key = tuple(str(row[name]) for name in ("mode", "method", "net", "repetition", "step"))
+        if key not in self.models:
+            self.models[key] = self.run.load_model(row)
+        return self.models[key]
+
+
+def fields_of(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.Tensor, object]]:
+    """(f(t, z) module, end time T, solver options) of each ODE block of a 2-D model, in order."""
+    if isinstance(model, CNF):
+        return [(block.field.field, block.end_time.detach(), block.options) for block in model.blocks]
+    if isinstance(model, NeuralODEClassifier):
+        return [(model.block.field, model.block.end_time.detach(), model.block.options)]
+    raise TypeError(f"not a 2-D ODE model: {type(model).__name__}")
+
+
+@torch.no_grad()
+def trajectories(model: torch.nn.Module, x: torch.Tensor, num_times: int = 50) -> torch.Tensor:
+    """z(t) of the points `x` at `num_times` times per ODE block from t = 0 to T (blocks one after
+    the other), shape [times, N, 2]; solved with each block's own solver and tolerances."""
+    paths = []
+    z = x
+    for func, end_time, options in fields_of(model):
+        times = torch.linspace(0.0, float(end_time), num_times, dtype=x.dtype)
+        kwargs = dict(method=options.method, atol=options.atol, rtol=options.rtol)
+        if options.num_steps is not None:
+            steps = options.num_steps  # the same equal-step grid the model was trained with
+            kwargs["options"] = {"grid_constructor": lambda f, y0, t: torch.linspace(t[0], t[-1], steps + 1, dtype=t.dtype)}
+        path = odeint(lambda t, state: func(t, state), z, times, **kwargs)
+        paths.append(path if not paths else path[1:])
+        z = path[-1]
+    return torch.cat(paths)
+
+
+@torch.no_grad()
+def sample_flow(model: CNF, num_samples: int, seed: int) -> np.ndarray:
+    """`num_samples` samples of the flow: N(0, I) draws of a seeded generator pushed back through the ODE."""
+    generator = torch.Generator().manual_seed(seed)
+    return model.sample(num_samples, generator).double().numpy()
+
+
+def data_box(x: np.ndarray, margin: float = 0.1) -> tuple[tuple[float, float], tuple[float, float]]:
+    """A square window around the points `x` (robust to a few outliers), `margin` of its size added."""
+    low, high = np.percentile(x, 0.1, axis=0), np.percentile(x, 99.9, axis=0)
+    centre, half = (low + high) / 2, (high - low).max() / 2 * (1 + margin)
+    return (centre[0] - half, centre[0] + half), (centre[1] - half, centre[1] + half)
+
+
+def grid_points(box, resolution: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    xs = np.linspace(*box[0], resolution)
+    ys = np.linspace(*box[1], resolution)
+    gx, gy = np.meshgrid(xs, ys)
+    points = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32))
+    return gx, gy, points
+
+
+def panel_title(run: Run, row: dict | None) -> str:
+    if row is None:
+        return "missing"
+    column, _, transform = quantity(run)
+    text = f"PR {100 * float(row['prune_ratio']):.1f}%"
+    value = row.get(column)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        text += f"\n{METRIC_SHORT.get(column, column)} {transform(value):.3f}"
+    return text
+
+
+def make_grid(num_rows: int, num_columns: int, size: float = 2.6):
+    figure, axes = plt.subplots(num_rows, num_columns, figsize=(size * num_columns, size * num_rows + 0.4),
+                                squeeze=False, sharex=True, sharey=True, layout="constrained")
+    for ax in axes.flat:
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return figure, axes
+
+
+def label_rows(axes, labels: list[str], offset: int = 0) -> None:
+    for ax, label in zip(axes[:, offset], labels):
+        ax.set_ylabel(label, fontsize=11)
+
+
+def mark_missing(ax) -> None:
+    ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def flow_samples_figure(run: Run, selection: Selection, models: ModelCache | None = None, num_samples: int = 20_000,
+                        seed: int = 0, bins: int = 150):
+    """Density histograms of the flow's samples: column 0 the test data (first row only), then the
+    dense net and the selected ratios; rows = methods. Returns (figure, axes [rows, 2 + ratios])."""
+    models = models or ModelCache(run)
+    x_test = run.load_data()["test"][0].double().numpy()
+    box = data_box(x_test)
+    rows = grid_rows(selection)
+    figure, axes = make_grid(len(rows), len(rows[0][1]) + 1)
+    histogram = dict(bins=bins, range=box, cmap="magma", rasterized=True)
+    axes[0, 0].hist2d(x_test[:, 0], x_test[:, 1], **histogram)
+    axes[0, 0].set_title("data (test)")
+    for ax in axes[1:, 0]:
+        ax.set_axis_off()
+    samples: dict[int, np.ndarray] = {}
+    for index, (_, cells) in enumerate(rows):
+        for column, row in enumerate(cells, start=1):
+            ax = axes[index, column]
+            ax.set_title(("dense\n" if column == 1 and index == 0 else "") + panel_title(run, row), fontsize=9)
+            if row is None:
+                mark_missing(ax)
+                continue
+            model = models(row)
+            if id(model) not in samples:
+                samples[id(model)] = sample_flow(model, num_samples, seed)
+            points = samples[id(model)]
+            points = points[np.isfinite(points).all(1)]
+            ax.hist2d(points[:, 0], points[:, 1], **histogram)
+    for ax, (label, _) in zip(axes[:, 1], rows):
+        ax.set_ylabel(label, fontsize=11)
+    figure.suptitle(f"{run_label(run)}: samples ({num_samples} from N(0, I) through the ODE)")
+    return figure, axes
+
+
+@torch.no_grad()
+def decision_figure(run: Run, selection: Selection, models: ModelCache | None = None, resolution: int = 200):
+    """Decision regions of the classifier (argmax of the logits on a grid) with the test data on
+    top; rows = methods, columns = dense then the ratios. Returns (figure, axes [rows, 1 + ratios])."""
+    models = models or ModelCache(run)
+    x_test, y_test = (tensor.numpy() for tensor in run.load_data()["test"])
+    box = data_box(x_test, margin=0.2)
+    gx, gy, points = grid_points(box, resolution)
+    rows = grid_rows(selection)
+    num_classes = int(run.config["network"]["outputSize"])
+    colours = [CLASS_COLOURS[index % 10] for index in range(num_classes)]
+    cmap = plt.matplotlib.colors.ListedColormap(colours)
+    figure, axes = make_grid(len(rows), len(rows[0][1]))
+    predictions: dict[int, np.ndarray] = {}
+    for index, (_, cells) in enumerate(rows):
+        for column, row in enumerate(cells):
+            ax = axes[index, column]
+            ax.set_title(("dense\n" if column == 0 and index == 0 else "") + panel_title(run, row), fontsize=9)
+            if row is None:
+                mark_missing(ax)
+                continue
+            model = models(row)
+            if id(model) not in predictions:
+                predictions[id(model)] = model(points).argmax(1).numpy().reshape(gx.shape)
+            prediction = predictions[id(model)]
+            ax.contourf(gx, gy, prediction, levels=np.arange(num_classes + 1) - 0.5, cmap=cmap, alpha=0.35)
+            ax.scatter(x_test[:, 0], x_test[:, 1], c=[colours[label] for label in y_test], s=3, linewidths=0)
+            ax.set_xlim(box[0])
+            ax.set_ylim(box[1])
+    label_rows(axes, [label for label, _ in rows])
+    figure.suptitle(f"{run_label(run)}: decision boundaries (test data on top)")
+    return figure, axes
+
+
+@torch.no_grad()
+def field_figure(run: Run, selection: Selection, models: ModelCache | None = None, resolution: int = 40):
+    """Streamplots of the vector field f(T/2, z) of the first ODE block, coloured by speed;
+    rows = methods, columns = dense then the ratios. Returns (figure, axes)."""
+    models = models or ModelCache(run)
+    x_test = run.load_data()["test"][0].double().numpy()
+    box = data_box(x_test, margin=0.2)
+    gx, gy, points = grid_points(box, resolution)
+    rows = grid_rows(selection)
+    figure, axes = make_grid(len(rows), len(rows[0][1]))
+    for index, (_, cells) in enumerate(rows):
+        for column, row in enumerate(cells):
+            ax = axes[index, column]
+            ax.set_title(("dense\n" if column == 0 and index == 0 else "") + panel_title(run, row), fontsize=9)
+            if row is None:
+                mark_missing(ax)
+                continue
+            func, end_time, _ = fields_of(models(row))[0]
+            velocity = func(end_time / 2, points).double().numpy()
+            u, v = velocity[:, 0].reshape(gx.shape), velocity[:, 1].reshape(gx.shape)
+            speed = np.hypot(u, v)
+            if np.isfinite(speed).all() and speed.max() > 0:
+                ax.streamplot(gx, gy, u, v, color=speed, cmap="viridis", density=1.0, linewidth=0.7, arrowsize=0.6)
+            ax.set_xlim(box[0])
+            ax.set_ylim(box[1])
+    label_rows(axes, [label for label, _ in rows])
+    figure.suptitle(f"{run_label(run)}: vector field f(t, z) (colour: speed)")
+    return figure, axes
+
+
+def trajectories_figure(run: Run, selection: Selection, models: ModelCache | None = None, num_points: int = 300,
+                        num_times: int = 50, seed: int = 0):
+    """Paths z(t), t from 0 to T, of `num_points` test points coloured by label (start: small dot,
+    end: larger dot) for the dense net and the largest ratio shown; rows = methods.
+    Returns (figure, axes [rows, 2])."""
+    models = models or ModelCache(run)
+    x_test, y_test = run.load_data()["test"]
+    chosen = np.random.default_rng(seed).permutation(len(x_test))[:num_points]
+    x, y = x_test[chosen], y_test[chosen].numpy()
+    colours = np.array([CLASS_COLOURS[int(label) % 10] for label in y])
+    rows = [(label, [cells[0], cells[-1]] if len(cells) > 1 else cells) for label, cells in grid_rows(selection)]
+    figure, axes = make_grid(len(rows), len(rows[0][1]), size=3.2)
+    paths: dict[int, np.ndarray] = {}
+    for index, (_, cells) in enumerate(rows):
+        for column, row in enumerate(cells):
+            ax = axes[index, column]
+            ax.set_title(("dense\n" if column == 0 and index == 0 else "") + panel_title(run, row), fontsize=9)
+            if row is None:
+                mark_missing(ax)
+                continue
+            model = models(row)
+            if id(model) not in paths:
+                paths[id(model)] = trajectories(model, x, num_times).double().numpy()
+            path = paths[id(model)]
+            segments = np.transpose(path, (1, 0, 2))  # [N, times, 2]
+            lines = plt.matplotlib.collections.LineCollection(segments, colors=colours, linewidths=0.4, alpha=0.5)
+            ax.add_collection(lines)
+            ax.scatter(path[0, :, 0], path[0, :, 1], c=colours, s=2, linewidths=0)
+            ax.scatter(path[-1, :, 0], path[-1, :, 1], c=colours, s=8, linewidths=0, edgecolors="k")
+            ax.autoscale_view()
+    label_rows(axes, [label for label, _ in rows])
+    figure.suptitle(f"{run_label(run)}: trajectories of test points, t = 0 → T")
+    return figure, axes
+
+
+# ------------------------------------------------------------------------------ script
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(
+        __doc__.split("\n\n")[0], argv,
+        **{
+            "--ratios": dict(type=float, nargs="+", default=None,
+                             help="prune ratios to show (the nearest of each run's list); default: --num-ratios spread evenly"),
+            "--num-ratios": dict(type=int, default=4, help="how many ratios to show by default (always including the largest)"),
+            "--net": dict(type=int, default=0, help="which net (default 0)"),
+            "--repetition": dict(type=int, default=0, help="which repetition (default 0)"),
+            "--num-samples": dict(type=int, default=20_000, help="flow samples per model (default 20000)"),
+            "--num-trajectories": dict(type=int, default=300, help="test points whose paths are drawn (default 300)"),
+            "--resolution": dict(type=int, default=200, help="grid points per axis of the decision regions (default 200)"),
+            "--seed": dict(type=int, default=0, help="seed of the samples and of the chosen test points"),
+            "--threads": dict(type=int, default=1, help="torch CPU threads (default 1)"),
+        },
+    )
+    torch.set_num_threads(arguments.threads)
+    for run in find_runs(arguments.target):
+        family = is_2d_run(run)
+        if family is None:
+            print(f"{run.path}: not a 2-D toy flow or classifier ({run.config['network']['name']}); skipped")
+            continue
+        selection = select_models(run, arguments.ratios, arguments.num_ratios, arguments.net, arguments.repetition)
+        if selection.dense is None and not any(row for cells in selection.cells.values() for row in cells):
+            print(f"{run.path}: no trained models of net {arguments.net} yet; skipped")
+            continue
+        folder = output_folder(arguments.out, run)
+        label = run_label(run)
+        models = ModelCache(run)
+        written = []
+        if family == "cnf":
+            figure, _ = flow_samples_figure(run, selection, models, arguments.num_samples, arguments.seed)
+            written += save_figure(figure, folder, f"samples_{label}")
+        else:
+            figure, _ = decision_figure(run, selection, models, arguments.resolution)
+            written += save_figure(figure, folder, f"decision_{label}")
+        figure, _ = field_figure(run, selection, models)
+        written += save_figure(figure, folder, f"field_{label}")
+        figure, _ = trajectories_figure(run, selection, models, arguments.num_trajectories, seed=arguments.seed)
+        written += save_figure(figure, folder, f"trajectories_{label}")
+        for path in written:
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Sweeps over architectures, activations, solvers or optimizer settings (SPEC §8): the prune
+potential of each run and the error against the absolute number of non-zero parameters.
+
+    python -m paper.sweeps TARGET [--out DIR]
+
+TARGET is a results root, a folder of run folders or a sweep config file (its run folders, one per
+customization). Runs are compared within a dataset; each is labelled by what its config does
+differently from the other runs of that dataset (the differing part of the network name, e.g.
+`l4_h30` or `sigmoid` or `rk4_adjoint`, and `key=value` for other keys, e.g. `lr=0.05, wd=1e-05`).
+
+Prune potential of a (run, mode, method) = the largest achieved prune ratio (mean over nets) whose
+main-metric mean over nets is within δ of the dense nets' mean: value ≤ dense + δ, with δ = 0.005
+nats (NLL), 0.005 bits/dim, 0.5 percentage points (top-1 error); lower is better for all three.
+0 where no pruned point qualifies.
+
+Writes `prune_potential.png/.pdf/.csv/.md` and `error_vs_params.png/.pdf` into --out (default:
+`<TARGET>/paper` for a folder, else `paper/` next to the runs).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import PercentFormatter
+
+from experiment.results import Run
+from experiment.results.tree import RUN_ID_EXCLUDED_KEYS
+from paper.common import (
+    METHOD_NAMES, Point, collection_folder, dense_point, find_runs, line_label, parse_arguments, pruned_points,
+    quantity, save_figure, save_text,
+)
+
+# Tolerance of the prune potential in plotted units (after the quantity's transform).
+DELTAS = {"nll": 0.005, "bits_per_dim": 0.005, "top1_acc": 0.5}
+DEFAULT_DELTA = 0.005
+KEY_ABBREVIATIONS = {"weight_decay": "wd"}
+
+POTENTIAL_COLUMNS = ("dataset", "run_id", "network", "label", "mode", "method", "metric", "delta", "dense_value",
+                     "prune_potential", "value_at_potential", "nonzero_params_at_potential", "num_params", "num_nets")
+
+
+def delta_of(column: str) -> float:
+    if column in DELTAS:
+        return DELTAS[column]
+    if column.startswith("top") and column.endswith("_acc"):
+        return DELTAS["top1_acc"]
+    return DEFAULT_DELTA
+
+
+def prune_potential(dense: Point, points: list[Point], delta: float) -> Point | None:
+    """The pruned point with the largest mean achieved prune ratio whose mean value is at most
+    dense + δ (None: no pruned point is within δ, a prune potential of 0)."""
+    within = [point for point in points if point.value_mean <= dense.value_mean + delta]
+    return max(within, key=lambda point: point.prune_ratio_mean, default=None)
+
+
+# ------------------------------------------------------------------------------- labels of runs
+
+
+def flatten(config: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    """{key path: leaf value}; lists are leaves."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, prefix + (key,)))
+        else:
+            flat[prefix + (key,)] = value
+    return flat
+
+
+def name_parts(names: list[str]) -> list[str]:
+    """The differing middle of `_`-separated model names: their common leading and trailing tokens
+    dropped, each name keeping at least one token (node_l2_h64_tanh_da vs node_l2_h64_tanh_da_autograd
+    → da, da_autograd)."""
+    tokens = [name.split("_") for name in names]
+    shortest = min(len(parts) for parts in tokens)
+    prefix = 0
+    while prefix < shortest - 1 and len({parts[prefix] for parts in tokens}) == 1:
+        prefix += 1
+    suffix = 0
+    while suffix < shortest - prefix - 1 and len({parts[-1 - suffix] for parts in tokens}) == 1:
+        suffix += 1
+    return ["_".join(parts[prefix:len(parts) - suffix]) for parts in tokens]
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def run_labels(configs: list[dict]) -> list[str]:
+    """A label per config saying what it does differently from the others: the differing part of
+    the network name, then `key=value` for every other differing key (a `retraining` key that just
+    repeats the `training` one is left out; keys are shortened to their last component where that
+    stays unambiguous). A single config is labelled by its network name."""
+    if len(configs) == 1:
+        return [configs[0]["network"]["name"]]
+    flat = [flatten({key: value for key, value in config.items() if key not in RUN_ID_EXCLUDED_KEYS})
+            for config in configs]
+    keys = list(dict.fromkeys(key for entries in flat for key in entries))
+    missing = object()
+    values = {key: [entries.get(key, missing) for entries in flat] for key in keys}
+    differing = [key for key in keys
+                 if len({json.dumps(value, sort_keys=True, default=str) for value in values[key]}) > 1]
+    differing = [key for key in differing
+                 if not (key[0] == "retraining" and ("training",) + key[1:] in differing
+                         and values[("training",) + key[1:]] == values[key])]
+    parts: list[list[str]] = [[] for _ in configs]
+    if ("network", "name") in differing:
+        for index, part in enumerate(name_parts([config["network"]["name"] for config in configs])):
+            parts[index].append(part)
+    others = [key for key in differing if key != ("network", "name")]
+    for key in others:
+        short = key[-1]
+        if sum(other[-1] == short for other in others) > 1:
+            short = ".".join(key)
+        short = KEY_ABBREVIATIONS.get(short, short)
+        for index, value in enumerate(values[key]):
+            parts[index].append(f"{short}={'–' if value is missing else _format_value(value)}")
+    return [", ".join(part) or config["network"]["name"] for part, config in zip(parts, configs)]
+
+
+# ------------------------------------------------------------------------------ sweep summaries
+
+
+@dataclass
+class SweepRun:
+    run: Run
+    label: str
+    column: str
+    ylabel: str
+    delta: float
+    dense: Point | None
+    lines: dict[tuple[str, str], list[Point]]
+
+
+def sweep_groups(runs: list[Run]) -> dict[tuple[str, str], list[SweepRun]]:
+    """{(dataset, metric column): its runs, labelled against each other}."""
+    grouped: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        grouped.setdefault((run.config["network"]["dataset"], quantity(run)[0]), []).append(run)
+    groups = {}
+    for (dataset, column), members in sorted(grouped.items()):
+        labels = run_labels([run.config for run in members])
+        if len(set(labels)) < len(labels):  # the same experiment in two places: say which run
+            labels = [f"{label} ({run.path.name})" for label, run in zip(labels, members)]
+        entries = []
+        for run, label in zip(members, labels):
+            _, ylabel, transform = quantity(run)
+            entries.append(SweepRun(run, label, column, ylabel, delta_of(column), dense_point(run.rows, column, transform),
+                                    pruned_points(run.rows, column, transform)))
+        groups[(dataset, column)] = entries
+    return groups
+
+
+def potential_rows(groups: dict[tuple[str, str], list[SweepRun]]) -> list[dict]:
+    """One row per (run, mode, method) with a dense point: its prune potential (POTENTIAL_COLUMNS)."""
+    rows = []
+    for (dataset, column), entries in groups.items():
+        for entry in entries:
+            if entry.dense is None:
+                print(f"{entry.run.path}: no dense nets, no prune potential")
+                continue
+            for (mode, method), points in sorted(entry.lines.items()):
+                best = prune_potential(entry.dense, points, entry.delta)
+                rows.append({
+                    "dataset": dataset, "run_id": entry.run.path.name, "network": entry.run.config["network"]["name"],
+                    "label": entry.label, "mode": mode, "method": method, "metric": column, "delta": entry.delta,
+                    "dense_value": entry.dense.value_mean,
+                    "prune_potential": best.prune_ratio_mean if best else 0.0,
+                    "value_at_potential": best.value_mean if best else entry.dense.value_mean,
+                    "nonzero_params_at_potential": best.nonzero_params_mean if best else entry.dense.nonzero_params_mean,
+                    "num_params": entry.dense.num_params, "num_nets": best.num_nets if best else entry.dense.num_nets,
+                })
+    return rows
+
+
+def potential_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=POTENTIAL_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def potential_markdown(rows: list[dict]) -> str:
+    lines = ["# Prune potential", "",
+             "Largest mean achieved prune ratio whose mean test value over nets is within δ of the dense nets' "
+             "mean (δ = 0.005 nats / bits per dim, 0.5 percentage points of top-1 error).", "",
+             "| dataset | run | label | mode | method | metric (δ) | dense | prune potential | value there | non-zero params |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['dataset']} | {row['run_id']} | {row['label']} | {row['mode']} | "
+                     f"{METHOD_NAMES.get(row['method'], row['method'])} | {row['metric']} ({row['delta']:g}) | "
+                     f"{row['dense_value']:.4f} | {100 * row['prune_potential']:.1f}% | {row['value_at_potential']:.4f} | "
+                     f"{row['nonzero_params_at_potential']:,.0f} / {row['num_params']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _panels(count: int, width: float) -> tuple[plt.Figure, list[plt.Axes]]:
+    figure, axes = plt.subplots(1, count, figsize=(width * count, 4.4), squeeze=False)
+    return figure, list(axes[0])
+
+
+def plot_potential(groups: dict[tuple[str, str], list[SweepRun]], rows: list[dict]) -> plt.Figure:
+    figure, panels = _panels(len(groups), max(4.0, 0.9 * max(len(entries) for entries in groups.values()) + 2))
+    for axes, ((dataset, column), entries) in zip(panels, groups.items()):
+        mine = [row for row in rows if row["dataset"] == dataset and row["metric"] == column]
+        series = list(dict.fromkeys((row["mode"], row["method"]) for row in mine))
+        modes = {mode for mode, _ in series}
+        labels = [entry.label for entry in entries]
+        width = 0.8 / max(1, len(series))
+        for index, (mode, method) in enumerate(series):
+            heights = [next((100 * row["prune_potential"] for row in mine if row["label"] == label
+                             and (row["mode"], row["method"]) == (mode, method)), np.nan) for label in labels]
+            axes.bar(np.arange(len(labels)) + (index - (len(series) - 1) / 2) * width, heights, width,
+                     label=line_label(mode, method, modes))
+        axes.set_xticks(np.arange(len(labels)))
+        axes.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        axes.set_ylim(0, 100)
+        axes.yaxis.set_major_formatter(PercentFormatter(100))
+        axes.set_ylabel("prune potential")
+        axes.set_title(f"{dataset}: {column}, δ = {entries[0].delta:g}", fontsize=10)
+        axes.grid(alpha=0.3, axis="y")
+        if series:
+            axes.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_error_vs_params(groups: dict[tuple[str, str], list[SweepRun]]) -> plt.Figure:
+    figure, panels = _panels(len(groups), 6.0)
+    markers = {"FilterThresNet": "o", "ThresNet": "^"}
+    styles = {("cascade", "FilterThresNet"): "-", ("cascade", "ThresNet"): "--", ("retrain", "FilterThresNet"): "-.",
+              ("retrain", "ThresNet"): ":"}
+    for axes, ((dataset, _), entries) in zip(panels, groups.items()):
+        for index, entry in enumerate(entries):
+            color = f"C{index % 10}"
+            modes = {mode for mode, _ in entry.lines}
+            if entry.dense is not None:
+                axes.plot([entry.dense.nonzero_params_mean], [entry.dense.value_mean], color=color, marker="s",
+                          markersize=5, linestyle="none")
+            for (mode, method), points in sorted(entry.lines.items()):
+                line = ([entry.dense] if entry.dense else []) + points
+                axes.plot([point.nonzero_params_mean for point in line], [point.value_mean for point in line],
+                          color=color, marker=markers.get(method, "x"), markersize=3, linestyle=styles.get((mode, method), ":"),
+                          label=f"{entry.label}: {line_label(mode, method, modes)}")
+        axes.set_xscale("log")
+        axes.set_xlabel("non-zero parameters (mean over nets)")
+        axes.set_ylabel(entries[0].ylabel)
+        axes.set_title(f"{dataset} (■ dense)", fontsize=10)
+        axes.grid(alpha=0.3, which="both")
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def write_sweeps(runs: list[Run], folder: Path) -> list[Path]:
+    """Writes the prune-potential figure/CSV/markdown and the error-vs-parameters figure of `runs`."""
+    groups = sweep_groups(runs)
+    rows = potential_rows(groups)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = save_figure(plot_potential(groups, rows), folder, "prune_potential")
+    paths.append(save_text(folder, "prune_potential.csv", potential_csv(rows)))
+    paths.append(save_text(folder, "prune_potential.md", potential_markdown(rows)))
+    paths += save_figure(plot_error_vs_params(groups), folder, "error_vs_params")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(__doc__.split("\n\n")[0], argv)
+    runs = find_runs(arguments.target)
+    for path in write_sweeps(runs, collection_folder(arguments.out, arguments.target, runs)):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

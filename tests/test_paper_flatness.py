@@ -1,0 +1,348 @@
+"""Tests of paper/flatness.py: the restricted Hessian's HVPs, eigenvalues and trace against a dense
+`torch.autograd.functional.hessian`, the restriction to surviving parameters, the Lanczos iteration and
+SLQ density, and the CLI end to end on a tiny real results tree."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from conftest import describe, load_weights, run_cli, the_run_folder
+from experiment.models import build_model
+from paper import flatness
+from paper.flatness import (HessianOperator, RestrictedLoss, SurvivingParameters, dense_hessian, differentiable_copy,
+                            gauss_quadrature, hutchinson_trace, lanczos, measure, select_rows, slq,
+                            spectral_density)
+
+NODE = "node_l2_h8_tanh_da"  # adjoint model: the HVP copy must switch to backprop through the solver
+CNF = "cnf_l2_h8_tanh_da"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_problem(name: str, prune: bool = False, samples: int = 40, chunk_size: int = 1000) -> tuple[torch.nn.Module, RestrictedLoss]:
+    """A small model with a fixed batch and its restricted loss (optionally with some weights zeroed)."""
+    torch.manual_seed(1)
+    model = build_model(name, 2)
+    if prune:
+        with torch.no_grad():
+            parameters = dict(model.named_parameters())
+            first = [p for n, p in parameters.items() if n.endswith("0.weight")][0]
+            first[::2, 0] = 0.0  # some weights
+            last_bias = [p for n, p in parameters.items() if n.endswith("bias")][0]
+            last_bias[:3] = 0.0  # and some biases
+    x = torch.randn(samples, 2)
+    if name.startswith("cnf"):
+        loss_fn, y, trace = (lambda log_prob, target: -log_prob.mean()), torch.zeros(samples), "exact"
+    else:
+        loss_fn, y, trace = (lambda logits, target: F.cross_entropy(logits, target)), (x[:, 0] * x[:, 1] > 0).long(), ""
+    return model, RestrictedLoss(differentiable_copy(model), loss_fn, x, y, trace=trace, chunk_size=chunk_size)
+
+
+def reference_hessian(loss: RestrictedLoss) -> np.ndarray:
+    hessian = torch.autograd.functional.hessian(loss, loss.theta.detach().clone())
+    return hessian.double().numpy()
+
+
+# ------------------------------------------------------------------------------ against a dense Hessian
+
+
+@pytest.mark.parametrize("name", [NODE, CNF])
+def test_hvp_eigenvalue_and_trace_match_dense_hessian(name):
+    _, loss = tiny_problem(name)
+    reference = reference_hessian(loss)
+    eigenvalues = np.linalg.eigvalsh(0.5 * (reference + reference.T))
+    operator = HessianOperator.of(loss)
+
+    # HVPs themselves
+    vectors = np.random.default_rng(0).standard_normal((loss.size, 3))
+    np.testing.assert_allclose(operator.matmat(vectors), reference @ vectors, rtol=1e-6, atol=1e-9)
+
+    # exact path: full Hessian from HVP columns
+    exact = measure(operator, exact_max=10_000)
+    assert exact.hessian == "exact"
+    assert exact.lambda_max == pytest.approx(eigenvalues[-1], rel=1e-6)
+    assert exact.trace == pytest.approx(np.trace(reference), rel=1e-6)
+    positive = eigenvalues[eigenvalues > 1e-6 * eigenvalues[-1]]
+    assert exact.condition_number == pytest.approx(eigenvalues[-1] / positive.min(), rel=1e-4)
+
+    # iterative path: Lanczos (eigsh) extremes within 1 % (in fact to solver precision), Hutchinson's
+    # trace unbiased within a few standard errors (the 1 % trace criterion is met by the exact path)
+    iterative = measure(operator, exact_max=0, probes=200, slq_vectors=2, slq_steps=15)
+    assert iterative.hessian == "iterative"
+    assert iterative.lambda_max == pytest.approx(eigenvalues[-1], rel=1e-2)
+    assert iterative.lambda_max == pytest.approx(eigenvalues[-1], rel=1e-6)
+    assert iterative.lambda_min == pytest.approx(eigenvalues[0], rel=1e-6, abs=1e-9)
+    assert abs(iterative.trace - np.trace(reference)) < 4 * iterative.trace_stderr
+    assert 0 < iterative.trace_stderr < 0.25 * abs(np.trace(reference))
+    expected_kappa = eigenvalues[-1] / eigenvalues[0] if eigenvalues[0] > 1e-6 * eigenvalues[-1] else math.nan
+    assert iterative.condition_number == pytest.approx(expected_kappa, rel=1e-4, nan_ok=True)
+
+
+def test_chunked_loss_sums_to_the_full_batch_loss():
+    """With a fixed-grid solver every chunk is integrated on the same grid, so the weighted chunk
+    losses add up to the full-batch loss exactly (adaptive solvers pick steps per chunk)."""
+    name = "node_l2_h8_tanh_rk4_autograd"
+    _, chunked = tiny_problem(name, chunk_size=12)  # chunks of 12, 12, 12, 4
+    _, whole = tiny_problem(name, chunk_size=1000)
+    assert len(chunked.chunks) == 4 and len(whole.chunks) == 1
+    assert chunked.value() == pytest.approx(whole.value(), rel=1e-12)
+    np.testing.assert_allclose(dense_hessian(HessianOperator.of(chunked)), dense_hessian(HessianOperator.of(whole)),
+                               rtol=1e-9, atol=1e-12)
+    uncached = RestrictedLoss(chunked.model, chunked.loss_fn, chunked.x, chunked.y, chunk_size=12, cache_graph=False)
+    vector = torch.randn(uncached.size, dtype=torch.float64)
+    torch.testing.assert_close(uncached.hvp(vector), whole.hvp(vector), rtol=1e-9, atol=1e-12)
+
+
+def test_hutchinson_flow_loss_is_deterministic():
+    """Flows with the trace estimator: the noise is re-seeded before every chunk's forward pass, so
+    recomputing the graph (no cache) gives the same loss and the same Hessian as the reference."""
+    torch.manual_seed(2)
+    model = build_model("ffjord_l2_h4_tanh_da", 2)
+    x = torch.randn(24, 2)
+    make = lambda cache: RestrictedLoss(differentiable_copy(model), lambda log_prob, target: -log_prob.mean(), x,
+                                        torch.zeros(24), trace="hutchinson", chunk_size=10, cache_graph=cache)
+    cached, uncached = make(True), make(False)
+    assert cached.value() == uncached.value() == cached.value()
+    reference = reference_hessian(cached)
+    np.testing.assert_allclose(dense_hessian(HessianOperator.of(uncached)), 0.5 * (reference + reference.T), rtol=1e-7, atol=1e-10)
+    other_seed = RestrictedLoss(cached.model, cached.loss_fn, x, cached.y, trace="hutchinson", chunk_size=10, seed=5)
+    assert other_seed.value() != cached.value()  # the noise matters, and the seed fixes it
+
+
+def test_hutchinson_trace_is_exact_for_diagonal_and_converges():
+    rng = np.random.default_rng(3)
+    diagonal = np.diag(rng.uniform(-1, 5, size=30))
+    # Rademacher probes: vᵀDv = tr D exactly for a diagonal matrix
+    mean, stderr = hutchinson_trace(HessianOperator.of_matrix(diagonal), probes=5)
+    assert mean == pytest.approx(np.trace(diagonal), rel=1e-12) and stderr == pytest.approx(0, abs=1e-12)
+    a = rng.standard_normal((30, 30))
+    matrix = a + a.T + 10 * np.eye(30)
+    mean, stderr = hutchinson_trace(HessianOperator.of_matrix(matrix), probes=2000, batch=500)
+    assert abs(mean - np.trace(matrix)) < 4 * stderr
+    assert stderr < 0.02 * np.trace(matrix)
+
+
+def test_restricted_hessian_is_the_dense_submatrix_on_survivors():
+    model, loss = tiny_problem(NODE, prune=True)
+    parameters = dict(model.named_parameters())
+    total = sum(p.numel() for p in parameters.values())
+    nonzero = sum(int(p.count_nonzero()) for p in parameters.values())
+    assert loss.size == nonzero < total
+
+    # the full-parameter loss, written independently of SurvivingParameters
+    hvp_model = differentiable_copy(model)
+    shapes = [(name, p.shape, p.numel()) for name, p in parameters.items()]
+
+    def full_loss(flat: torch.Tensor) -> torch.Tensor:
+        tensors, start = {}, 0
+        for name, shape, count in shapes:
+            tensors[name] = flat[start:start + count].view(shape)
+            start += count
+        return F.cross_entropy(functional_call(hvp_model, tensors, (loss.x,)), loss.y)
+
+    flat = torch.cat([p.detach().flatten() for p in parameters.values()]).double()
+    dense = torch.autograd.functional.hessian(full_loss, flat).numpy()
+    survivors = loss.space.positions()
+    assert len(survivors) == loss.size
+    np.testing.assert_array_equal(survivors, np.flatnonzero(flat.numpy() != 0))
+    restricted = dense_hessian(HessianOperator.of(loss))
+    np.testing.assert_allclose(restricted, dense[np.ix_(survivors, survivors)], rtol=1e-7, atol=1e-10)
+    # the loss itself is unchanged: pruned entries are held at zero
+    assert loss.value() == pytest.approx(float(full_loss(flat)), rel=1e-12)
+
+    # the pruned entries really are constant: θ only moves the survivors
+    theta = loss.theta.detach() + 0.1
+    rebuilt = loss.space.full(theta)
+    for name, p in parameters.items():
+        assert torch.all(rebuilt[name][p == 0] == 0)
+
+
+def test_surviving_parameters_with_support():
+    model = build_model(NODE, 2)
+    weight = [n for n, _ in model.named_parameters()][0]
+    support = {weight: torch.zeros_like(dict(model.named_parameters())[weight])}
+    space = SurvivingParameters.of(model, support)
+    assert space.size == sum(p.numel() for p in model.parameters()) - support[weight].numel()
+
+
+def test_adjoint_model_gets_a_backprop_copy():
+    model = build_model(NODE, 2)
+    assert all(block.options.adjoint for block in model.modules() if isinstance(block, flatness.ODEBlock))
+    copied = differentiable_copy(model)
+    blocks = [block for block in copied.modules() if isinstance(block, flatness.ODEBlock)]
+    assert blocks and not any(block.options.adjoint for block in blocks)
+    assert all(p.dtype == torch.float64 for p in copied.parameters())
+    assert all(block.options.adjoint for block in model.modules() if isinstance(block, flatness.ODEBlock))  # original untouched
+
+
+# ------------------------------------------------------------------------------ Lanczos and SLQ
+
+
+def random_symmetric(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    spectrum = np.concatenate([rng.uniform(-2, 3, n - 2), [-5.0, 9.0]])  # separated extremes
+    return (q * spectrum) @ q.T
+
+
+def test_lanczos_extreme_ritz_values_match_eigvalsh():
+    matrix = random_symmetric(120, 0)
+    eigenvalues = np.linalg.eigvalsh(matrix)
+    starts = np.random.default_rng(1).standard_normal((120, 2))
+    runs = lanczos(lambda v: matrix @ v, starts, steps=40)
+    assert len(runs) == 2
+    for alpha, beta in runs:
+        assert len(alpha) == 40 and len(beta) == 39
+        ritz = np.linalg.eigvalsh(np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1))
+        assert ritz[-1] == pytest.approx(eigenvalues[-1], rel=1e-8)
+        assert ritz[0] == pytest.approx(eigenvalues[0], rel=1e-8)
+        nodes, weights = gauss_quadrature(alpha, beta)
+        np.testing.assert_allclose(nodes, ritz, atol=1e-10)
+        assert weights.sum() == pytest.approx(1.0)
+    # full reorthogonalisation: with m = n steps, T has exactly H's spectrum (no ghost copies)
+    (alpha, beta), = lanczos(lambda v: matrix @ v, starts[:, :1], steps=120)
+    np.testing.assert_allclose(np.sort(gauss_quadrature(alpha, beta)[0]), eigenvalues, atol=1e-8)
+
+
+def test_lanczos_stops_on_an_invariant_subspace():
+    matrix = np.diag(np.arange(1.0, 11.0))
+    start = np.zeros((10, 1))
+    start[[2, 5, 7], 0] = 1.0  # lives in a 3-dimensional invariant subspace
+    (alpha, beta), = lanczos(lambda v: matrix @ v, start, steps=10)
+    assert len(alpha) == 3
+    np.testing.assert_allclose(np.sort(gauss_quadrature(alpha, beta)[0]), [3.0, 6.0, 8.0], atol=1e-10)
+
+
+def test_slq_density_integrates_to_one_and_has_the_trace_mean():
+    matrix = random_symmetric(200, 2)
+    operator = HessianOperator.of_matrix(matrix)
+    quadratures = slq(operator, vectors=40, steps=30, seed=0)
+    grid, sigma = flatness.density_grid(quadratures, 0.01, points=4000)
+    density = spectral_density(quadratures, grid, sigma)
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-3)
+    mean = np.trapezoid(grid * density, grid)
+    # exactly the mean Rayleigh quotient of the starting vectors, and so ≈ tr H / n
+    quotients = [nodes @ weights for nodes, weights in quadratures]
+    assert mean == pytest.approx(np.mean(quotients), abs=1e-3)
+    assert mean == pytest.approx(np.trace(matrix) / 200, abs=4 * np.std(quotients) / math.sqrt(40) + 1e-3)
+
+
+def test_slq_on_a_net_hessian():
+    _, loss = tiny_problem(CNF)
+    operator = HessianOperator.of(loss)
+    hessian = dense_hessian(operator)
+    quadratures = slq(operator, vectors=8, steps=loss.size, seed=0)  # m = n: Ritz values are the eigenvalues
+    eigenvalues = np.linalg.eigvalsh(hessian)
+    for nodes, weights in quadratures:
+        assert nodes.max() == pytest.approx(eigenvalues[-1], rel=1e-6)
+        assert weights.sum() == pytest.approx(1.0)
+    grid, sigma = flatness.density_grid(quadratures, 0.01)
+    density = spectral_density(quadratures, grid, sigma)
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-3)
+    quotients = np.array([nodes @ weights for nodes, weights in quadratures])
+    trace_over_n = np.trace(hessian) / loss.size
+    assert np.trapezoid(grid * density, grid) == pytest.approx(quotients.mean(), abs=1e-3 * abs(trace_over_n) + 1e-9)
+    # Rademacher quadratic forms scatter around tr H / n
+    assert abs(quotients.mean() - trace_over_n) < 4 * quotients.std(ddof=1) / math.sqrt(len(quotients)) + 1e-9
+
+
+# ------------------------------------------------------------------------------ row selection
+
+
+def test_select_rows_picks_closest_steps_per_method():
+    rows = [dict(mode="train", method="dense", net=0, repetition=0, step=0, prune_ratio=0.0),
+            dict(mode="train", method="dense", net=1, repetition=0, step=0, prune_ratio=0.0)]
+    for method in ("FilterThresNet", "ThresNet"):
+        for net in (0, 1):
+            rows += [dict(mode="cascade", method=method, net=net, repetition=0, step=step, prune_ratio=ratio)
+                     for step, ratio in enumerate([0.2, 0.36, 0.49, 0.59, 0.67, 0.8, 0.9], start=1)]
+    chosen = select_rows(rows, net=0, ratios=(0.5, 0.9, 0.95))
+    assert [(row["method"], row["step"]) for row in chosen] == [
+        ("dense", 0), ("FilterThresNet", 3), ("FilterThresNet", 7), ("ThresNet", 3), ("ThresNet", 7)]
+    assert all(row["net"] == 0 for row in chosen)
+    assert len(select_rows(rows, net=0, all_steps=True)) == 1 + 2 * 7
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def results_tree(tmp_path_factory):
+    """A real run: node_l2_h8_tanh_da on ToyMoons, 2 epochs, one net, FT and WT pruned once to PR 0.5."""
+    folder = tmp_path_factory.mktemp("flatness")
+    results = folder / "results"
+    process = run_cli(Path("param/toy/node/moons/l2_h64_tanh_da.yaml"), f"network.name={NODE}", "training.numEpochs=2",
+                      "experiments.numNets=1", "experiments.spacing=[{type: manual, values: [0.5]}]",
+                      f"directories.results={results}", f"directories.training_data={folder / 'training_data'}")
+    assert process.returncode == 0, describe(process)
+    return results, folder
+
+
+def test_cli_end_to_end(results_tree, capsys):
+    results, folder = results_tree
+    out = folder / "out"
+    assert flatness.main([str(results), "--out", str(out), "--subset", "0.1"]) == 0
+    run_folder = the_run_folder(results)
+    label = f"ToyMoons_{NODE}_{run_folder.name}"
+    for name in (f"flatness_{label}", f"spectrum_{label}"):
+        for suffix in ("png", "pdf"):
+            assert (out / f"{name}.{suffix}").stat().st_size > 0
+    assert (out / f"flatness_{label}.md").read_text().startswith("| run | mode | method |")
+    with open(out / f"flatness_{label}.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0])[:11] == ["run", "mode", "method", "net", "step", "prune_ratio", "num_surviving_params", "lambda_max",
+                                  "trace", "trace_stderr", "condition_number"]
+    assert sorted(row["method"] for row in rows) == ["FilterThresNet", "ThresNet", "dense"]  # one per evaluated model
+    metrics = {row["method"]: row for row in csv.DictReader(open(run_folder / "metrics.csv", newline=""))}
+    for row in rows:
+        stem = "dense_net0" if row["method"] == "dense" else f"cascade_{row['method']}_net0_rep0_step1"
+        checkpoint = load_weights(run_folder / "checkpoints" / f"{stem}.pt")
+        weights = {name: value * checkpoint["masks"].get(name, 1.0) for name, value in checkpoint["model"].items()
+                   if name in dict(build_model(NODE, 2).named_parameters())}
+        surviving = sum(int(value.count_nonzero()) for value in weights.values())
+        assert int(row["num_surviving_params"]) == surviving == int(metrics[row["method"]]["nonzero_params"])
+        assert math.isfinite(float(row["lambda_max"])) and float(row["lambda_max"]) > 0
+        assert math.isfinite(float(row["trace"]))
+        assert float(row["prune_ratio"]) == pytest.approx(float(metrics[row["method"]]["prune_ratio"]))
+        assert int(row["subset_size"]) > 0
+    pruned = [row for row in rows if row["method"] != "dense"]
+    dense = [row for row in rows if row["method"] == "dense"][0]
+    assert all(int(row["num_surviving_params"]) < int(dense["num_surviving_params"]) for row in pruned)
+    spectrum = list(csv.DictReader(open(out / f"spectrum_{label}.csv", newline="")))
+    for row in rows:  # exact path: one node per eigenvalue, weights summing to one
+        nodes = [entry for entry in spectrum if entry["method"] == row["method"]]
+        assert len(nodes) == int(row["num_surviving_params"])
+        assert sum(float(entry["weight"]) for entry in nodes) == pytest.approx(1.0)
+        assert max(float(entry["node"]) for entry in nodes) == pytest.approx(float(row["lambda_max"]))
+
+
+def test_cli_is_deterministic_and_iterative_path_agrees(results_tree):
+    results, folder = results_tree
+    first, second = folder / "exact", folder / "iterative"
+    flatness.main([str(results), "--out", str(first)])
+    flatness.main([str(results), "--out", str(second), "--exact-max", "0", "--probes", "64", "--slq-steps", "10", "--ratios", "0.5"])
+    read = lambda path: {row["method"]: row for row in csv.DictReader(open(next(path.glob("flatness_*.csv")), newline=""))}
+    exact, iterative = read(first), read(second)
+    assert set(exact) == set(iterative)
+    for method in exact:
+        assert iterative[method]["hessian"] == "iterative" and exact[method]["hessian"] == "exact"
+        assert float(iterative[method]["lambda_max"]) == pytest.approx(float(exact[method]["lambda_max"]), rel=1e-2)
+        assert abs(float(iterative[method]["trace"]) - float(exact[method]["trace"])) < 4 * float(iterative[method]["trace_stderr"])
+    again = folder / "again"
+    flatness.main([str(results), "--out", str(again)])
+    strip = lambda rows: {m: {k: v for k, v in r.items() if k != "seconds"} for m, r in rows.items()}
+    assert strip(read(again)) == strip(exact)
