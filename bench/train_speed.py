@@ -1,7 +1,7 @@
 """Training speed of the Gaussians toy flow: seconds per training iteration, forward/backward NFE per
 iteration and test NLL after a short training, for `ffjord_l4_h64_sigmoid_da` and its `cnf_` twin.
 
-    python bench/train_speed.py [--epochs 1] [--device cpu]
+    python bench/train_speed.py [--epochs 1] [--device cpu] [--threads 1]
 
 Uses the config param/toy/ffjord/gaussians/l4_h64_sigmoid_da.yaml (batch 1024, AdamW 5e-3) and
 writes nothing outside a temporary folder.
@@ -51,7 +51,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (as experiment.main)")
     arguments = parser.parse_args()
+    torch.set_num_threads(arguments.threads)
     with tempfile.TemporaryDirectory() as results:
         rows = [bench(network, arguments.epochs, arguments.device, results) for network in NETWORKS]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {arguments.device}")

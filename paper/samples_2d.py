@@ -208,6 +208,19 @@ def mark_missing(ax) -> None:
     ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
+def panels(run: Run, axes, rows, first_column: int = 0):
+    """(axis, metrics row) of every grid panel that has a model, row by row: every panel is titled
+    (the first one "dense"), panels of missing models are marked and skipped."""
+    for index, (_, cells) in enumerate(rows):
+        for column, row in enumerate(cells, start=first_column):
+            ax = axes[index, column]
+            ax.set_title(("dense\n" if column == first_column and index == 0 else "") + panel_title(run, row), fontsize=9)
+            if row is None:
+                mark_missing(ax)
+                continue
+            yield ax, row
+
+
 # ------------------------------------------------------------------------------ figures
 
 
@@ -226,19 +239,13 @@ def flow_samples_figure(run: Run, selection: Selection, models: ModelCache | Non
     for ax in axes[1:, 0]:
         ax.set_axis_off()
     samples: dict[int, np.ndarray] = {}
-    for index, (_, cells) in enumerate(rows):
-        for column, row in enumerate(cells, start=1):
-            ax = axes[index, column]
-            ax.set_title(("dense\n" if column == 1 and index == 0 else "") + panel_title(run, row), fontsize=9)
-            if row is None:
-                mark_missing(ax)
-                continue
-            model = models(row)
-            if id(model) not in samples:
-                samples[id(model)] = sample_flow(model, num_samples, seed)
-            points = samples[id(model)]
-            points = points[np.isfinite(points).all(1)]
-            ax.hist2d(points[:, 0], points[:, 1], **histogram)
+    for ax, row in panels(run, axes, rows, first_column=1):
+        model = models(row)
+        if id(model) not in samples:
+            samples[id(model)] = sample_flow(model, num_samples, seed)
+        points = samples[id(model)]
+        points = points[np.isfinite(points).all(1)]
+        ax.hist2d(points[:, 0], points[:, 1], **histogram)
     for ax, (label, _) in zip(axes[:, 1], rows):
         ax.set_ylabel(label, fontsize=11)
     figure.suptitle(f"{run_label(run)}: samples ({num_samples} from N(0, I) through the ODE)")
@@ -259,21 +266,15 @@ def decision_figure(run: Run, selection: Selection, models: ModelCache | None = 
     cmap = plt.matplotlib.colors.ListedColormap(colours)
     figure, axes = make_grid(len(rows), len(rows[0][1]))
     predictions: dict[int, np.ndarray] = {}
-    for index, (_, cells) in enumerate(rows):
-        for column, row in enumerate(cells):
-            ax = axes[index, column]
-            ax.set_title(("dense\n" if column == 0 and index == 0 else "") + panel_title(run, row), fontsize=9)
-            if row is None:
-                mark_missing(ax)
-                continue
-            model = models(row)
-            if id(model) not in predictions:
-                predictions[id(model)] = model(points).argmax(1).numpy().reshape(gx.shape)
-            prediction = predictions[id(model)]
-            ax.contourf(gx, gy, prediction, levels=np.arange(num_classes + 1) - 0.5, cmap=cmap, alpha=0.35)
-            ax.scatter(x_test[:, 0], x_test[:, 1], c=[colours[label] for label in y_test], s=3, linewidths=0)
-            ax.set_xlim(box[0])
-            ax.set_ylim(box[1])
+    for ax, row in panels(run, axes, rows):
+        model = models(row)
+        if id(model) not in predictions:
+            predictions[id(model)] = model(points).argmax(1).numpy().reshape(gx.shape)
+        prediction = predictions[id(model)]
+        ax.contourf(gx, gy, prediction, levels=np.arange(num_classes + 1) - 0.5, cmap=cmap, alpha=0.35)
+        ax.scatter(x_test[:, 0], x_test[:, 1], c=[colours[label] for label in y_test], s=3, linewidths=0)
+        ax.set_xlim(box[0])
+        ax.set_ylim(box[1])
     label_rows(axes, [label for label, _ in rows])
     figure.suptitle(f"{run_label(run)}: decision boundaries (test data on top)")
     return figure, axes
@@ -289,21 +290,15 @@ def field_figure(run: Run, selection: Selection, models: ModelCache | None = Non
     gx, gy, points = grid_points(box, resolution)
     rows = grid_rows(selection)
     figure, axes = make_grid(len(rows), len(rows[0][1]))
-    for index, (_, cells) in enumerate(rows):
-        for column, row in enumerate(cells):
-            ax = axes[index, column]
-            ax.set_title(("dense\n" if column == 0 and index == 0 else "") + panel_title(run, row), fontsize=9)
-            if row is None:
-                mark_missing(ax)
-                continue
-            func, end_time, _ = fields_of(models(row))[0]
-            velocity = func(end_time / 2, points).double().numpy()
-            u, v = velocity[:, 0].reshape(gx.shape), velocity[:, 1].reshape(gx.shape)
-            speed = np.hypot(u, v)
-            if np.isfinite(speed).all() and speed.max() > 0:
-                ax.streamplot(gx, gy, u, v, color=speed, cmap="viridis", density=1.0, linewidth=0.7, arrowsize=0.6)
-            ax.set_xlim(box[0])
-            ax.set_ylim(box[1])
+    for ax, row in panels(run, axes, rows):
+        func, end_time, _ = fields_of(models(row))[0]
+        velocity = func(end_time / 2, points).double().numpy()
+        u, v = velocity[:, 0].reshape(gx.shape), velocity[:, 1].reshape(gx.shape)
+        speed = np.hypot(u, v)
+        if np.isfinite(speed).all() and speed.max() > 0:
+            ax.streamplot(gx, gy, u, v, color=speed, cmap="viridis", density=1.0, linewidth=0.7, arrowsize=0.6)
+        ax.set_xlim(box[0])
+        ax.set_ylim(box[1])
     label_rows(axes, [label for label, _ in rows])
     figure.suptitle(f"{run_label(run)}: vector field f(t, z) (colour: speed)")
     return figure, axes
@@ -322,23 +317,17 @@ def trajectories_figure(run: Run, selection: Selection, models: ModelCache | Non
     rows = [(label, [cells[0], cells[-1]] if len(cells) > 1 else cells) for label, cells in grid_rows(selection)]
     figure, axes = make_grid(len(rows), len(rows[0][1]), size=3.2)
     paths: dict[int, np.ndarray] = {}
-    for index, (_, cells) in enumerate(rows):
-        for column, row in enumerate(cells):
-            ax = axes[index, column]
-            ax.set_title(("dense\n" if column == 0 and index == 0 else "") + panel_title(run, row), fontsize=9)
-            if row is None:
-                mark_missing(ax)
-                continue
-            model = models(row)
-            if id(model) not in paths:
-                paths[id(model)] = trajectories(model, x, num_times).double().numpy()
-            path = paths[id(model)]
-            segments = np.transpose(path, (1, 0, 2))  # [N, times, 2]
-            lines = plt.matplotlib.collections.LineCollection(segments, colors=colours, linewidths=0.4, alpha=0.5)
-            ax.add_collection(lines)
-            ax.scatter(path[0, :, 0], path[0, :, 1], c=colours, s=2, linewidths=0)
-            ax.scatter(path[-1, :, 0], path[-1, :, 1], c=colours, s=8, linewidths=0, edgecolors="k")
-            ax.autoscale_view()
+    for ax, row in panels(run, axes, rows):
+        model = models(row)
+        if id(model) not in paths:
+            paths[id(model)] = trajectories(model, x, num_times).double().numpy()
+        path = paths[id(model)]
+        segments = np.transpose(path, (1, 0, 2))  # [N, times, 2]
+        lines = plt.matplotlib.collections.LineCollection(segments, colors=colours, linewidths=0.4, alpha=0.5)
+        ax.add_collection(lines)
+        ax.scatter(path[0, :, 0], path[0, :, 1], c=colours, s=2, linewidths=0)
+        ax.scatter(path[-1, :, 0], path[-1, :, 1], c=colours, s=8, linewidths=0, edgecolors="k")
+        ax.autoscale_view()
     label_rows(axes, [label for label, _ in rows])
     figure.suptitle(f"{run_label(run)}: trajectories of test points, t = 0 → T")
     return figure, axes
