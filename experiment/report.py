@@ -1,9 +1,12 @@
-"""The end-of-run summary: prune ratio vs the main test metric per method, mean ± std over nets, as
-a printed table and a first plot (`prune_curve.png` in the run folder)."""
+"""The end-of-run summary and the point summary the `paper/` scripts share: the main test metric
+per (mode, method, prune ratio), averaged over each net's repetitions, then mean ± std over nets;
+printed as a table and plotted (`prune_curve.png` in the run folder) at the end of every run."""
 
 from __future__ import annotations
 
 import io
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -25,43 +28,91 @@ def main_metric(schedule: dict) -> str:
     return "test_loss"
 
 
-def summarize(rows: list[dict], metric: str) -> dict[str, list[tuple[float, float, float, float]]]:
-    """{method: [(target PR, mean achieved PR, mean metric, std metric) per step]} with the dense
-    nets as step 0 of every method; means and stds over nets and repetitions."""
-    dense = [row[metric] for row in rows if row["method"] == "dense"]
-    methods = sorted({row["method"] for row in rows if row["method"] != "dense"})
-    summary = {}
-    for method in methods or ["dense"]:
-        points = [(0.0, 0.0, float(np.mean(dense)), float(np.std(dense)))] if dense else []
-        method_rows = [row for row in rows if row["method"] == method]
-        for step in sorted({row["step"] for row in method_rows}):
-            at_step = [row for row in method_rows if row["step"] == step]
-            values = [row[metric] for row in at_step]
-            points.append((at_step[0]["target_prune_ratio"], float(np.mean([row["prune_ratio"] for row in at_step])),
-                           float(np.mean(values)), float(np.std(values))))
-        summary[method] = points
-    return summary
+@dataclass(frozen=True)
+class Point:
+    """One plotted point: the models of one (mode, method, target prune ratio), first averaged over
+    the repetitions of each net, then mean ± std (population, as in the end-of-run table) over nets.
+    `value_*` are in plotted units (after the quantity's transform)."""
+
+    mode: str
+    method: str
+    target_prune_ratio: float
+    prune_ratio_mean: float
+    value_mean: float
+    value_std: float
+    nonzero_params_mean: float
+    num_params: float
+    num_nets: int
 
 
-def format_table(summary: dict, metric: str) -> str:
-    """Rows of target prune ratio, one column per method: 'metric mean ± std (achieved PR)'."""
-    methods = list(summary)
-    targets = sorted({point[0] for points in summary.values() for point in points})
-    lines = [f"{'prune ratio':>11}  " + "  ".join(f"{method + ' ' + metric:>30}" for method in methods)]
+def _number(value) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _point(rows: list[dict], column: str, transform, mode: str, method: str, target: float) -> Point | None:
+    per_net: dict[int, list[tuple[float, float, float, float]]] = {}
+    for row in rows:
+        value = _number(row.get(column))
+        if value is None:
+            continue  # no value recorded for this model
+        per_net.setdefault(row["net"], []).append((
+            transform(value), float(row["prune_ratio"]), float(row["nonzero_params"]), float(row["num_params"])))
+    if not per_net:
+        return None
+    nets = np.array([np.mean(np.array(values), axis=0) for _, values in sorted(per_net.items())])
+    return Point(mode=mode, method=method, target_prune_ratio=float(target), prune_ratio_mean=float(nets[:, 1].mean()),
+                 value_mean=float(nets[:, 0].mean()), value_std=float(nets[:, 0].std()),
+                 nonzero_params_mean=float(nets[:, 2].mean()), num_params=float(nets[:, 3].mean()),
+                 num_nets=len(nets))
+
+
+def dense_point(rows: list[dict], column: str, transform=lambda value: value) -> Point | None:
+    """The dense nets of a run's metrics rows as one point at prune ratio 0 (None without dense rows)."""
+    dense = [row for row in rows if row["method"] == "dense"]
+    mode = dense[0]["mode"] if dense else "train"
+    return _point(dense, column, transform, mode, "dense", 0.0)
+
+
+def pruned_points(rows: list[dict], column: str, transform=lambda value: value) -> dict[tuple[str, str], list[Point]]:
+    """{(mode, method): points sorted by target prune ratio} of a run's pruned models; rows of every
+    mode (cascade, retrain) and method found in the rows, grouped by their target prune ratio."""
+    groups: dict[tuple[str, str, float], list[dict]] = {}
+    for row in rows:
+        if row["method"] == "dense":
+            continue
+        groups.setdefault((row["mode"], row["method"], round(float(row["target_prune_ratio"]), 9)), []).append(row)
+    lines: dict[tuple[str, str], list[Point]] = {}
+    for (mode, method, target), members in sorted(groups.items()):
+        point = _point(members, column, transform, mode, method, target)
+        if point is not None and math.isfinite(point.prune_ratio_mean):
+            lines.setdefault((mode, method), []).append(point)
+    return lines
+
+
+def format_table(dense: Point | None, lines: dict[tuple[str, str], list[Point]], metric: str) -> str:
+    """Rows of target prune ratio (dense first), one column per method: 'mean ± std (achieved PR)'."""
+    methods = [method for _, method in lines]
+    by_target = {key: {point.target_prune_ratio: point for point in points} for key, points in lines.items()}
+    targets = sorted({target for points in by_target.values() for target in points})
+    header = f"{'prune ratio':>11}  " + "  ".join(f"{method + ' ' + metric:>30}" for method in methods)
+    cell = lambda point: f"{point.value_mean:>12.4f} ± {point.value_std:<7.4f} ({point.prune_ratio_mean:.3f})"
+    rows = [f"{0.0:>11.3f}  " + "  ".join(cell(dense) for _ in methods)] if dense else []
     for target in targets:
-        cells = []
-        for method in methods:
-            match = [point for point in summary[method] if point[0] == target]
-            cells.append(f"{match[0][2]:>12.4f} ± {match[0][3]:<7.4f} ({match[0][1]:.3f})" if match else f"{'':>30}")
-        lines.append(f"{target:>11.3f}  " + "  ".join(cells))
-    return "\n".join(lines)
+        rows.append(f"{target:>11.3f}  " + "  ".join(cell(points[target]) if target in points else f"{'':>30}"
+                                                     for points in by_target.values()))
+    return "\n".join([header, *rows])
 
 
-def plot_prune_curve(summary: dict, metric: str, title: str, path: Path) -> None:
+def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Point]], metric: str, title: str,
+                     path: Path) -> None:
+    """The main metric vs achieved prune ratio, one line per method starting at the dense point."""
     figure, axes = plt.subplots(figsize=(6, 4))
-    for method, points in summary.items():
-        _, achieved, mean, std = (np.array(values) for values in zip(*points))
-        axes.errorbar(achieved, mean, yerr=std, marker="o", markersize=3, capsize=2, label=method)
+    for (_, method), points in lines.items():
+        points = ([dense] if dense else []) + points
+        axes.errorbar([point.prune_ratio_mean for point in points], [point.value_mean for point in points],
+                      yerr=[point.value_std for point in points], marker="o", markersize=3, capsize=2, label=method)
     axes.set_xlabel("prune ratio (share of all parameters removed)")
     axes.set_ylabel(f"test {metric}")
     axes.set_title(title)

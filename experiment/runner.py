@@ -21,7 +21,7 @@ from experiment.models import build_model
 from experiment.plan import Plan, make_plan
 from experiment.pruning.rules import prune
 from experiment.pruning.sparsity import measure_sparsity
-from experiment.report import format_table, main_metric, plot_prune_curve, summarize
+from experiment.report import dense_point, format_table, main_metric, plot_prune_curve, pruned_points
 from experiment.files import atomic_torch_save, load_checkpoint
 from experiment.results.tree import RunDir, model_name
 from experiment.seeds import derive_seed
@@ -184,12 +184,12 @@ def planned_rows(rows: list[dict], plan: Plan) -> list[dict]:
 def report(experiment: Experiment) -> None:
     """Prints prune ratio vs the main metric per method and plots it into the run folder."""
     metric = main_metric(experiment.config["training"])
-    summary = summarize(planned_rows(experiment.run.read_metrics(), experiment.plan), metric)
-    print(f"\n{experiment.config['network']['name']} on {experiment.config['network']['dataset']} "
-          f"({experiment.run.path}), test {metric}, mean ± std over nets:")
-    print(format_table(summary, metric))
-    plot_prune_curve(summary, metric, f"{experiment.config['network']['name']} on {experiment.config['network']['dataset']}",
-                     experiment.run.path / "prune_curve.png")
+    rows = planned_rows(experiment.run.read_metrics(), experiment.plan)
+    dense, lines = dense_point(rows, metric), pruned_points(rows, metric)
+    title = f"{experiment.config['network']['name']} on {experiment.config['network']['dataset']}"
+    print(f"\n{title} ({experiment.run.path}), test {metric}, mean ± std over nets:")
+    print(format_table(dense, lines, metric))
+    plot_prune_curve(dense, lines, metric, title, experiment.run.path / "prune_curve.png")
 
 
 def save_trained(run: RunDir, name: str, model: nn.Module, outcome: TrainOutcome, masks: dict[str, torch.Tensor],

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 import matplotlib
 
@@ -117,69 +114,6 @@ def collection_folder(out: str | None, target: str | Path, runs: list[Run]) -> P
 # ------------------------------------------------------------------ points: metrics rows summarised
 
 METHOD_NAMES = {"ThresNet": "WT", "FilterThresNet": "FT", "dense": "dense"}
-
-
-@dataclass(frozen=True)
-class Point:
-    """One plotted point: the models of one (mode, method, target prune ratio), first averaged over
-    the repetitions of each net, then mean ± std (population, as in the end-of-run table) over nets.
-    `value_*` are in plotted units (after the quantity's transform)."""
-
-    mode: str
-    method: str
-    target_prune_ratio: float
-    prune_ratio_mean: float
-    value_mean: float
-    value_std: float
-    nonzero_params_mean: float
-    num_params: float
-    num_nets: int
-
-
-def _number(value) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def _point(rows: list[dict], column: str, transform, mode: str, method: str, target: float) -> Point | None:
-    per_net: dict[int, list[tuple[float, float, float, float]]] = {}
-    for row in rows:
-        value = _number(row.get(column))
-        if value is None:
-            continue  # no value recorded for this model
-        per_net.setdefault(row["net"], []).append((
-            transform(value), float(row["prune_ratio"]), float(row["nonzero_params"]), float(row["num_params"])))
-    if not per_net:
-        return None
-    nets = np.array([np.mean(np.array(values), axis=0) for _, values in sorted(per_net.items())])
-    return Point(mode=mode, method=method, target_prune_ratio=float(target), prune_ratio_mean=float(nets[:, 1].mean()),
-                 value_mean=float(nets[:, 0].mean()), value_std=float(nets[:, 0].std()),
-                 nonzero_params_mean=float(nets[:, 2].mean()), num_params=float(nets[:, 3].mean()),
-                 num_nets=len(nets))
-
-
-def dense_point(rows: list[dict], column: str, transform=lambda value: value) -> Point | None:
-    """The dense nets of a run's metrics rows as one point at prune ratio 0 (None without dense rows)."""
-    dense = [row for row in rows if row["method"] == "dense"]
-    mode = dense[0]["mode"] if dense else "train"
-    return _point(dense, column, transform, mode, "dense", 0.0)
-
-
-def pruned_points(rows: list[dict], column: str, transform=lambda value: value) -> dict[tuple[str, str], list[Point]]:
-    """{(mode, method): points sorted by target prune ratio} of a run's pruned models; rows of every
-    mode (cascade, retrain) and method found in the rows, grouped by their target prune ratio."""
-    groups: dict[tuple[str, str, float], list[dict]] = {}
-    for row in rows:
-        if row["method"] == "dense":
-            continue
-        groups.setdefault((row["mode"], row["method"], round(float(row["target_prune_ratio"]), 9)), []).append(row)
-    lines: dict[tuple[str, str], list[Point]] = {}
-    for (mode, method, target), members in sorted(groups.items()):
-        point = _point(members, column, transform, mode, method, target)
-        if point is not None and math.isfinite(point.prune_ratio_mean):
-            lines.setdefault((mode, method), []).append(point)
-    return lines
 
 
 def line_label(mode: str, method: str, modes: set[str]) -> str:

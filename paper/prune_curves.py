@@ -19,9 +19,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.ticker import PercentFormatter
 
+from experiment.report import Point, dense_point, pruned_points
 from paper.common import (
-    Point, dense_point, find_runs, line_label, output_folder, parse_arguments, pruned_points, quantity, run_label,
-    save_figure, save_text,
+    find_runs, line_label, output_folder, parse_arguments, quantity, run_label, save_figure, save_text,
 )
 from experiment.results import Run
 

@@ -32,9 +32,9 @@ from matplotlib.ticker import PercentFormatter
 
 from experiment.results import Run
 from experiment.results.tree import RUN_ID_EXCLUDED_KEYS
+from experiment.report import Point, dense_point, pruned_points
 from paper.common import (
-    METHOD_NAMES, Point, collection_folder, dense_point, find_runs, line_label, parse_arguments, pruned_points,
-    quantity, save_figure, save_text,
+    METHOD_NAMES, collection_folder, find_runs, line_label, parse_arguments, quantity, save_figure, save_text,
 )
 
 # Tolerance of the prune potential in plotted units (after the quantity's transform).

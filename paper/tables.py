@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.results import Run
-from paper.common import (
-    METHOD_NAMES, Point, collection_folder, dense_point, find_runs, parse_arguments, pruned_points, quantity,
-    quantity_of, save_text,
-)
+from experiment.report import Point, dense_point, pruned_points
+from paper.common import METHOD_NAMES, collection_folder, find_runs, parse_arguments, quantity, quantity_of, save_text
 
 # Published baselines, test NLL / parameter count (SPEC §8, table "Published baselines, test NLL /
 # parameter count": tabular sets in nats, images in bits/dim; parameter counts as computed by the

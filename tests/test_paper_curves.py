@@ -27,7 +27,7 @@ from conftest import NODE_BASE, REPO, cli_env, describe, run_cli, write_yaml
 from experiment.config import load_configs
 from paper import all as paper_all
 from paper import prune_curves, sweeps, tables
-from paper.common import pruned_points
+from experiment.report import pruned_points
 
 NETWORKS = ("node_l2_h8_tanh_da", "node_l2_h8_sigmoid_da")
 KEEP = [0.5, 0.25]
@@ -162,7 +162,7 @@ def test_prune_potential_equals_a_hand_computation(tree, tmp_path):
 
 
 def test_prune_potential_is_the_largest_ratio_within_delta():
-    from paper.common import Point
+    from experiment.report import Point
 
     def point(pr, value):
         return Point("cascade", "ThresNet", pr, pr, value, 0.0, 1.0, 1.0, 1)

@@ -6,7 +6,7 @@ import pytest
 
 from experiment.config import load_configs
 from experiment.plan import make_plan
-from experiment.report import format_table, summarize
+from experiment.report import dense_point, format_table, pruned_points
 from experiment.runner import planned_rows
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "param" / "quickstart.yaml"
@@ -14,7 +14,7 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "param" / "quickstart.yaml"
 
 def row(mode, method, net, step, target, nll, repetition=0):
     return dict(mode=mode, method=method, net=net, repetition=repetition, step=step, target_prune_ratio=target,
-                prune_ratio=target, nll=nll)
+                prune_ratio=target, nll=nll, nonzero_params=100, num_params=100)
 
 
 @pytest.fixture
@@ -40,9 +40,11 @@ def test_rows_of_other_modes_nets_methods_and_ratio_lists_are_left_out(plan):
 def test_summary_averages_over_nets_with_dense_as_step_zero(plan):
     rows = [row("train", "dense", 0, 0, 0.0, 1.0), row("train", "dense", 1, 0, 0.0, 1.2),
             row("cascade", "ThresNet", 0, 1, 0.5, 1.1), row("cascade", "ThresNet", 1, 1, 0.5, 1.3)]
-    summary = summarize(planned_rows(rows, plan), "nll")
-    dense, first = summary["ThresNet"]
-    assert dense == pytest.approx((0.0, 0.0, 1.1, 0.1))
-    assert first == pytest.approx((0.5, 0.5, 1.2, 0.1))
-    table = format_table(summary, "nll")
+    rows = planned_rows(rows, plan)
+    dense, lines = dense_point(rows, "nll"), pruned_points(rows, "nll")
+    assert (dense.prune_ratio_mean, dense.value_mean, dense.value_std) == pytest.approx((0.0, 1.1, 0.1))
+    (first,) = lines[("cascade", "ThresNet")]
+    assert (first.target_prune_ratio, first.prune_ratio_mean, first.value_mean, first.value_std) == pytest.approx((0.5, 0.5, 1.2, 0.1))
+    assert first.num_nets == 2
+    table = format_table(dense, lines, "nll")
     assert "1.2000 ± 0.1000" in table and "ThresNet nll" in table
