@@ -115,6 +115,8 @@ def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Poin
                       yerr=[point.value_std for point in points], marker="o", markersize=3, capsize=2, label=method)
     axes.set_xlabel("prune ratio (share of all parameters removed)")
     axes.set_ylabel(f"test {metric}")
+    if dense and not lines:  # a dense-only run (mode train)
+        axes.errorbar([0.0], [dense.value_mean], yerr=[dense.value_std], marker="o", capsize=2, label="dense")
     axes.set_title(title)
     axes.legend()
     axes.grid(alpha=0.3)
