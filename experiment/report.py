@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiment.files import atomic_write_bytes
+from experiment.pruning.rules import CONTROL_METHOD
 from experiment.training.metrics import metric_column
 
 
@@ -28,11 +29,27 @@ def main_metric(schedule: dict) -> str:
     return "test_loss"
 
 
+def _number(value) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def step_prune_ratio(row: dict) -> float:
+    """The prune ratio a metrics row's step is scheduled at: its target for the pruning methods;
+    the NoPrune control (target 0: it prunes nothing) records the ratio the pruning methods reach at
+    the same step in `step_prune_ratio`, so that it is compared at an equal training budget."""
+    value = _number(row.get("step_prune_ratio"))
+    return float(row["target_prune_ratio"]) if value is None else value
+
+
 @dataclass(frozen=True)
 class Point:
-    """One plotted point: the models of one (mode, method, target prune ratio), first averaged over
+    """One plotted point: the models of one (mode, method, step prune ratio), first averaged over
     the repetitions of each net, then mean ± std (population, as in the end-of-run table) over nets.
-    `value_*` are in plotted units (after the quantity's transform)."""
+    `value_*` are in plotted units (after the quantity's transform). `target_prune_ratio` is the
+    step's scheduled ratio (`step_prune_ratio`), also for the NoPrune control, whose achieved
+    `prune_ratio_mean` is 0."""
 
     mode: str
     method: str
@@ -44,11 +61,11 @@ class Point:
     num_params: float
     num_nets: int
 
-
-def _number(value) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
+    @property
+    def plotted_prune_ratio(self) -> float:
+        """Where the point is drawn: at its achieved prune ratio; the control at its step's ratio, next
+        to the pruned models of the same training budget."""
+        return self.target_prune_ratio if self.method == CONTROL_METHOD else self.prune_ratio_mean
 
 
 def _point(rows: list[dict], column: str, transform, mode: str, method: str, target: float) -> Point | None:
@@ -76,13 +93,13 @@ def dense_point(rows: list[dict], column: str, transform=lambda value: value) ->
 
 
 def pruned_points(rows: list[dict], column: str, transform=lambda value: value) -> dict[tuple[str, str], list[Point]]:
-    """{(mode, method): points sorted by target prune ratio} of a run's pruned models; rows of every
-    mode (cascade, retrain) and method found in the rows, grouped by their target prune ratio."""
+    """{(mode, method): points sorted by step prune ratio} of a run's pruned models; rows of every
+    mode (cascade, retrain) and method found in the rows, grouped by their step's prune ratio."""
     groups: dict[tuple[str, str, float], list[dict]] = {}
     for row in rows:
         if row["method"] == "dense":
             continue
-        groups.setdefault((row["mode"], row["method"], round(float(row["target_prune_ratio"]), 9)), []).append(row)
+        groups.setdefault((row["mode"], row["method"], round(step_prune_ratio(row), 9)), []).append(row)
     lines: dict[tuple[str, str], list[Point]] = {}
     for (mode, method, target), members in sorted(groups.items()):
         point = _point(members, column, transform, mode, method, target)
@@ -107,11 +124,12 @@ def format_table(dense: Point | None, lines: dict[tuple[str, str], list[Point]],
 
 def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Point]], metric: str, title: str,
                      path: Path) -> None:
-    """The main metric vs achieved prune ratio, one line per method starting at the dense point."""
+    """The main metric vs achieved prune ratio, one line per method starting at the dense point (the
+    NoPrune control drawn at its steps' prune ratios)."""
     figure, axes = plt.subplots(figsize=(6, 4))
     for (_, method), points in lines.items():
         points = ([dense] if dense else []) + points
-        axes.errorbar([point.prune_ratio_mean for point in points], [point.value_mean for point in points],
+        axes.errorbar([point.plotted_prune_ratio for point in points], [point.value_mean for point in points],
                       yerr=[point.value_std for point in points], marker="o", markersize=3, capsize=2, label=method)
     axes.set_xlabel("prune ratio (share of all parameters removed)")
     axes.set_ylabel(f"test {metric}")

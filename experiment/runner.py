@@ -19,9 +19,9 @@ from experiment.data.splits import split_tensors, train_valid_indices
 from experiment.data.transforms import build_transform
 from experiment.models import build_model
 from experiment.plan import Plan, make_plan
-from experiment.pruning.rules import prune
+from experiment.pruning.rules import CONTROL_METHOD, prune
 from experiment.pruning.sparsity import measure_sparsity
-from experiment.report import dense_point, format_table, main_metric, plot_prune_curve, pruned_points
+from experiment.report import dense_point, format_table, main_metric, plot_prune_curve, pruned_points, step_prune_ratio
 from experiment.files import atomic_torch_save, load_checkpoint
 from experiment.results.tree import RunDir, model_name
 from experiment.seeds import derive_seed
@@ -134,12 +134,15 @@ def dense_model(experiment: Experiment, net: int) -> nn.Module:
 def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, dense: nn.Module) -> None:
     """Prune → retrain → evaluate over the plan's ratios. In `cascade` mode each step starts from the
     previous step's retrained net and masks; in `retrain` mode every step starts from the dense net.
-    A step whose checkpoint exists for the same ratio history is loaded instead of recomputed."""
+    A step whose checkpoint exists for the same ratio history is loaded instead of recomputed. The
+    control method prunes nothing: its rows say prune ratio 0 and carry the step's ratio as
+    `step_prune_ratio`."""
     plan, run, seed = experiment.plan, experiment.run, experiment.config["seed"]
     start, start_masks, history = dense, {}, ()
     for step, keep in enumerate(plan.keep_ratios, start=1):
         history = history + (keep,) if plan.mode == "cascade" else (keep,)
-        key = dict(mode=plan.mode, method=method, net=net, repetition=repetition, step=step, target_prune_ratio=1.0 - keep)
+        target = 0.0 if method == CONTROL_METHOD else 1.0 - keep
+        key = dict(mode=plan.mode, method=method, net=net, repetition=repetition, step=step, target_prune_ratio=target)
         name = model_name(key)
         model = experiment.new_model()
         saved = load_trained(run, name, experiment.device) if run.checkpoint(name).exists() else None
@@ -149,7 +152,7 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
             fresh = False
         else:
             model.load_state_dict(start.state_dict())
-            masks = prune(model, method, 1.0 - keep, start_masks)
+            masks = prune(model, method, target, start_masks)
             outcome, progress = TrainOutcome(curve=[], seconds=0.0, kept_epoch=-1), None
             if step <= plan.retrain_steps:
                 log.info("retraining %s", name)
@@ -158,11 +161,11 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
                 outcome = train(model, experiment.config["retraining"], experiment.data_for("retraining"),
                                 experiment.loss("retraining"),
                                 seed=derive_seed(seed, "retrain", *key.values()), progress_file=run.progress(progress),
-                                masks=masks, description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {1 - keep:.3f}")
+                                masks=masks, description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {target:.3f}")
             save_trained(run, name, model, outcome, masks, {"keep_ratios": list(history), "method": method}, progress)
             seconds, epochs, fresh = outcome.seconds, len(outcome.curve), True
         if fresh or not run.has_metrics(key):
-            record(experiment, model, key, "retraining", seconds, epochs)
+            record(experiment, model, key, "retraining", seconds, epochs, step_prune_ratio=1.0 - keep)
         if plan.mode == "cascade":
             start, start_masks = model, masks
 
@@ -177,7 +180,7 @@ def planned_rows(rows: list[dict], plan: Plan) -> list[dict]:
             return True
         return (row["mode"] == plan.mode and row["method"] in plan.methods and row["repetition"] < plan.repetitions
                 and 1 <= row["step"] <= len(plan.prune_ratios)
-                and math.isclose(row["target_prune_ratio"], plan.prune_ratios[row["step"] - 1], abs_tol=1e-9))
+                and math.isclose(step_prune_ratio(row), plan.prune_ratios[row["step"] - 1], abs_tol=1e-9))
     return [row for row in rows if planned(row)]
 
 
@@ -215,8 +218,9 @@ def load_trained(run: RunDir, name: str, device: torch.device) -> dict:
     return checkpoint
 
 
-def record(experiment: Experiment, model: nn.Module, key: dict, section: str, train_seconds: float, epochs: int) -> dict:
-    """Evaluates `model` on the test set and upserts its metrics row."""
+def record(experiment: Experiment, model: nn.Module, key: dict, section: str, train_seconds: float, epochs: int,
+           **columns) -> dict:
+    """Evaluates `model` on the test set and upserts its metrics row (key, `columns`, measurements)."""
     schedule = experiment.config[section]
     torch.manual_seed(derive_seed(experiment.config["seed"], "test", *key.values()))
     result = evaluate(model, experiment.x_test, experiment.y_test, schedule["testBatchSize"], experiment.loss(section),
@@ -224,6 +228,7 @@ def record(experiment: Experiment, model: nn.Module, key: dict, section: str, tr
     sparsity = measure_sparsity(model)
     row = {
         **key,
+        **columns,
         "prune_ratio": sparsity.prune_ratio,
         "weight_prune_ratio": sparsity.weight_prune_ratio,
         "num_params": sparsity.num_params,

@@ -113,7 +113,7 @@ def collection_folder(out: str | None, target: str | Path, runs: list[Run]) -> P
 
 # ------------------------------------------------------------------ points: metrics rows summarised
 
-METHOD_NAMES = {"ThresNet": "WT", "FilterThresNet": "FT", "dense": "dense"}
+METHOD_NAMES = {"ThresNet": "WT", "FilterThresNet": "FT", "NoPrune": "NoPrune (no pruning, same training)", "dense": "dense"}
 
 
 def line_label(mode: str, method: str, modes: set[str]) -> str:

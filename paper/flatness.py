@@ -1,10 +1,11 @@
 """Loss-surface flatness of dense and pruned nets (SPEC §8): the Hessian of the *training* loss
 restricted to the surviving (non-zero) parameters, on a fixed 10 % subset of the training data.
 
-    python -m paper.flatness TARGET [--out DIR] [--subset 0.1] [--ratios 0.25 0.5 ...] [--all-steps]
+    python -m paper.flatness TARGET [--out DIR] [--subset 0.1] [--ratios 0.25 0.5 ...] [--all-steps] [--control-subsets 3]
 
 For the dense net and, per (mode, method), the pruned nets of net 0 at the steps whose achieved prune
-ratio is closest to each of `--ratios` (or every step with `--all-steps`), it reports
+ratio is closest to each of `--ratios` (or every step with `--all-steps`; the NoPrune control, which
+prunes nothing, by the ratio scheduled for its step, `experiment.report.step_prune_ratio`), it reports
 
 * ``lambda_max``: the largest (algebraic) eigenvalue of the restricted Hessian H;
 * ``trace``: tr H (and ``trace_stderr``, the standard error of Hutchinson's estimate; 0 when exact);
@@ -16,7 +17,19 @@ ratio is closest to each of `--ratios` (or every step with `--all-steps`), it re
   eigenvalue (Lanczos, ``eigsh(which="SA")``) is itself above the tolerance, otherwise κ is NaN.
   ``lambda_min`` (the smallest algebraic eigenvalue) is reported alongside so negative curvature is visible;
 * the spectral density: a Gaussian-broadened density of the eigenvalues (exact path) or its stochastic
-  Lanczos quadrature (SLQ) estimate (iterative path), ∫ρ = 1, ∫λρ(λ)dλ ≈ tr H / n.
+  Lanczos quadrature (SLQ) estimate (iterative path), ∫ρ = 1, ∫λρ(λ)dλ ≈ tr H / n;
+* the random-subset control (``control_*`` columns). H restricted to k surviving parameters is a
+  principal submatrix, so by Cauchy interlacing its λ_max is at most that of the full Hessian (and
+  falls along nested index sets), and its trace sums only k diagonal entries (k/n · tr H on average
+  for a random set), whatever the pruning does to the surface. Beside each model with k survivors the
+  same quantities are therefore reported for H_dense[S, S], the Hessian of its dense net (same net
+  index, at the dense weights) on a uniformly random set S of k parameters (the others held at their
+  dense values): mean and population std over ``--control-subsets`` sets (default 3), drawn from a
+  generator seeded by (``--seed``, net, k), so they are deterministic and shared by all models with k
+  survivors. With k = every parameter (the dense net itself, NoPrune) the only such set is all of them
+  and the control is the dense net's own measurement (std 0). A pruned net whose λ_max lies below
+  its control is flatter than a random restriction of the dense surface of the same size; the control
+  does not account for the retraining after pruning (that is what the NoPrune models are for).
 
 How. θ ∈ ℝⁿ holds the surviving entries only; the pruned entries stay exactly zero (they are rebuilt
 as constants around θ and the model is called with `torch.func.functional_call`). The loss is
@@ -50,8 +63,17 @@ Cost: the exact path needs n HVPs (≈ seconds for the toy NODEs); the iterative
 a thousand (ffjord_l4_h64, n ≈ 8.6k, 10 % of ToyGaussians: ≈ 2 min on one CPU thread). The SLQ basis
 holds slq_vectors × slq_steps × n floats.
 
+The control is computed once per distinct k, right after the dense net and from its operator
+(`HessianOperator.restricted`: H_dense[S, S]·v = (H_dense·P v)[S], P v being v padded with zeros, the
+same principal-submatrix restriction as to the survivors). On the exact path the dense Hessian is formed
+once anyway (n_dense HVPs, as before), so each subset costs one k × k `eigvalsh` and no HVP. On the
+iterative path each subset is a further measurement through the dense net's gradient graph without SLQ
+(eigsh twice and Hutchinson; k HVPs if k ≤ ``--exact-max``), i.e. about ``--control-subsets`` × (a pruned
+model's cost less SLQ) per distinct k; ``--control-subsets 0`` switches the control off.
+
 Outputs in the output folder (per run): ``flatness_<run>.csv`` / ``.md`` (one row per evaluated
-model), ``flatness_<run>.png/.pdf`` (λ_max, trace and κ against prune ratio, one line per method),
+model, with its control), ``flatness_<run>.png/.pdf`` (λ_max, trace and κ against prune ratio, one
+solid line per method and its control dashed in the same colour),
 ``spectrum_<run>.png/.pdf`` (spectral densities overlaid, coloured by prune ratio) and
 ``spectrum_<run>.csv`` (the quadrature nodes and weights behind them).
 """
@@ -77,6 +99,7 @@ from torch.func import functional_call
 
 from experiment.data.transforms import build_transform
 from experiment.models import ODEBlock
+from experiment.report import step_prune_ratio
 from experiment.results import Run
 from experiment.results.tree import model_name, rows_to_csv
 from experiment.training.evaluate import trace_estimator_for
@@ -84,8 +107,11 @@ from experiment.training.losses import build_loss
 from paper.common import find_runs, output_folder, parse_arguments, plt, run_label, save_figure, save_text
 
 DEFAULT_RATIOS = (0.25, 0.5, 0.75, 0.9, 0.95)
-COLUMNS = ("run", "mode", "method", "net", "step", "prune_ratio", "num_surviving_params", "lambda_max", "trace",
-           "trace_stderr", "condition_number", "lambda_min", "hessian", "subset_size", "seconds")
+NO_PRUNE = "NoPrune"  # the control method: the pruning chain's training without pruning
+CONTROL_QUANTITIES = {"lambda_max": "lambda_max", "trace": "trace", "condition": "condition_number"}  # column stem → Flatness field
+CONTROL_COLUMNS = tuple(f"control_{stem}_{statistic}" for stem in CONTROL_QUANTITIES for statistic in ("mean", "std")) + ("control_subsets",)
+COLUMNS = ("run", "mode", "method", "net", "step", "prune_ratio", "step_prune_ratio", "num_surviving_params", "lambda_max",
+           "trace", "trace_stderr", "condition_number", *CONTROL_COLUMNS, "lambda_min", "hessian", "subset_size", "seconds")
 
 
 # ------------------------------------------------------------------------------ θ ↔ parameters
@@ -272,12 +298,16 @@ class RestrictedLoss:
 
 
 class HessianOperator:
-    """The restricted Hessian as numpy matrix-vector products (and a scipy LinearOperator)."""
+    """The restricted Hessian as numpy matrix-vector products (and a scipy LinearOperator). `matrix`
+    is the Hessian itself once it has been formed (`materialised`, `of_matrix`); then `dense_hessian`
+    and `restricted` need no Hessian-vector products."""
 
-    def __init__(self, hvp: Callable[[torch.Tensor], torch.Tensor], size: int, dtype: torch.dtype = torch.float64):
+    def __init__(self, hvp: Callable[[torch.Tensor], torch.Tensor], size: int, dtype: torch.dtype = torch.float64,
+                 matrix: np.ndarray | None = None):
         self.hvp = hvp
         self.size = size
         self.dtype = dtype
+        self.matrix = matrix
 
     @classmethod
     def of(cls, loss: RestrictedLoss) -> "HessianOperator":
@@ -285,9 +315,35 @@ class HessianOperator:
 
     @classmethod
     def of_matrix(cls, matrix: np.ndarray) -> "HessianOperator":
-        """For tests: a fixed symmetric matrix."""
-        tensor = torch.as_tensor(matrix, dtype=torch.float64)
-        return cls(lambda vectors: vectors @ tensor.T, tensor.shape[0])
+        """A fixed matrix, symmetrised (a formed Hessian, or a test matrix)."""
+        matrix = np.asarray(matrix, dtype=np.float64)
+        matrix = 0.5 * (matrix + matrix.T)
+        tensor = torch.as_tensor(matrix)
+        return cls(lambda vectors: vectors @ tensor.T, matrix.shape[0], matrix=matrix)
+
+    def materialised(self, batch: int = 64) -> "HessianOperator":
+        """The same Hessian with its n × n matrix formed once (n HVPs, see `dense_hessian`)."""
+        return HessianOperator.of_matrix(dense_hessian(self, batch))
+
+    def restricted(self, positions: np.ndarray) -> "HessianOperator":
+        """The principal submatrix H[S, S] on the index set S = `positions` (entries of this operator's
+        vector): H[S, S]·v = (H·P v)[S], where P v puts v at S and zeros elsewhere, i.e. the Hessian in
+        the coordinates S with every other coordinate held fixed. (The restriction of a model's loss to
+        its surviving parameters is the same thing: the principal submatrix of its full Hessian on the
+        survivors, the pruned entries held at zero.) With a formed matrix it is the submatrix itself."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.matrix is not None:
+            return HessianOperator.of_matrix(self.matrix[np.ix_(positions, positions)])
+        index = torch.as_tensor(positions)
+
+        def hvp(vectors: torch.Tensor) -> torch.Tensor:
+            matrix = vectors.reshape(-1, len(index))
+            padded = matrix.new_zeros(matrix.shape[0], self.size)
+            padded[:, index] = matrix
+            products = self.hvp(padded)[:, index]
+            return products[0] if vectors.dim() == 1 else products
+
+        return HessianOperator(hvp, len(index), self.dtype)
 
     def matmat(self, vectors: np.ndarray) -> np.ndarray:
         """H·V for V of shape [n, k]."""
@@ -307,7 +363,10 @@ class HessianOperator:
 
 
 def dense_hessian(operator: HessianOperator, batch: int = 64) -> np.ndarray:
-    """The full n × n Hessian, column by column (H eᵢ, `batch` columns per call), symmetrised."""
+    """The full n × n Hessian, column by column (H eᵢ, `batch` columns per call), symmetrised; the
+    operator's own matrix if it has been formed."""
+    if operator.matrix is not None:
+        return operator.matrix
     n = operator.size
     hessian = np.zeros((n, n))
     for start in range(0, n, batch):
@@ -459,15 +518,21 @@ def condition_number(lambda_max: float, eigenvalues: np.ndarray, tol: float) -> 
     return float(lambda_max / positive.min()) if len(positive) else math.nan
 
 
+def uses_exact_path(n: int, exact_max: int) -> bool:
+    """Whether `measure` forms the full Hessian of n parameters (else it works with HVPs only)."""
+    return n <= exact_max or n < 3
+
+
 def measure(operator: HessianOperator, *, exact_max: int = 2000, probes: int = 100, slq_vectors: int = 3,
             slq_steps: int = 80, eig_tol: float = 1e-6, arpack_tol: float = 1e-8, seed: int = 0,
-            batch: int = 16) -> Flatness:
+            batch: int = 16, spectrum: bool = True) -> Flatness:
     """λ_max, λ_min, trace, κ and spectral quadrature of the operator: exactly (full Hessian) when
-    n ≤ `exact_max`, else by Lanczos (eigsh), Hutchinson and SLQ."""
+    n ≤ `exact_max`, else by Lanczos (eigsh), Hutchinson and SLQ (skipped without `spectrum`: then
+    the quadrature is empty on the iterative path)."""
     n = operator.size
     if n == 0:
         return Flatness(0, math.nan, math.nan, 0.0, 0.0, math.nan, [(np.zeros(1), np.ones(1))], "exact")
-    if n <= exact_max or n < 3:
+    if uses_exact_path(n, exact_max):
         eigenvalues = np.linalg.eigvalsh(dense_hessian(operator, batch=max(batch, 1)))
         return Flatness(n, float(eigenvalues[-1]), float(eigenvalues[0]), float(eigenvalues.sum()), 0.0,
                         condition_number(float(eigenvalues[-1]), eigenvalues, eig_tol),
@@ -475,18 +540,60 @@ def measure(operator: HessianOperator, *, exact_max: int = 2000, probes: int = 1
     lambda_max = extreme_eigenvalue(operator, "LA", arpack_tol, seed=seed)
     lambda_min = extreme_eigenvalue(operator, "SA", arpack_tol, seed=seed + 1)
     trace, stderr = hutchinson_trace(operator, probes, seed + 2, batch)
-    quadrature = slq(operator, slq_vectors, slq_steps, seed + 3)
+    quadrature = slq(operator, slq_vectors, slq_steps, seed + 3) if spectrum else []
     kappa = lambda_max / lambda_min if lambda_max > 0 and lambda_min > eig_tol * lambda_max else math.nan
     return Flatness(n, lambda_max, lambda_min, trace, stderr, kappa, quadrature, "iterative")
+
+
+# ------------------------------------------------------------------------------ the random-subset control
+
+
+def random_subsets(num_params: int, size: int, count: int, seed: int, net: int) -> list[np.ndarray]:
+    """`count` uniformly random `size`-subsets of range(`num_params`), each sorted, from a generator
+    seeded by (seed, net, size): the control of a model is a function of its dense net and its number
+    of surviving parameters only, so it is deterministic and shared by all models of that size.
+    Of size `num_params` there is exactly one subset, every parameter."""
+    if size == num_params:
+        return [np.arange(num_params)]
+    generator = np.random.default_rng([seed, net, size])
+    return [np.sort(generator.choice(num_params, size=size, replace=False)) for _ in range(count)]
+
+
+def random_subset_control(dense: HessianOperator, dense_flatness: Flatness, subsets: list[np.ndarray],
+                          **measure_options) -> list[Flatness]:
+    """The flatness of the dense Hessian H restricted to each index set S of `subsets`, i.e. of the
+    principal submatrix H[S, S] (no spectral density). A subset of every parameter is H itself, whose
+    measurement `dense_flatness` is reused."""
+    return [dense_flatness if len(subset) == dense.size else
+            measure(dense.restricted(subset), spectrum=False, **measure_options) for subset in subsets]
+
+
+def control_columns(control: list[Flatness]) -> dict[str, float | int]:
+    """Mean and population std over the subsets of λ_max, tr H and κ (a NaN κ of one subset makes the
+    mean NaN); NaN when there is no control (no dense net, or `--control-subsets 0`)."""
+    columns: dict[str, float | int] = {"control_subsets": len(control)}
+    for stem, field in CONTROL_QUANTITIES.items():
+        values = np.array([getattr(result, field) for result in control], dtype=np.float64)
+        columns[f"control_{stem}_mean"] = float(values.mean()) if len(values) else math.nan
+        columns[f"control_{stem}_std"] = float(values.std()) if len(values) else math.nan
+    return columns
 
 
 # ------------------------------------------------------------------------------ runs → rows
 
 
+def placed_ratio(row: dict) -> float:
+    """Where a model sits on the prune-ratio axis: its achieved prune ratio; the NoPrune control
+    (same training chain, nothing pruned, achieved ratio 0) at the ratio the pruning methods are
+    scheduled to reach at its step."""
+    return step_prune_ratio(row) if row["method"] == NO_PRUNE else float(row["prune_ratio"])
+
+
 def select_rows(rows: list[dict], net: int = 0, ratios: tuple[float, ...] = DEFAULT_RATIOS, all_steps: bool = False,
                 repetition: int = 0) -> list[dict]:
     """The dense net `net`, then per (mode, method) the pruned nets of that net and repetition at every
-    step (`all_steps`) or at the steps whose achieved prune ratio is closest to each of `ratios`."""
+    step (`all_steps`) or at the steps whose `placed_ratio` (the achieved prune ratio; NoPrune: the
+    scheduled one) is closest to each of `ratios`."""
     chosen = [row for row in rows if row["method"] == "dense" and int(row["net"]) == net]
     pruned = [row for row in rows if row["method"] != "dense" and int(row["net"]) == net and int(row["repetition"]) == repetition]
     for group in dict.fromkeys((row["mode"], row["method"]) for row in pruned):
@@ -494,7 +601,7 @@ def select_rows(rows: list[dict], net: int = 0, ratios: tuple[float, ...] = DEFA
         if all_steps:
             chosen += candidates
             continue
-        steps = {int(min(candidates, key=lambda row: abs(float(row["prune_ratio"]) - ratio))["step"]) for ratio in ratios}
+        steps = {int(min(candidates, key=lambda row: abs(placed_ratio(row) - ratio))["step"]) for ratio in ratios}
         chosen += [row for row in candidates if int(row["step"]) in steps]
     return chosen
 
@@ -524,35 +631,57 @@ def restricted_loss(run: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor
 
 
 def analyse_run(run: Run, arguments) -> tuple[list[dict], list[dict]]:
-    """(table rows, spectrum rows) for the selected models of `run`."""
+    """(table rows, spectrum rows) for the selected models of `run`, each row with its random-subset
+    control: the dense net's Hessian on `--control-subsets` random sets of as many parameters as the
+    model has survivors (computed once per size, right after the dense net, from its Hessian)."""
     label = run_label(run)
     dtype = getattr(torch, arguments.dtype)
     x, y = training_subset(run, arguments.subset, arguments.seed)
+    measure_options = dict(exact_max=arguments.exact_max, probes=arguments.probes, slq_vectors=arguments.slq_vectors,
+                           slq_steps=arguments.slq_steps, eig_tol=arguments.eig_tol, seed=arguments.seed,
+                           batch=arguments.hvp_batch)
+    selected = select_rows(run.rows, arguments.net, tuple(arguments.ratios), arguments.all_steps, arguments.repetition)
+    models = [run.load_model(row) for row in selected]
+    sizes = sorted({SurvivingParameters.of(model).size for model in models})
+    controls: dict[int, list[Flatness]] = {}  # number of surviving parameters → the control's measurements
     table, spectra = [], []
-    for row in select_rows(run.rows, arguments.net, tuple(arguments.ratios), arguments.all_steps, arguments.repetition):
+    for row, model in zip(selected, models):  # the dense net comes first (select_rows)
         started = time.perf_counter()
-        model = run.load_model(row)
         loss = restricted_loss(run, model, x, y, dtype=dtype, chunk_size=arguments.chunk_size, seed=arguments.seed,
                                cache_graph=not arguments.no_cache_graph, hvp_batch=arguments.hvp_batch)
-        result = measure(HessianOperator.of(loss), exact_max=arguments.exact_max, probes=arguments.probes,
-                         slq_vectors=arguments.slq_vectors, slq_steps=arguments.slq_steps, eig_tol=arguments.eig_tol,
-                         seed=arguments.seed, batch=arguments.hvp_batch)
+        operator = HessianOperator.of(loss)
+        is_dense = row["method"] == "dense"
+        if is_dense and uses_exact_path(operator.size, arguments.exact_max):
+            operator = operator.materialised(arguments.hvp_batch)  # kept: the control's submatrices need no HVPs
+        result = measure(operator, **measure_options)
+        seconds = round(time.perf_counter() - started, 2)
+        if is_dense and arguments.control_subsets > 0:
+            for size in sizes:  # while the dense gradient graph is still alive
+                control_started = time.perf_counter()
+                subsets = random_subsets(result.num_params, size, arguments.control_subsets, arguments.seed, int(row["net"]))
+                controls[size] = random_subset_control(operator, result, subsets, **measure_options)
+                summary = control_columns(controls[size])
+                print(f"{label} control n={size}: λ_max={summary['control_lambda_max_mean']:.5g}±{summary['control_lambda_max_std']:.2g}, "
+                      f"trace={summary['control_trace_mean']:.5g}±{summary['control_trace_std']:.2g} "
+                      f"({len(subsets)} subsets, {time.perf_counter() - control_started:.1f} s)", flush=True)
         loss.release()
         entry = {
             "run": label, "mode": row["mode"], "method": row["method"], "net": int(row["net"]), "step": int(row["step"]),
-            "prune_ratio": float(row["prune_ratio"]), "num_surviving_params": result.num_params,
-            "lambda_max": result.lambda_max, "trace": result.trace, "trace_stderr": result.trace_stderr,
-            "condition_number": result.condition_number, "lambda_min": result.lambda_min, "hessian": result.hessian,
-            "subset_size": len(x), "seconds": round(time.perf_counter() - started, 2),
+            "prune_ratio": float(row["prune_ratio"]), "step_prune_ratio": step_prune_ratio(row),
+            "num_surviving_params": result.num_params, "lambda_max": result.lambda_max, "trace": result.trace,
+            "trace_stderr": result.trace_stderr, "condition_number": result.condition_number,
+            **control_columns(controls.get(result.num_params, [])), "lambda_min": result.lambda_min,
+            "hessian": result.hessian, "subset_size": len(x), "seconds": seconds,
         }
         table.append(entry)
         for vector, (nodes, weights) in enumerate(result.quadrature):
             spectra += [{"run": label, "mode": row["mode"], "method": row["method"], "step": int(row["step"]),
                          "prune_ratio": float(row["prune_ratio"]), "vector": vector, "node": float(node), "weight": float(weight)}
                         for node, weight in zip(nodes, weights)]
-        print(f"{label} {model_name(row)}: PR {entry['prune_ratio']:.3f}, n={result.num_params}, λ_max={result.lambda_max:.5g}, "
-              f"trace={result.trace:.5g}±{result.trace_stderr:.2g}, κ={result.condition_number:.4g} "
-              f"({result.hessian}, {entry['seconds']:.1f} s)", flush=True)
+        print(f"{label} {model_name(row)}: PR {entry['prune_ratio']:.3f}, n={result.num_params}, λ_max={result.lambda_max:.5g} "
+              f"(control {entry['control_lambda_max_mean']:.5g}), trace={result.trace:.5g}±{result.trace_stderr:.2g} "
+              f"(control {entry['control_trace_mean']:.5g}), κ={result.condition_number:.4g} ({result.hessian}, {seconds:.1f} s)",
+              flush=True)
     return table, spectra
 
 
@@ -571,7 +700,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def _lines(rows: list[dict]) -> dict[str, list[dict]]:
-    """'mode method' → rows sorted by prune ratio, each line starting at the dense net."""
+    """'mode method' → rows sorted by `placed_ratio`, each line starting at the dense net."""
     dense = [row for row in rows if row["method"] == "dense"]
     groups: dict[str, list[dict]] = {}
     for row in rows:
@@ -579,31 +708,46 @@ def _lines(rows: list[dict]) -> dict[str, list[dict]]:
             groups.setdefault(f"{row['mode']} {row['method']}", []).append(row)
     if not groups:
         return {"dense": dense}
-    return {name: dense + sorted(members, key=lambda row: row["prune_ratio"]) for name, members in groups.items()}
+    return {name: dense + sorted(members, key=placed_ratio) for name, members in groups.items()}
+
+
+CONTROL_LABEL = "dense, random subset of same size"
 
 
 def plot_flatness(rows: list[dict], title: str) -> plt.Figure:
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    """λ_max, tr H and κ against prune ratio, one solid line per (mode, method), and beside it, dashed
+    in the same colour, its random-subset control (mean ± std over the subsets)."""
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+    panels = (("lambda_max", None, "control_lambda_max", "largest eigenvalue λ_max"),
+              ("trace", "trace_stderr", "control_trace", "trace of the Hessian"),
+              ("condition_number", None, "control_condition", "condition number λ_max / λ_min⁺"))
     for name, line in _lines(rows).items():
-        ratios = [row["prune_ratio"] for row in line]
-        axes[0].plot(ratios, [row["lambda_max"] for row in line], marker="o", markersize=3, label=name)
-        axes[1].errorbar(ratios, [row["trace"] for row in line], yerr=[row["trace_stderr"] for row in line], marker="o",
-                         markersize=3, capsize=2, label=name)
-        axes[2].plot(ratios, [row["condition_number"] for row in line], marker="o", markersize=3, label=name)
-    for axis, label in zip(axes, ("largest eigenvalue λ_max", "trace of the Hessian", "condition number λ_max / λ_min⁺")):
-        axis.set_xlabel("prune ratio")
+        ratios = [placed_ratio(row) for row in line]
+        for axis, (column, error, control, _) in zip(axes, panels):
+            drawn = axis.errorbar(ratios, [row[column] for row in line], yerr=[row[error] for row in line] if error else None,
+                                  marker="o", markersize=3, capsize=2, label=name)
+            axis.errorbar(ratios, [row[f"{control}_mean"] for row in line], yerr=[row[f"{control}_std"] for row in line],
+                          color=drawn.lines[0].get_color(), linestyle="--", linewidth=1, marker="x", markersize=4, capsize=2)
+    x_label = "prune ratio" + (f" ({NO_PRUNE}: scheduled at its step)" if any(row["method"] == NO_PRUNE for row in rows) else "")
+    for axis, (_, _, _, label) in zip(axes, panels):
+        axis.set_xlabel(x_label)
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     if any(row["condition_number"] > 0 for row in rows):
         axes[2].set_yscale("log")
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    control = plt.Line2D([], [], color="grey", linestyle="--", linewidth=1, marker="x", markersize=4)
+    rows_of_entries = math.ceil((len(labels) + 1) / 4)
+    figure.legend(handles + [control], labels + [f"{CONTROL_LABEL} (dashed, the line's colour)"], fontsize=8,
+                  loc="lower center", ncol=4)
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.06 * rows_of_entries, 1, 1))
     return figure
 
 
 def plot_spectra(rows: list[dict], quadratures: dict[tuple, list], title: str, sigma_fraction: float) -> plt.Figure:
-    """One panel per (mode, method): the densities of the dense net and of every pruned net, coloured by prune ratio."""
+    """One panel per (mode, method): the densities of the dense net and of every pruned net, coloured by
+    prune ratio (`placed_ratio`)."""
     lines = _lines(rows)
     figure, axes = plt.subplots(1, len(lines), figsize=(5 * len(lines), 3.8), squeeze=False)
     everything = [q for parts in quadratures.values() for q in parts]
@@ -612,9 +756,9 @@ def plot_spectra(rows: list[dict], quadratures: dict[tuple, list], title: str, s
     for axis, (name, line) in zip(axes[0], lines.items()):
         for row in line:
             density = spectral_density(quadratures[(row["mode"], row["method"], row["step"])], grid, sigma)
-            colour = "black" if row["method"] == "dense" else colours(min(row["prune_ratio"], 1.0))
+            colour = "black" if row["method"] == "dense" else colours(min(placed_ratio(row), 1.0))
             axis.semilogy(grid, np.maximum(density, 1e-12), color=colour, linewidth=1,
-                          label=f"PR {row['prune_ratio']:.2f}" + (" (dense)" if row["method"] == "dense" else ""))
+                          label=f"PR {placed_ratio(row):.2f}" + (" (dense)" if row["method"] == "dense" else ""))
         axis.set_ylim(bottom=max(1e-8, axis.get_ylim()[0]))
         axis.set_xlabel("eigenvalue λ")
         axis.set_ylabel("spectral density ρ(λ)")
@@ -667,6 +811,9 @@ def main(argv: list[str] | None = None) -> int:
             "--hvp-batch": dict(type=int, default=16, help="Hessian-vector products per backward pass"),
             "--no-cache-graph": dict(action="store_true", help="rebuild the gradient graph for every product (less memory)"),
             "--dtype": dict(choices=["float64", "float32"], default="float64"),
+            "--control-subsets": dict(type=int, default=3,
+                                      help="random parameter subsets per model size for the control: the dense net's "
+                                           "Hessian restricted to as many parameters as the model keeps (default 3; 0: none)"),
         },
     )
     for run in find_runs(arguments.target):

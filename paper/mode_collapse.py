@@ -1,29 +1,57 @@
-"""Mode collapse of pruned 2-D flows (SPEC §8).
+"""Mode collapse of pruned 2-D flows (SPEC §8), measured against the true mixture.
 
-    python -m paper.mode_collapse TARGET [--out DIR] [--num-samples 20000] [--min-hits N | --min-share 0.01]
+    python -m paper.mode_collapse TARGET [--out DIR] [--num-samples 20000] [--hit-fraction 0.75] [--max-tv 0.1]
 
 For flows on ToyGaussians / ToyGaussiansSpiral (other runs are skipped with a note):
 
-* the modes are the per-label mean μ_j and covariance Σ_j of the run's training data (the split the
-  run trained on, `Run.load_data()["train"]`);
-* every model of the run (all nets, repetitions and prune steps, the dense nets included) draws
-  `--num-samples` samples (prior N(0, I) through the ODE, seeded with `--seed`, the same prior draws
-  for every model);
-* each sample is assigned to its nearest mode by the Mahalanobis distance
-  d_j(x) = sqrt((x − μ_j)ᵀ Σ_j⁻¹ (x − μ_j)), i.e. how many standard deviations of mode j the sample
-  lies from its centre in the sample's direction;
-* for k in {0.25, 0.5, 1, 2, 3, 5, 7, 10, 15, 20}: `share_within_k` = share of all samples whose
-  distance to their nearest mode is at most k (non-finite samples count as outside), and
-  `modes_hit` = how many modes are the nearest mode of at least `min_hits` samples within k of
-  them. The default threshold is 1% of the samples a mode would get if all modes were equally
-  likely, min_hits = ceil(0.01 · num_samples / num_modes) (34 samples for 20,000 samples and 6
-  modes), so a few stray samples do not count as covering a mode; `--min-hits` sets it directly.
+* The true mixture: per label j of the run's training data (`Run.load_data()["train"]`) the mean
+  μ_j, the covariance Σ_j and the weight w_j (the label's share of the training points); mode j is
+  the Gaussian N(μ_j, Σ_j).
+* Every model of the run (all nets, repetitions and prune steps, the dense nets and the NoPrune
+  control included) draws `--num-samples` samples x_1..x_N (prior N(0, I) through the ODE, seeded
+  with `--seed`, the same prior draws for every model).
+* Distances: d_j(x) = sqrt((x − μ_j)ᵀ Σ_j⁻¹ (x − μ_j)), how many standard deviations of mode j the
+  sample lies from its centre in the sample's direction (+inf for non-finite samples). A sample
+  belongs to mode j at radius k when j = argmin_i d_i(x) and d_j(x) ≤ k; it is off-mode when it is
+  more than k from every mode.
+* Per-mode shares: s_j(k) = #{n: x_n belongs to mode j at radius k} / N, and the off-mode share
+  s_off(k) = 1 − Σ_j s_j(k). The same shares of the true mixture, r_j(k) and r_off(k), are its
+  reference. The reference is a Monte Carlo estimate with `REFERENCE_SAMPLES` = 200,000 draws of the
+  fitted mixture (fixed seed), i.e. the same function applied to samples of the exact mixture:
+  standard error ≤ 0.5/sqrt(200,000) ≈ 0.0011. The analytic r_j(k) = w_j (1 − exp(−k²/2)) holds only
+  while the modes' ellipses do not overlap, and the training points themselves would carry their
+  own sampling error (16,380 points, ≈ 0.004), so neither is used.
 
-Writes `mode_collapse_<run>.csv` (one row per model and k), `mode_collapse_<run>.md` (means ± stds
-over nets per method and step) and `mode_collapse_<run>.png/.pdf` (share within k and modes hit at
-k = `--figure-k` vs prune ratio, one line per method, mean ± std over nets). The per-model results
-are cached in `mode_collapse_<run>.cache.json` next to them and reused while the checkpoint and the
-settings are unchanged.
+Measures, for k in {0.25, 0.5, 1, 2, 3, 5, 7, 10, 15, 20}:
+
+1. `share_within_k` = Σ_j s_j(k), the share of samples within k of any mode, next to
+   `reference_share_within_k` = Σ_j r_j(k) (≈ 1 − exp(−k²/2) for separated 2-D modes).
+2. `tv_distance` = ½ (Σ_j |s_j(k) − r_j(k)| + |s_off(k) − r_off(k)|), the total-variation distance
+   between the model's and the true mixture's distribution over the M modes plus the off-mode bin
+   (0: the model spreads its mass over the modes as the mixture does; 1: disjoint).
+3. `modes_hit` = #{j: s_j(k) ≥ hit_fraction · r_j(k)}: modes that receive at least `hit_fraction` of
+   the share the true mixture puts within k of them.
+
+A model passes when every mode is hit at k = `HIT_K` = 2 and the TV distance at k = `TV_K` = 3 is at
+most `--max-tv` (0.1). Why these thresholds: a ring through the modes (6 modes of std 0.5 on radius
+4; the ring uniform on the circle of radius 4) puts mass near every mode, but only 0.52 to 0.73 of
+the expected share for k from 1 to 3 std, 0.55 within 2 std, and at 3 std it leaves 28% of its
+mass off-mode (TV 0.27). A perfect model with 20,000 samples gets 0.98 to 1.02 of every mode's
+expected share and TV ≈ 0.01; a model on 3 of the 6 modes has TV ≈ 0.5. `hit_fraction` = 0.75
+lies between ring and perfect (half the expected share would count the ring as hitting all
+modes); 0.1 lets a model misplace a tenth of the mass. Share within k alone is not enough: a model
+on half of the modes has the true share at every k, and a thin ring more than the true share
+within 0.25 std (a line through a disc holds more of its mass near the centre than a 2-D Gaussian
+does); the ring falls short only for k from 1 to 3.
+
+Writes `mode_collapse_<run>.csv` (one row per model and k), `mode_collapse_<run>.md` (a headline
+table with the verdict per method and prune ratio, and the share within k for every k with the true
+mixture's row; means ± stds over nets) and `mode_collapse_<run>.png/.pdf` (share within k =
+`--figure-k` with the true mixture as a dashed line, TV distance at 3 std, modes hit at 2 std, vs
+prune ratio, one line per method). Points are placed and grouped by the step's prune ratio
+(`experiment.report.step_prune_ratio`: the target ratio, or for NoPrune the ratio the pruning methods
+reach at that step). The per-model shares are cached in `mode_collapse_<run>.cache.json` next to them
+and reused while the checkpoint and the sampling settings are unchanged.
 """
 
 from __future__ import annotations
@@ -36,27 +64,33 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from experiment.report import step_prune_ratio
 from experiment.results import Run, model_name
 from experiment.results.tree import rows_to_csv
 from paper.common import find_runs, output_folder, parse_arguments, run_label, save_figure, save_text
 from paper.samples_2d import METHOD_LABELS, is_2d_run, sample_flow
 
 KS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)
+HIT_K = 2.0  # modes hit are judged within 2 std
+TV_K = 3.0  # the TV distance is judged with samples beyond 3 std of every mode off-mode
+HIT_FRACTION = 0.75
+MAX_TV = 0.1
+REFERENCE_SAMPLES = 200_000
+REFERENCE_SEED = 0
 MODE_DATASETS = ("ToyGaussians", "ToyGaussiansSpiral")
-DEFAULT_MIN_SHARE = 0.01
 
 
-# ------------------------------------------------------------------------------ the computation
+# ------------------------------------------------------------------------------ the measures
 
 
-def mode_statistics(x_train: np.ndarray, y_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-label mean [M, D] and covariance [M, D, D] (unbiased) of labelled data, labels in
-    sorted order."""
+def mode_statistics(x_train: np.ndarray, y_train: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mixture of labelled data: per label (in sorted order) the mean [M, D], the unbiased
+    covariance [M, D, D] and the weight [M] (the label's share of the points)."""
     x_train, y_train = np.asarray(x_train, dtype=np.float64), np.asarray(y_train)
-    labels = np.unique(y_train)
+    labels, counts = np.unique(y_train, return_counts=True)
     means = np.stack([x_train[y_train == label].mean(0) for label in labels])
     covariances = np.stack([np.atleast_2d(np.cov(x_train[y_train == label], rowvar=False)) for label in labels])
-    return means, covariances
+    return means, covariances, counts / counts.sum()
 
 
 def mahalanobis_distances(samples: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> np.ndarray:
@@ -76,23 +110,62 @@ def nearest_modes(samples: np.ndarray, means: np.ndarray, covariances: np.ndarra
     return nearest, distances[np.arange(len(distances)), nearest]
 
 
-def default_min_hits(num_samples: int, num_modes: int, min_share: float = DEFAULT_MIN_SHARE) -> int:
-    """ceil(min_share · num_samples / num_modes), at least 1: the samples a mode needs to count as hit."""
-    return max(1, math.ceil(min_share * num_samples / num_modes - 1e-9))
-
-
-def coverage(samples: np.ndarray, means: np.ndarray, covariances: np.ndarray, ks=KS,
-             min_hits: int = 1) -> dict[float, tuple[float, int]]:
-    """k → (share of the samples within k of their nearest mode, number of modes that are the
-    nearest mode of at least `min_hits` samples within k of them)."""
+def mode_shares(samples: np.ndarray, means: np.ndarray, covariances: np.ndarray, ks=KS) -> np.ndarray:
+    """s[a, j] = share of the samples whose nearest mode (Mahalanobis) is j and lies within ks[a] of
+    them; [len(ks), M]. The off-mode share at ks[a] is 1 − s[a].sum()."""
     nearest, distance = nearest_modes(samples, means, covariances)
-    result = {}
-    for k in ks:
+    shares = np.zeros((len(ks), len(means)))
+    for row, k in enumerate(ks):
         within = distance <= k
-        counts = np.bincount(nearest[within], minlength=len(means))
-        share = float(within.mean()) if len(within) else 0.0
-        result[float(k)] = (share, int((counts >= min_hits).sum()))
-    return result
+        shares[row] = np.bincount(nearest[within], minlength=len(means)) / max(len(samples), 1)
+    return shares
+
+
+def sample_mixture(means: np.ndarray, covariances: np.ndarray, weights: np.ndarray, num_samples: int,
+                   seed: int) -> np.ndarray:
+    """`num_samples` draws of the mixture Σ_j w_j N(μ_j, Σ_j) (mode counts multinomial), in mode order."""
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(num_samples, np.asarray(weights, dtype=np.float64) / np.sum(weights))
+    return np.concatenate([rng.multivariate_normal(mean, covariance, size=count)
+                           for mean, covariance, count in zip(means, covariances, counts)])
+
+
+def reference_shares(means: np.ndarray, covariances: np.ndarray, weights: np.ndarray, ks=KS,
+                     num_samples: int = REFERENCE_SAMPLES, seed: int = REFERENCE_SEED) -> np.ndarray:
+    """r[a, j]: `mode_shares` of the true mixture, estimated on `num_samples` of its draws (standard
+    error ≤ 0.5/sqrt(num_samples) per entry)."""
+    return mode_shares(sample_mixture(means, covariances, weights, num_samples, seed), means, covariances, ks)
+
+
+def total_variation(shares: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per k: ½ (Σ_j |s_j − r_j| + |s_off − r_off|), the TV distance over the modes plus the off-mode
+    bin (s_off = 1 − Σ_j s_j, r_off likewise)."""
+    shares, reference = np.atleast_2d(shares), np.atleast_2d(reference)
+    off_mode = np.abs(reference.sum(1) - shares.sum(1))
+    return 0.5 * (np.abs(shares - reference).sum(1) + off_mode)
+
+
+def modes_hit(shares: np.ndarray, reference: np.ndarray, hit_fraction: float = HIT_FRACTION) -> np.ndarray:
+    """Per k: #{j: s_j ≥ hit_fraction · r_j}, the modes that get at least `hit_fraction` of the share
+    the true mixture puts within k of them."""
+    shares, reference = np.atleast_2d(shares), np.atleast_2d(reference)
+    return (shares >= hit_fraction * reference).sum(1)
+
+
+def measures(shares: np.ndarray, reference: np.ndarray, ks=KS, hit_fraction: float = HIT_FRACTION) -> dict[float, dict]:
+    """k → {share_within_k, reference_share_within_k, tv_distance, modes_hit} of a model's shares
+    [len(ks), M] against the true mixture's."""
+    tv = total_variation(shares, reference)
+    hits = modes_hit(shares, reference, hit_fraction)
+    return {float(k): {"share_within_k": float(shares[row].sum()),
+                       "reference_share_within_k": float(reference[row].sum()),
+                       "tv_distance": float(tv[row]), "modes_hit": int(hits[row])}
+            for row, k in enumerate(ks)}
+
+
+def passes(by_k: dict[float, dict], num_modes: int, max_tv: float = MAX_TV) -> bool:
+    """All modes hit at `HIT_K` and TV distance at `TV_K` at most `max_tv` (`by_k` as from `measures`)."""
+    return by_k[HIT_K]["modes_hit"] == num_modes and by_k[TV_K]["tv_distance"] <= max_tv
 
 
 # ------------------------------------------------------------------------------ over a run
@@ -112,15 +185,16 @@ def checkpoint_signature(run: Run, row: dict) -> list:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def run_coverage(run: Run, num_samples: int, seed: int, ks=KS, min_hits: int | None = None,
-                 min_share: float = DEFAULT_MIN_SHARE, cache: dict | None = None, log=print) -> list[dict]:
-    """One row per (model of the run, k): run, method, mode, net, repetition, step, target and
-    achieved prune ratio, k, share_within_k, modes_hit, num_modes, min_hits. `cache` (a dict, updated
-    in place) holds per-model results from earlier calls."""
+def run_measures(run: Run, num_samples: int, seed: int, ks=KS, hit_fraction: float = HIT_FRACTION,
+                 max_tv: float = MAX_TV, cache: dict | None = None, log=print) -> list[dict]:
+    """One row per (model of the run, k): run, method, mode, net, repetition, step, target, step and
+    achieved prune ratio, k, the measures of `measures`, num_modes, hit_fraction and `passes` (the
+    model's verdict, the same on all its rows). `cache` (a dict, updated in place) holds per-model
+    shares from earlier calls; `ks` must contain `HIT_K` and `TV_K`."""
     x_train, y_train = (tensor.numpy() for tensor in run.load_data()["train"])
-    means, covariances = mode_statistics(x_train, y_train)
-    hits_needed = min_hits if min_hits is not None else default_min_hits(num_samples, len(means), min_share)
-    settings = {"num_samples": num_samples, "seed": seed, "ks": [float(k) for k in ks], "min_hits": hits_needed,
+    means, covariances, weights = mode_statistics(x_train, y_train)
+    reference = reference_shares(means, covariances, weights, ks)
+    settings = {"num_samples": num_samples, "seed": seed, "ks": [float(k) for k in ks],
                 "means": means.round(12).tolist(), "covariances": covariances.round(12).tolist()}
     cache = {} if cache is None else cache
     label = run_label(run)
@@ -132,43 +206,55 @@ def run_coverage(run: Run, num_samples: int, seed: int, ks=KS, min_hits: int | N
         if entry is None or entry["settings"] != settings or entry["checkpoint"] != signature:
             log(f"{label}: sampling {name}")
             samples = sample_flow(run.load_model(row), num_samples, seed)
-            result = coverage(samples, means, covariances, ks, hits_needed)
             entry = {"settings": settings, "checkpoint": signature,
-                     "coverage": [[k, share, hit] for k, (share, hit) in result.items()]}
+                     "mode_shares": mode_shares(samples, means, covariances, ks).tolist()}
             cache[name] = entry
-        for k, share, hit in entry["coverage"]:
+        by_k = measures(np.array(entry["mode_shares"]), reference, ks, hit_fraction)
+        verdict = passes(by_k, len(means), max_tv)
+        for k, values in by_k.items():
             rows.append({
                 "run": label, "method": row["method"], "mode": row["mode"], "net": int(row["net"]),
                 "repetition": int(row["repetition"]), "step": int(row["step"]),
-                "target_prune_ratio": float(row["target_prune_ratio"]), "prune_ratio": float(row["prune_ratio"]),
-                "k": float(k), "share_within_k": float(share), "modes_hit": int(hit), "num_modes": len(means),
-                "min_hits": hits_needed,
+                "target_prune_ratio": float(row["target_prune_ratio"]), "step_prune_ratio": step_prune_ratio(row),
+                "prune_ratio": float(row["prune_ratio"]), "k": k, **values, "num_modes": len(means),
+                "hit_fraction": hit_fraction, "passes": int(verdict),
             })
     return rows
 
 
-def summarize(rows: list[dict], k: float) -> dict[tuple[str, str], list[tuple]]:
-    """{(mode, method): [(mean PR, mean share, std share, mean hits, std hits) per step]} at `k`,
-    means and stds over nets and repetitions, the dense nets as the first point of every method."""
-    at_k = [row for row in rows if math.isclose(row["k"], k)]
-    dense = [row for row in at_k if row["method"] == "dense"]
-    methods = sorted({(row["mode"], row["method"]) for row in at_k if row["method"] != "dense"}) or [("train", "dense")]
+def method_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows by (is pruned, mode, method, step prune ratio): the models of one point, all their k."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        key = (row["method"] != "dense", row["mode"], row["method"], round(row["step_prune_ratio"], 9))
+        groups.setdefault(key, []).append(row)
+    return dict(sorted(groups.items()))
 
-    def point(group: list[dict]) -> tuple:
-        shares = [row["share_within_k"] for row in group]
-        hits = [row["modes_hit"] for row in group]
-        return (float(np.mean([row["prune_ratio"] for row in group])), float(np.mean(shares)), float(np.std(shares)),
-                float(np.mean(hits)), float(np.std(hits)))
 
-    summary = {}
-    for key in methods:
-        points = [point(dense)] if dense else []
-        if key[1] != "dense":
-            method_rows = [row for row in at_k if (row["mode"], row["method"]) == key]
-            for step in sorted({row["step"] for row in method_rows}):
-                points.append(point([row for row in method_rows if row["step"] == step]))
-        summary[key] = points
-    return summary
+def at(rows: list[dict], k: float, column: str) -> np.ndarray:
+    """The values of `column` in the rows at `k` (one per model)."""
+    return np.array([row[column] for row in rows if math.isclose(row["k"], k)], dtype=np.float64)
+
+
+def true_share_within(rows: list[dict], k: float) -> float:
+    """The true mixture's share within k (the same on every row at k)."""
+    return float(at(rows, k, "reference_share_within_k")[0])
+
+
+def summarize(rows: list[dict], k: float, column: str) -> dict[tuple[str, str], list[tuple[float, float, float]]]:
+    """{(mode, method): [(step prune ratio, mean, std of `column` at k over nets and repetitions)
+    per step]}, the dense nets as the first point of every method (NoPrune is a method of its own);
+    only the dense point if nothing is pruned."""
+    summary: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    dense_points = []
+    for (pruned, mode, method, ratio), group in method_groups(rows).items():
+        values = at(group, k, column)
+        point = (ratio, float(values.mean()), float(values.std()))
+        if not pruned:
+            dense_points = [point]
+            continue
+        summary.setdefault((mode, method), list(dense_points)).append(point)
+    return summary or ({("train", "dense"): dense_points} if dense_points else {})
 
 
 def method_label(key: tuple[str, str], keys) -> str:
@@ -176,58 +262,74 @@ def method_label(key: tuple[str, str], keys) -> str:
     return label + (f" ({key[0]})" if len({mode for mode, _ in keys if mode != "train"}) > 1 else "")
 
 
-def markdown_table(rows: list[dict], ks=KS) -> str:
-    """Per method and step: mean PR, then share within k and modes hit per k, mean ± std over nets."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["method"] != "dense", row["mode"], row["method"], row["step"]), []).append(row)
-    num_modes = rows[0]["num_modes"] if rows else 0
-    min_hits = rows[0]["min_hits"] if rows else 0
+def mean_std(values: np.ndarray, digits: int = 3) -> str:
+    return f"{values.mean():.{digits}f}±{values.std():.{digits}f}"
+
+
+def markdown_table(rows: list[dict], ks=KS, figure_k: float = 1.0, max_tv: float = MAX_TV) -> str:
+    """Per method and step prune ratio: the headline measures with the verdict, then the share
+    within k for every k under the true mixture's; means ± stds over nets (`rows` not empty)."""
+    groups = method_groups(rows)
+    run, num_modes, hit_fraction = rows[0]["run"], rows[0]["num_modes"], rows[0]["hit_fraction"]
+    names = {key: METHOD_LABELS.get(key[2], key[2]) for key in groups}
     lines = [
-        f"Mode coverage of {rows[0]['run'] if rows else ''}: {num_modes} modes; share of samples within k "
-        f"(Mahalanobis) of their nearest mode, and modes hit (≥ {min_hits} samples within k); "
-        "mean ± std over nets.",
+        f"Mode collapse of {run}: {num_modes} modes (per-label Gaussians of the training data, weighted by "
+        "label share); the true mixture is the reference. Mean ± std over nets.",
+        f"A model passes when all modes are hit at k = {HIT_K:g} (each gets ≥ {hit_fraction:g} × the share the true "
+        f"mixture puts within k = {HIT_K:g} std of it) and the TV distance to the true mixture over the modes plus an "
+        f"off-mode bin (beyond k = {TV_K:g} std of every mode) is ≤ {max_tv:g}.",
         "",
-        "| method | step | PR | " + " | ".join(f"k={k:g}" for k in ks) + " |",
-        "|---|---|---|" + "---|" * len(ks),
+        f"| method | PR (step) | PR (achieved) "
+        f"| share within {figure_k:g} std (true {true_share_within(rows, figure_k):.3f}) "
+        f"| TV at {TV_K:g} std | modes hit at {HIT_K:g} std | passes |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for (_, mode, method, step), group in sorted(groups.items()):
-        cells = []
-        for k in ks:
-            at_k = [row for row in group if math.isclose(row["k"], k)]
-            shares = [row["share_within_k"] for row in at_k]
-            hits = [row["modes_hit"] for row in at_k]
-            cells.append(f"{np.mean(shares):.3f}±{np.std(shares):.3f} ({np.mean(hits):.1f})" if at_k else "")
-        ratio = np.mean([row["prune_ratio"] for row in group])
-        lines.append(f"| {METHOD_LABELS.get(method, method)} | {step} | {ratio:.3f} | " + " | ".join(cells) + " |")
-    lines += ["", "Cells: share within k ± std (mean modes hit)."]
+    for key, group in groups.items():
+        models = at(group, HIT_K, "passes")
+        lines.append(
+            f"| {names[key]} | {key[3]:.3f} | {at(group, HIT_K, 'prune_ratio').mean():.3f} "
+            f"| {mean_std(at(group, figure_k, 'share_within_k'))} | {mean_std(at(group, TV_K, 'tv_distance'))} "
+            f"| {mean_std(at(group, HIT_K, 'modes_hit'), 1)} / {num_modes} | {int(models.sum())}/{len(models)} |")
+    lines += [
+        "",
+        "Share of samples within k std (Mahalanobis) of any mode:",
+        "",
+        "| method | PR (step) | " + " | ".join(f"k={k:g}" for k in ks) + " |",
+        "|---|---|" + "---|" * len(ks),
+        "| true mixture | | " + " | ".join(f"{true_share_within(rows, k):.3f}" for k in ks) + " |",
+    ]
+    for key, group in groups.items():
+        cells = [mean_std(at(group, k, "share_within_k")) for k in ks]
+        lines.append(f"| {names[key]} | {key[3]:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def coverage_figure(rows: list[dict], k: float = 1.0, title: str = ""):
-    """Share within k and modes hit at k vs prune ratio, one line per method, mean ± std over nets.
-    Returns (figure, axes [2])."""
-    summary = summarize(rows, k)
-    num_modes = rows[0]["num_modes"] if rows else 0
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, points in summary.items():
-        if not points:
-            continue
-        ratio, share, share_std, hits, hits_std = (np.array(values) for values in zip(*points))
-        label = method_label(key, summary)
-        line, = axes[0].plot(ratio, share, marker="o", markersize=3, label=label)
-        axes[0].fill_between(ratio, share - share_std, share + share_std, color=line.get_color(), alpha=0.2)
-        axes[1].plot(ratio, hits, marker="o", markersize=3, label=label, color=line.get_color())
-        axes[1].fill_between(ratio, hits - hits_std, hits + hits_std, color=line.get_color(), alpha=0.2)
-    axes[0].set_ylabel(f"share of samples within k={k:g} of nearest mode")
-    axes[0].set_ylim(-0.02, 1.02)
-    axes[1].set_ylabel(f"modes hit at k={k:g}")
-    axes[1].axhline(num_modes, color="grey", linestyle="--", linewidth=0.8)
-    axes[1].set_ylim(-0.2, num_modes + 0.5)
-    for ax in axes:
-        ax.set_xlabel("prune ratio")
+def collapse_figure(rows: list[dict], figure_k: float = 1.0, max_tv: float = MAX_TV, title: str = ""):
+    """Share within `figure_k` (true mixture dashed), TV distance at `TV_K` (threshold dashed) and
+    modes hit at `HIT_K` (all modes dashed) vs step prune ratio, one line per method, mean ± std
+    over nets (`rows` not empty). Returns (figure, axes [3])."""
+    num_modes, hit_fraction = rows[0]["num_modes"], rows[0]["hit_fraction"]
+    panels = [
+        (figure_k, "share_within_k", f"share of samples\nwithin {figure_k:g} std of a mode",
+         true_share_within(rows, figure_k), "true mixture", (-0.02, 1.02)),
+        (TV_K, "tv_distance", f"TV distance to the true mixture\n(off-mode: beyond {TV_K:g} std)",
+         max_tv, "pass threshold", (-0.02, 1.02)),
+        (HIT_K, "modes_hit", f"modes hit\n(≥ {hit_fraction:g} of expected share within {HIT_K:g} std)",
+         num_modes, "all modes", (-0.2, num_modes + 0.5)),
+    ]
+    figure, axes = plt.subplots(1, 3, figsize=(14, 3.9))
+    for ax, (k, column, ylabel, reference, reference_label, ylim) in zip(axes, panels):
+        summary = summarize(rows, k, column)
+        for key, points in summary.items():
+            ratio, mean, std = (np.array(values) for values in zip(*points))
+            line, = ax.plot(ratio, mean, marker="o", markersize=3, label=method_label(key, summary))
+            ax.fill_between(ratio, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.axhline(reference, color="black", linestyle="--", linewidth=0.9, label=reference_label)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(*ylim)
+        ax.set_xlabel("prune ratio (NoPrune: that of its step)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     if title:
         figure.suptitle(title)
     figure.tight_layout()
@@ -243,11 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         **{
             "--num-samples": dict(type=int, default=20_000, help="samples per model (default 20000)"),
             "--seed": dict(type=int, default=0, help="seed of the prior draws (the same for every model)"),
-            "--min-hits": dict(type=int, default=None, help="samples within k a mode needs to count as hit "
-                                                            "(default: ceil(min-share · samples / modes))"),
-            "--min-share": dict(type=float, default=DEFAULT_MIN_SHARE,
-                                help="default threshold as a share of the samples expected per mode (0.01)"),
-            "--figure-k": dict(type=float, default=1.0, help="k shown in the figure (default 1)"),
+            "--hit-fraction": dict(type=float, default=HIT_FRACTION,
+                                   help=f"share of a mode's expected share within k it needs to count as hit "
+                                        f"(default {HIT_FRACTION})"),
+            "--max-tv": dict(type=float, default=MAX_TV,
+                             help=f"largest TV distance at {TV_K:g} std a passing model may have (default {MAX_TV})"),
+            "--figure-k": dict(type=float, default=1.0, help="k of the share panel of the figure (default 1)"),
             "--threads": dict(type=int, default=1, help="torch CPU threads (default 1)"),
         },
     )
@@ -268,12 +371,18 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             cache = {}
         ks = sorted(set(KS) | {arguments.figure_k})
-        rows = run_coverage(run, arguments.num_samples, arguments.seed, ks, arguments.min_hits, arguments.min_share, cache)
+        rows = run_measures(run, arguments.num_samples, arguments.seed, ks, arguments.hit_fraction,
+                            arguments.max_tv, cache)
         save_text(folder, cache_path.name, json.dumps(cache))
         written = [save_text(folder, f"mode_collapse_{label}.csv", rows_to_csv(rows)),
-                   save_text(folder, f"mode_collapse_{label}.md", markdown_table(rows, ks))]
-        figure, _ = coverage_figure(rows, arguments.figure_k, f"{label}: mode coverage")
+                   save_text(folder, f"mode_collapse_{label}.md",
+                             markdown_table(rows, ks, arguments.figure_k, arguments.max_tv))]
+        figure, _ = collapse_figure(rows, arguments.figure_k, arguments.max_tv, f"{label}: mode collapse")
         written += save_figure(figure, folder, f"mode_collapse_{label}")
+        for key, group in method_groups(rows).items():
+            verdicts = at(group, HIT_K, "passes")
+            print(f"{label}: {METHOD_LABELS.get(key[2], key[2])} at PR {key[3]:.3f}: "
+                  f"{int(verdicts.sum())}/{len(verdicts)} models pass")
         for path in written:
             print(f"wrote {path}")
     return 0

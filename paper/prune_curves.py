@@ -1,6 +1,8 @@
 """The main quantity vs prune ratio of every run (SPEC §8, first item): test NLL in nats for flows,
 bits/dim for image flows, top-1 error in % for classifiers, one line per (mode, method), mean ± std
 over nets as a band, the dense nets' mean as the point at prune ratio 0 and a dashed reference line.
+The NoPrune control (same chain, nothing pruned) is drawn at the prune ratio of each step, so each
+pruned point sits beside an unpruned model with the same training budget.
 
     python -m paper.prune_curves TARGET [--out DIR]
 
@@ -26,7 +28,7 @@ from paper.common import (
 from experiment.results import Run
 
 CSV_COLUMNS = ("method", "mode", "target_prune_ratio", "prune_ratio_mean", "value_mean", "value_std", "num_nets")
-METHOD_COLORS = {"FilterThresNet": "tab:blue", "ThresNet": "tab:orange"}
+METHOD_COLORS = {"FilterThresNet": "tab:blue", "ThresNet": "tab:orange", "NoPrune": "tab:gray"}
 MODE_STYLES = {"cascade": "-", "retrain": "--"}
 
 
@@ -57,7 +59,7 @@ def plot_curves(dense: Point | None, lines: dict[tuple[str, str], list[Point]], 
                       capsize=3, zorder=3)
     for index, ((mode, method), points) in enumerate(sorted(lines.items(), key=lambda item: (item[0][1], item[0][0]))):
         line = ([dense] if dense else []) + points  # every line starts at the dense nets
-        x = [point.prune_ratio_mean for point in line]
+        x = [point.plotted_prune_ratio for point in line]
         mean = [point.value_mean for point in line]
         low = [point.value_mean - point.value_std for point in line]
         high = [point.value_mean + point.value_std for point in line]

@@ -31,10 +31,11 @@ import torch
 from torchdiffeq import odeint
 
 from experiment.models import CNF, NeuralODEClassifier, parse_model_name
+from experiment.report import step_prune_ratio
 from experiment.results import Run
 from paper.common import find_runs, output_folder, parse_arguments, quantity, run_label, save_figure
 
-METHOD_LABELS = {"FilterThresNet": "FT", "ThresNet": "WT", "dense": "dense"}
+METHOD_LABELS = {"FilterThresNet": "FT", "ThresNet": "WT", "NoPrune": "NoPrune", "dense": "dense"}
 METRIC_SHORT = {"nll": "NLL", "bits_per_dim": "bits/dim", "top1_acc": "error %"}
 CLASS_COLOURS = plt.get_cmap("tab10").colors
 
@@ -76,14 +77,14 @@ def select_models(run: Run, ratios: list[float] | None = None, num_ratios: int =
     rows = [row for row in run.rows if int(row["net"]) == net]
     dense = next((row for row in rows if row["method"] == "dense"), None)
     pruned = [row for row in rows if row["method"] != "dense" and int(row["repetition"]) == repetition]
-    available = sorted({round(float(row["target_prune_ratio"]), 9) for row in pruned})
+    available = sorted({round(step_prune_ratio(row), 9) for row in pruned})
     if ratios:
         chosen = sorted({min(available, key=lambda value: abs(value - wanted)) for wanted in ratios}) if available else []
     else:
         chosen = spread_ratios(available, num_ratios)
     selection = Selection(dense=dense, ratios=chosen)
     for key in sorted({(row["mode"], row["method"]) for row in pruned}):
-        by_ratio = {round(float(row["target_prune_ratio"]), 9): row for row in pruned if (row["mode"], row["method"]) == key}
+        by_ratio = {round(step_prune_ratio(row), 9): row for row in pruned if (row["mode"], row["method"]) == key}
         selection.cells[key] = [by_ratio.get(ratio) for ratio in chosen]
     return selection
 

@@ -1,6 +1,6 @@
-"""Tests of the 2-D analyses (SPEC §8): the mode-coverage computation on hand-made data, and
-`paper.samples_2d` / `paper.mode_collapse` end to end on a tiny real results tree (a 2-D flow on
-ToyGaussians and a neural-ODE classifier on ToyMoons, each with one pruned ratio per method)."""
+"""Tests of the 2-D analyses (SPEC §8): `paper.samples_2d` / `paper.mode_collapse` end to end on a
+tiny real results tree (a 2-D flow on ToyGaussians and a neural-ODE classifier on ToyMoons, each with
+one pruned ratio per method). The mode-collapse measures on hand-made samples: test_mode_collapse.py."""
 
 from __future__ import annotations
 
@@ -17,114 +17,7 @@ import torch
 from conftest import PARAM, cli_command, cli_env, describe, run_folders
 from experiment.results import Run
 from paper import mode_collapse, samples_2d
-from paper.mode_collapse import KS, coverage, default_min_hits, mahalanobis_distances, mode_statistics, nearest_modes
-
-# ------------------------------------------------------------------------------ coverage on hand-made data
-
-CENTRES = np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0]])
-IDENTITY = np.stack([np.eye(2)] * 3)
-
-
-def at_distance(centre, distance, angle):
-    return np.asarray(centre) + distance * np.array([math.cos(angle), math.sin(angle)])
-
-
-def hand_made_samples() -> np.ndarray:
-    """Mode 0: samples at 0.2, 0.8, 1.5 and 4 std; mode 1: at 0.8 and 4; mode 2: at 4 (7 samples)."""
-    placed = [(0, 0.2), (0, 0.8), (0, 1.5), (0, 4.0), (1, 0.8), (1, 4.0), (2, 4.0)]
-    return np.stack([at_distance(CENTRES[mode], distance, angle=0.7 * index) for index, (mode, distance) in enumerate(placed)])
-
-
-def test_coverage_counts_shares_and_modes_hit_exactly():
-    samples = hand_made_samples()
-    result = coverage(samples, CENTRES, IDENTITY, ks=(0.25, 0.5, 1, 2, 5), min_hits=1)
-    assert list(result) == [0.25, 0.5, 1.0, 2.0, 5.0]
-    shares = {k: share for k, (share, _) in result.items()}
-    hits = {k: hit for k, (_, hit) in result.items()}
-    assert shares == pytest.approx({0.25: 1 / 7, 0.5: 1 / 7, 1.0: 3 / 7, 2.0: 4 / 7, 5.0: 1.0})
-    assert hits == {0.25: 1, 0.5: 1, 1.0: 2, 2.0: 2, 5.0: 3}
-
-
-def test_modes_hit_respects_the_threshold():
-    samples = hand_made_samples()
-    # samples within k per mode: k=1 → (2, 1, 0), k=2 → (3, 1, 0), k=5 → (4, 2, 1)
-    two = coverage(samples, CENTRES, IDENTITY, ks=(1, 2, 5), min_hits=2)
-    assert {k: hit for k, (_, hit) in two.items()} == {1.0: 1, 2.0: 1, 5.0: 2}
-    four = coverage(samples, CENTRES, IDENTITY, ks=(1, 5), min_hits=4)
-    assert {k: hit for k, (_, hit) in four.items()} == {1.0: 0, 5.0: 1}
-    # the threshold does not change the shares
-    assert [share for share, _ in two.values()] == pytest.approx([3 / 7, 4 / 7, 1.0])
-
-
-def test_default_threshold_is_one_percent_of_the_samples_expected_per_mode():
-    assert default_min_hits(20_000, 6) == 34  # 0.01 · 20000 / 6 = 33.3
-    assert default_min_hits(20_000, 10) == 20
-    assert default_min_hits(50, 10) == 1  # never below one sample
-
-
-def test_mahalanobis_distance_uses_the_covariance():
-    # one mode stretched along x (std 2) and squeezed along y (std 0.5)
-    means = np.array([[0.0, 0.0]])
-    covariances = np.array([[[4.0, 0.0], [0.0, 0.25]]])
-    long_axis = np.array([[1.8, 0.0]])  # 0.9 std: within k = 1 although 1.8 away
-    short_axis = np.array([[0.0, 0.8]])  # 1.6 std: outside k = 1 although only 0.8 away
-    assert coverage(long_axis, means, covariances, ks=(1,), min_hits=1)[1.0] == (1.0, 1)
-    assert coverage(short_axis, means, covariances, ks=(1,), min_hits=1)[1.0] == (0.0, 0)
-    assert mahalanobis_distances(np.array([[2.0, 0.0], [0.0, 1.0]]), means, covariances)[:, 0] == pytest.approx([1.0, 2.0])
-
-    # a rotated covariance against the textbook formula
-    rng = np.random.default_rng(0)
-    rotation = np.array([[math.cos(0.6), -math.sin(0.6)], [math.sin(0.6), math.cos(0.6)]])
-    rotated = rotation @ np.diag([3.0, 0.2]) @ rotation.T
-    points = rng.normal(size=(20, 2))
-    expected = [math.sqrt(p @ np.linalg.inv(rotated) @ p) for p in points - 1.0]
-    assert mahalanobis_distances(points, np.array([[1.0, 1.0]]), rotated[None])[:, 0] == pytest.approx(expected)
-
-
-def test_nearest_mode_is_chosen_by_mahalanobis_distance():
-    # a wide mode at x=0 (std 3) and a narrow one at x=4 (std 0.2): the point at x=2.5 is nearer the
-    # narrow mode in Euclidean distance but only 0.83 std from the wide one
-    means = np.array([[0.0, 0.0], [4.0, 0.0]])
-    covariances = np.array([np.eye(2) * 9.0, np.eye(2) * 0.04])
-    nearest, distance = nearest_modes(np.array([[2.5, 0.0]]), means, covariances)
-    assert nearest.tolist() == [0] and distance == pytest.approx([2.5 / 3])
-
-
-def test_non_finite_samples_count_as_outside():
-    samples = np.array([[0.1, 0.0], [np.nan, 0.0], [np.inf, np.inf], [100.0, 0.5]])
-    result = coverage(samples, CENTRES, IDENTITY, ks=(1, 20), min_hits=1)
-    assert result[1.0] == (0.5, 2) and result[20.0] == (0.5, 2)
-
-
-def test_gaussian_samples_of_the_modes_have_the_chi2_coverage():
-    """Samples of the modes themselves: share within k ≈ P(χ²₂ ≤ k²) = 1 − exp(−k²/2), all modes hit."""
-    rng = np.random.default_rng(1)
-    means = np.array([[-6.0, 0.0], [6.0, 0.0], [0.0, 8.0]])
-    roots = [np.array([[1.0, 0.0], [0.0, 0.5]]), np.array([[0.4, 0.3], [0.0, 0.6]]), np.eye(2) * 0.7]
-    covariances = np.stack([root @ root.T for root in roots])
-    samples = np.concatenate([mean + rng.normal(size=(20_000, 2)) @ root.T for mean, root in zip(means, roots)])
-    result = coverage(samples, means, covariances, ks=KS, min_hits=default_min_hits(len(samples), 3))
-    for k, (share, hit) in result.items():
-        assert share == pytest.approx(1 - math.exp(-k * k / 2), abs=0.01)
-        assert hit == 3
-
-
-def test_mode_statistics_recovers_means_and_covariances():
-    rng = np.random.default_rng(2)
-    true_means = {2: np.array([1.0, -2.0]), 0: np.array([-3.0, 0.5]), 1: np.array([0.0, 4.0])}
-    true_covariances = {2: np.array([[1.0, 0.6], [0.6, 0.9]]), 0: np.diag([0.3, 2.0]), 1: np.eye(2) * 0.05}
-    x, y = [], []
-    for label in (2, 0, 1):
-        x.append(rng.multivariate_normal(true_means[label], true_covariances[label], size=30_000))
-        y.append(np.full(30_000, label))
-    order = rng.permutation(90_000)
-    x, y = np.concatenate(x)[order], np.concatenate(y)[order]
-    means, covariances = mode_statistics(x.astype(np.float32), y)
-    assert means.shape == (3, 2) and covariances.shape == (3, 2, 2)
-    for label in range(3):  # in sorted label order
-        assert means[label] == pytest.approx(true_means[label], abs=0.03)
-        assert covariances[label] == pytest.approx(true_covariances[label], abs=0.03)
-
+from paper.mode_collapse import HIT_K, KS
 
 # ------------------------------------------------------------------------------ model selection
 
@@ -248,47 +141,39 @@ def test_mode_collapse_script(results, tmp_path, one_thread, capsys):
     assert "ToyMoons" in printed and "skipped" in printed
     run = the_run(results, "ToyGaussians")
     label = samples_2d.run_label(run)
+    assert printed.count("models pass") == 3  # a verdict line per method and ratio: dense, FT, WT
     with open(out / f"mode_collapse_{label}.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    assert {"run", "method", "mode", "step", "prune_ratio", "k", "share_within_k", "modes_hit"} <= set(rows[0])
+    assert {"run", "method", "mode", "step", "step_prune_ratio", "prune_ratio", "k", "share_within_k",
+            "reference_share_within_k", "tv_distance", "modes_hit", "passes"} <= set(rows[0])
     assert len(rows) == len(run.rows) * len(KS)  # one row per (model, k)
     models = {}
     for row in rows:
         models.setdefault((row["method"], row["net"], row["step"]), []).append(row)
     assert len(models) == len(run.rows) == 3
+    references = {row["k"]: row["reference_share_within_k"] for row in rows}
+    assert len({(row["k"], row["reference_share_within_k"]) for row in rows}) == len(references)  # one per k
+    assert float(references[str(HIT_K)]) == pytest.approx(1 - math.exp(-HIT_K ** 2 / 2), abs=0.005)
     for model_rows in models.values():
         assert [float(row["k"]) for row in model_rows] == list(KS)
         shares = [float(row["share_within_k"]) for row in model_rows]
-        hits = [int(row["modes_hit"]) for row in model_rows]
-        assert all(0.0 <= share <= 1.0 for share in shares)
-        assert shares == sorted(shares) and hits == sorted(hits)
-        assert all(0 <= hit <= 6 for hit in hits)
-        assert {row["min_hits"] for row in model_rows} == {str(default_min_hits(2000, 6))}
-    assert (out / f"mode_collapse_{label}.md").read_text().count("\n| ") == 1 + 3  # header + 3 models
+        assert all(0.0 <= share <= 1.0 for share in shares) and shares == sorted(shares)
+        assert all(0.0 <= float(row["tv_distance"]) <= 1.0 for row in model_rows)
+        assert all(0 <= int(row["modes_hit"]) <= 6 for row in model_rows)
+        assert len({row["passes"] for row in model_rows}) == 1  # one verdict per model
+    table = (out / f"mode_collapse_{label}.md").read_text()
+    assert table.count("\n| ") == 2 * (1 + 3) + 1  # two tables: header + 3 models; the true mixture's row
     for suffix in ("png", "pdf"):
         assert (out / f"mode_collapse_{label}.{suffix}").stat().st_size > 0
     assert not list(out.glob("mode_collapse_ToyMoons*"))
 
-    # a second call reuses the cached per-model results and writes the same table
+    # a second call reuses the cached per-model shares and writes the same table; other thresholds
+    # need no new samples
     before = (out / f"mode_collapse_{label}.csv").read_text()
     assert mode_collapse.main([str(results), "--out", str(out), "--num-samples", "2000"]) == 0
     assert "sampling" not in capsys.readouterr().out
     assert (out / f"mode_collapse_{label}.csv").read_text() == before
-
-
-def test_mode_collapse_figure_lines():
-    rows = [
-        {"run": "r", "method": method, "mode": mode, "net": net, "repetition": 0, "step": step,
-         "target_prune_ratio": 0.5 * step, "prune_ratio": 0.5 * step, "k": 1.0, "share_within_k": 0.1 * net + 0.2 * step,
-         "modes_hit": 6 - step, "num_modes": 6, "min_hits": 34}
-        for net in (0, 1)
-        for method, mode, steps in (("dense", "train", (0,)), ("FilterThresNet", "cascade", (1, 2)), ("ThresNet", "cascade", (1,)))
-        for step in steps
-    ]
-    summary = mode_collapse.summarize(rows, 1.0)
-    assert [len(points) for points in summary.values()] == [3, 2]  # dense + steps per method
-    pr, share, share_std, hits, hits_std = summary[("cascade", "FilterThresNet")][2]
-    assert (pr, share, share_std, hits, hits_std) == pytest.approx((1.0, 0.45, 0.05, 4.0, 0.0))
-    figure, axes = mode_collapse.coverage_figure(rows, 1.0)
-    assert len(axes[0].get_lines()) == 2 and len(axes[1].get_lines()) == 3  # + the line at 6 modes
-    mode_collapse.plt.close(figure)
+    assert mode_collapse.main([str(results), "--out", str(out), "--num-samples", "2000", "--hit-fraction", "0"]) == 0
+    assert "sampling" not in capsys.readouterr().out
+    with open(out / f"mode_collapse_{label}.csv", newline="") as file:
+        assert {row["modes_hit"] for row in csv.DictReader(file)} == {"6"}  # every mode gets ≥ 0 of its share

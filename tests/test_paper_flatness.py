@@ -1,11 +1,13 @@
 """Tests of paper/flatness.py: the restricted Hessian's HVPs, eigenvalues and trace against a dense
-`torch.autograd.functional.hessian`, the restriction to surviving parameters, the Lanczos iteration and
-SLQ density, and the CLI end to end on a tiny real results tree."""
+`torch.autograd.functional.hessian`, the restriction to surviving parameters, the random-subset control
+(the dense Hessian's principal submatrices), the Lanczos iteration and SLQ density, and the CLI end to
+end on a tiny real results tree (with a NoPrune control model added)."""
 
 from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +18,12 @@ from torch.func import functional_call
 
 from conftest import describe, load_weights, run_cli, the_run_folder
 from experiment.models import build_model
+from experiment.results import Run
+from experiment.results.tree import read_csv, rows_to_csv
 from paper import flatness
-from paper.flatness import (HessianOperator, RestrictedLoss, SurvivingParameters, dense_hessian, differentiable_copy,
-                            gauss_quadrature, hutchinson_trace, lanczos, measure, select_rows, slq,
-                            spectral_density)
+from paper.flatness import (CONTROL_COLUMNS, HessianOperator, RestrictedLoss, SurvivingParameters, control_columns,
+                            dense_hessian, differentiable_copy, gauss_quadrature, hutchinson_trace, lanczos, measure,
+                            random_subset_control, random_subsets, select_rows, slq, spectral_density)
 
 NODE = "node_l2_h8_tanh_da"  # adjoint model: the HVP copy must switch to backprop through the solver
 CNF = "cnf_l2_h8_tanh_da"
@@ -55,6 +59,14 @@ def tiny_problem(name: str, prune: bool = False, samples: int = 40, chunk_size: 
 def reference_hessian(loss: RestrictedLoss) -> np.ndarray:
     hessian = torch.autograd.functional.hessian(loss, loss.theta.detach().clone())
     return hessian.double().numpy()
+
+
+def eigen_quantities(matrix: np.ndarray, tol: float = 1e-6) -> dict[str, float]:
+    """λ_max, λ_min, trace and κ (smallest eigenvalue above tol·λ_max) of a symmetric matrix, by eigvalsh."""
+    eigenvalues = np.linalg.eigvalsh(0.5 * (matrix + matrix.T))
+    positive = eigenvalues[eigenvalues > tol * eigenvalues[-1]]
+    return dict(lambda_max=eigenvalues[-1], lambda_min=eigenvalues[0], trace=np.trace(matrix),
+                condition_number=eigenvalues[-1] / positive.min())
 
 
 # ------------------------------------------------------------------------------ against a dense Hessian
@@ -189,6 +201,73 @@ def test_adjoint_model_gets_a_backprop_copy():
     assert all(block.options.adjoint for block in model.modules() if isinstance(block, flatness.ODEBlock))  # original untouched
 
 
+# ------------------------------------------------------------------------------ the random-subset control
+
+
+@pytest.fixture(scope="module")
+def dense_problem():
+    """An unpruned tiny classifier: its loss (every parameter survives) and its full autograd Hessian."""
+    _, loss = tiny_problem(NODE)
+    return loss, reference_hessian(loss)
+
+
+def test_random_subset_control_is_the_principal_submatrix_of_the_full_hessian(dense_problem):
+    loss, reference = dense_problem
+    n = loss.size
+    subsets = random_subsets(n, 15, 3, seed=0, net=0)
+    assert len(subsets) == 3 and len({tuple(subset) for subset in subsets}) == 3
+    for subset in subsets:
+        assert len(subset) == 15 and np.all(np.diff(subset) > 0) and subset.max() < n
+    # deterministic in (seed, net, size), different for another net
+    assert all(np.array_equal(a, b) for a, b in zip(subsets, random_subsets(n, 15, 3, seed=0, net=0)))
+    assert not np.array_equal(subsets[0], random_subsets(n, 15, 3, seed=0, net=1)[0])
+
+    expected = [eigen_quantities(reference[np.ix_(subset, subset)]) for subset in subsets]
+    hvp_operator = HessianOperator.of(loss)
+    formed = hvp_operator.materialised()
+    np.testing.assert_allclose(formed.matrix, 0.5 * (reference + reference.T), rtol=1e-7, atol=1e-10)
+    dense = measure(formed)
+    for operator in (hvp_operator, formed):  # H[S, S] from padded HVPs of the dense loss, and as a submatrix
+        for result, truth in zip(random_subset_control(operator, dense, subsets, exact_max=10_000), expected):
+            assert result.num_params == 15 and result.hessian == "exact"
+            for quantity in ("lambda_max", "lambda_min", "trace"):
+                assert getattr(result, quantity) == pytest.approx(truth[quantity], rel=1e-6, abs=1e-10)
+            assert result.condition_number == pytest.approx(truth["condition_number"], rel=1e-4)
+            assert result.lambda_max <= dense.lambda_max + 1e-12  # interlacing
+    # the iterative path on the restricted HVPs agrees too
+    iterative = random_subset_control(hvp_operator, dense, subsets[:1], exact_max=0, probes=16)[0]
+    assert iterative.hessian == "iterative" and iterative.quadrature == []  # no spectral density for the control
+    assert iterative.lambda_max == pytest.approx(expected[0]["lambda_max"], rel=1e-6)
+    assert iterative.lambda_min == pytest.approx(expected[0]["lambda_min"], rel=1e-6, abs=1e-9)
+    # the columns: mean and population std over the subsets
+    columns = control_columns(random_subset_control(formed, dense, subsets))
+    assert set(columns) == set(CONTROL_COLUMNS) and columns["control_subsets"] == 3
+    for stem, quantity in (("lambda_max", "lambda_max"), ("trace", "trace"), ("condition", "condition_number")):
+        values = [truth[quantity] for truth in expected]
+        assert columns[f"control_{stem}_mean"] == pytest.approx(np.mean(values), rel=1e-4)
+        assert columns[f"control_{stem}_std"] == pytest.approx(np.std(values), rel=1e-3, abs=1e-10)
+    assert all(math.isnan(value) for name, value in control_columns([]).items() if name != "control_subsets")
+
+
+def test_control_of_every_parameter_is_the_dense_hessian(dense_problem):
+    loss, reference = dense_problem
+    n = loss.size
+    everything = random_subsets(n, n, 3, seed=0, net=0)
+    assert len(everything) == 1 and np.array_equal(everything[0], np.arange(n))  # the only subset of that size
+    truth = eigen_quantities(reference)
+    for operator in (HessianOperator.of(loss), HessianOperator.of(loss).materialised()):
+        dense = measure(operator)
+        assert dense.lambda_max == pytest.approx(truth["lambda_max"], rel=1e-6)
+        (control,) = random_subset_control(operator, dense, everything)
+        assert control is dense  # reused, not recomputed ...
+        again = measure(operator.restricted(everything[0]))  # ... and recomputing it gives the same
+        for quantity in ("lambda_max", "lambda_min", "trace", "condition_number"):
+            assert getattr(again, quantity) == pytest.approx(getattr(dense, quantity), rel=1e-9)
+    columns = control_columns([dense])
+    assert columns["control_lambda_max_mean"] == dense.lambda_max and columns["control_lambda_max_std"] == 0
+    assert columns["control_trace_mean"] == dense.trace and columns["control_condition_mean"] == dense.condition_number
+
+
 # ------------------------------------------------------------------------------ Lanczos and SLQ
 
 
@@ -275,6 +354,12 @@ def test_select_rows_picks_closest_steps_per_method():
         ("dense", 0), ("FilterThresNet", 3), ("FilterThresNet", 7), ("ThresNet", 3), ("ThresNet", 7)]
     assert all(row["net"] == 0 for row in chosen)
     assert len(select_rows(rows, net=0, all_steps=True)) == 1 + 2 * 7
+    # NoPrune prunes nothing (achieved ratio 0): its steps are chosen by the ratio scheduled for them
+    rows += [dict(mode="cascade", method="NoPrune", net=0, repetition=0, step=step, target_prune_ratio=0.0, prune_ratio=0.0,
+                  step_prune_ratio=ratio) for step, ratio in enumerate([0.2, 0.36, 0.49, 0.59, 0.67, 0.8, 0.9], start=1)]
+    chosen = select_rows(rows, net=0, ratios=(0.5, 0.9, 0.95))
+    assert [row["step"] for row in chosen if row["method"] == "NoPrune"] == [3, 7]
+    assert [flatness.placed_ratio(row) for row in chosen if row["method"] == "NoPrune"] == [0.49, 0.9]
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -304,8 +389,9 @@ def test_cli_end_to_end(results_tree, capsys):
     assert (out / f"flatness_{label}.md").read_text().startswith("| run | mode | method |")
     with open(out / f"flatness_{label}.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0])[:11] == ["run", "mode", "method", "net", "step", "prune_ratio", "num_surviving_params", "lambda_max",
-                                  "trace", "trace_stderr", "condition_number"]
+    assert list(rows[0])[:19] == ["run", "mode", "method", "net", "step", "prune_ratio", "step_prune_ratio",
+                                  "num_surviving_params", "lambda_max", "trace", "trace_stderr", "condition_number",
+                                  *CONTROL_COLUMNS]
     assert sorted(row["method"] for row in rows) == ["FilterThresNet", "ThresNet", "dense"]  # one per evaluated model
     metrics = {row["method"]: row for row in csv.DictReader(open(run_folder / "metrics.csv", newline=""))}
     for row in rows:
@@ -329,6 +415,26 @@ def test_cli_end_to_end(results_tree, capsys):
         assert sum(float(entry["weight"]) for entry in nodes) == pytest.approx(1.0)
         assert max(float(entry["node"]) for entry in nodes) == pytest.approx(float(row["lambda_max"]))
 
+    # the control beside each model: the dense net's Hessian (from autograd) on 3 random subsets of the
+    # model's size (the default --control-subsets), mean and std over them
+    run = Run(run_folder)
+    x, y = flatness.training_subset(run, 0.1, 0)
+    dense_hessian_matrix = reference_hessian(flatness.restricted_loss(run, run.load_model("dense_net0"), x, y))
+    for row in rows:
+        size = int(row["num_surviving_params"])
+        subsets = random_subsets(len(dense_hessian_matrix), size, 3, seed=0, net=0)
+        expected = [eigen_quantities(dense_hessian_matrix[np.ix_(subset, subset)]) for subset in subsets]
+        assert int(row["control_subsets"]) == (1 if row["method"] == "dense" else 3)
+        for stem, quantity in (("lambda_max", "lambda_max"), ("trace", "trace"), ("condition", "condition_number")):
+            values = [truth[quantity] for truth in expected]
+            assert float(row[f"control_{stem}_mean"]) == pytest.approx(np.mean(values), rel=1e-4)
+            assert float(row[f"control_{stem}_std"]) == pytest.approx(np.std(values), rel=1e-3, abs=1e-9)
+        assert float(row["control_lambda_max_mean"]) <= float(dense["lambda_max"]) * (1 + 1e-9)  # interlacing
+    assert all(float(row["control_lambda_max_std"]) > 0 for row in pruned)
+    for column in ("lambda_max", "trace", "condition_number"):  # the dense net's control is the dense net
+        assert float(dense[column]) == pytest.approx(float(dense["control_" + column.replace("_number", "") + "_mean"]), rel=1e-12)
+    assert "control_lambda_max_mean" in (out / f"flatness_{label}.md").read_text().splitlines()[0]
+
 
 def test_cli_is_deterministic_and_iterative_path_agrees(results_tree):
     results, folder = results_tree
@@ -342,7 +448,39 @@ def test_cli_is_deterministic_and_iterative_path_agrees(results_tree):
         assert iterative[method]["hessian"] == "iterative" and exact[method]["hessian"] == "exact"
         assert float(iterative[method]["lambda_max"]) == pytest.approx(float(exact[method]["lambda_max"]), rel=1e-2)
         assert abs(float(iterative[method]["trace"]) - float(exact[method]["trace"])) < 4 * float(iterative[method]["trace_stderr"])
+        # the same subsets, measured by Lanczos on padded HVPs of the dense loss
+        assert float(iterative[method]["control_lambda_max_mean"]) == pytest.approx(float(exact[method]["control_lambda_max_mean"]), rel=1e-2)
     again = folder / "again"
     flatness.main([str(results), "--out", str(again)])
     strip = lambda rows: {m: {k: v for k, v in r.items() if k != "seconds"} for m, r in rows.items()}
-    assert strip(read(again)) == strip(exact)
+    assert strip(read(again)) == strip(exact)  # control columns included: the subsets are seeded
+    assert all(float(row["control_trace_mean"]) > 0 for row in exact.values())
+
+
+def test_cli_noprune_control_is_the_dense_hessian(results_tree):
+    """A NoPrune model (nothing pruned, step_prune_ratio = the ratio the pruning methods reach at that
+    step) keeps every parameter, so its control is the dense net's full Hessian; it is placed at its
+    scheduled ratio. Built here by adding a NoPrune row and a perturbed dense checkpoint to a copy of the run."""
+    results, folder = results_tree
+    copy = folder / "with_noprune"
+    shutil.copytree(the_run_folder(results), copy)
+    rows = read_csv(copy / "metrics.csv")
+    noprune = {**next(row for row in rows if row["method"] == "ThresNet"), "method": "NoPrune", "target_prune_ratio": 0.0,
+               "prune_ratio": 0.0, "nonzero_params": rows[0]["num_params"], "step_prune_ratio": 0.5}
+    (copy / "metrics.csv").write_text(rows_to_csv(rows + [noprune]))
+    checkpoint = load_weights(copy / "checkpoints" / "dense_net0.pt")
+    checkpoint["model"] = {name: 1.05 * value if value.is_floating_point() else value for name, value in checkpoint["model"].items()}
+    torch.save(checkpoint, copy / "checkpoints" / "cascade_NoPrune_net0_rep0_step1.pt")
+
+    out = folder / "noprune_out"
+    assert flatness.main([str(copy), "--out", str(out), "--control-subsets", "2"]) == 0
+    table = {row["method"]: row for row in csv.DictReader(open(next(out.glob("flatness_*.csv")), newline=""))}
+    assert set(table) == {"dense", "FilterThresNet", "ThresNet", "NoPrune"}
+    dense, model = table["dense"], table["NoPrune"]
+    assert model["num_surviving_params"] == dense["num_surviving_params"]
+    assert float(model["prune_ratio"]) == 0 and float(model["step_prune_ratio"]) == 0.5
+    assert float(model["lambda_max"]) != pytest.approx(float(dense["lambda_max"]), rel=1e-3)  # its own Hessian differs ...
+    for column, control in (("lambda_max", "lambda_max"), ("trace", "trace"), ("condition_number", "condition")):
+        assert float(model[f"control_{control}_mean"]) == float(dense[column])  # ... its control is the dense one
+        assert float(model[f"control_{control}_std"]) == 0
+    assert int(model["control_subsets"]) == 1 and int(table["ThresNet"]["control_subsets"]) == 2

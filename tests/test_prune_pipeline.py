@@ -28,6 +28,7 @@ import yaml
 
 from experiment.models import build_model
 from experiment.pruning.layers import prunable_chains
+from experiment.pruning.rules import weight_threshold
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_BASE = REPO / "param" / "toy" / "node" / "base.yaml"
@@ -113,15 +114,12 @@ def flat(tensors: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
     return torch.cat([tensors[name].flatten() for name in names])
 
 
-def expected_wt_survivors(weights: dict, masks: dict, kept_count: int) -> torch.Tensor:
-    """WT: the `kept_count` largest |w| of `weights` among the entries `masks` leaves alive."""
-    names = [layer.weight for layer in chain()]
-    scores = flat(weights, names).abs()
-    if masks:
-        scores = torch.where(flat(masks, names) > 0, scores, torch.full_like(scores, -1.0))
-    expected = torch.zeros(scores.shape, dtype=torch.bool)
-    expected[torch.topk(scores, kept_count).indices] = True
-    return expected
+def expected_wt_masks(weights: dict, masks: dict, target: float) -> dict[str, torch.Tensor]:
+    """WT applied to the weights and masks of a checkpoint (the rule's own properties are tested in
+    tests/test_pruning.py; here: the chain hands it the previous step's retrained weights)."""
+    model = build_model(NETWORK, 2)
+    model.load_state_dict(weights)
+    return weight_threshold(model, target, masks)
 
 
 def wt_survivors(checkpoint: dict) -> torch.Tensor:
@@ -209,14 +207,15 @@ def test_cascade_checkpoints_hold_their_masks_and_only_add_zeros(cascade_run, me
         previous = checkpoint
 
 
-def test_cascade_wt_keeps_the_largest_magnitudes_of_the_previous_step(cascade_run):
+def test_cascade_wt_prunes_the_previous_steps_retrained_weights(cascade_run):
     _, _, run, _ = cascade_run
     previous = load(run, "dense_net0")
     for step in (1, 2, 3):
         checkpoint = load(run, step_name("cascade", "ThresNet", step))
-        survivors = wt_survivors(checkpoint)
-        expected = expected_wt_survivors(previous["model"], previous["masks"], int(survivors.sum()))
-        assert torch.equal(survivors, expected), f"step {step}: not the top-k |w| of step {step - 1}'s retrained weights"
+        expected = expected_wt_masks(previous["model"], previous["masks"], 1.0 - KEEPS[step - 1])
+        assert set(checkpoint["masks"]) == set(expected)
+        for name, mask in expected.items():
+            assert torch.equal(checkpoint["masks"][name], mask), f"step {step}: {name} is not WT of step {step - 1}'s retrained weights"
         previous = checkpoint
 
 
@@ -282,8 +281,7 @@ def test_retrain_mode_prunes_every_step_from_the_dense_net(cascade_run, retrain_
         ft = load(retrain, step_name("retrain", "FilterThresNet", step))
         assert wt["keep_ratios"] == pytest.approx([keep]) and ft["keep_ratios"] == pytest.approx([keep])
         # every step's masks come from the dense net's weights, with no earlier masks
-        survivors = wt_survivors(wt)
-        assert torch.equal(survivors, expected_wt_survivors(dense["model"], {}, int(survivors.sum()))), f"WT step {step}"
+        assert torch.equal(wt_survivors(wt), wt_survivors({"masks": expected_wt_masks(dense["model"], {}, 1.0 - keep)})), f"WT step {step}"
         kept = ft_neurons(ft)
         assert torch.equal(kept, expected_ft_neurons(dense["model"], {}, int(kept.sum()))), f"FT step {step}"
         for checkpoint in (wt, ft):
@@ -305,9 +303,8 @@ def test_cascade_and_retrain_modes_differ_from_step_two(cascade_run, retrain_run
     cascade_wt = load(cascade, step_name("cascade", "ThresNet", 2))
     retrain_wt = load(retrain, step_name("retrain", "ThresNet", 2))
     assert not torch.equal(wt_survivors(cascade_wt), wt_survivors(retrain_wt)), "cascade and retrain WT step 2 coincide"
-    survivors = wt_survivors(cascade_wt)
-    assert not torch.equal(survivors, expected_wt_survivors(dense["model"], {}, int(survivors.sum()))), (
-        "cascade step 2 looks pruned from the dense net")
+    from_dense = expected_wt_masks(dense["model"], {}, 1.0 - KEEPS[1])
+    assert not torch.equal(wt_survivors(cascade_wt), wt_survivors({"masks": from_dense})), "cascade step 2 looks pruned from the dense net"
     assert cascade_wt["keep_ratios"] == pytest.approx(list(KEEPS[:2]))
     assert retrain_wt["keep_ratios"] == pytest.approx([KEEPS[1]])
     assert any(not torch.equal(cascade_wt["model"][name], retrain_wt["model"][name]) for name in cascade_wt["model"])

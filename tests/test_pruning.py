@@ -1,7 +1,7 @@
 """The pruning rules of SPEC §6 on models in memory (no training runs, except one tiny in-process loop).
 
-* WT (`ThresNet`) keeps exactly the largest-magnitude prunable weights (one global threshold) and
-  zeroes the bias of a hidden neuron left without outgoing weights;
+* WT (`ThresNet`) keeps the largest-magnitude prunable weights between live neurons (one global
+  threshold) and removes every parameter without a path to the output (rows, biases of dead neurons);
 * FT (`FilterThresNet`) removes whole hidden neurons by L1 row norm, the same fraction per hidden
   layer, taking bias and next-layer input column along, and never touches the field's output neurons;
 * both hit the target prune ratio (all parameters counted) within 0.005, one-shot and in a cascade;
@@ -20,7 +20,8 @@ from torch import nn
 
 from experiment.config import load_configs
 from experiment.models import build_model
-from experiment.pruning.layers import prunable_chains
+from experiment.pruning.layers import input_offset, prunable_chains
+from experiment.pruning.liveness import remove_dead
 from experiment.pruning.rules import apply_masks, prune
 from experiment.pruning.sparsity import measure_sparsity
 from experiment.training.loop import TrainData, train
@@ -84,12 +85,65 @@ def hidden_pairs(model: nn.Module):
     return [(layer, consumer) for chain in prunable_chains(model) for layer, consumer in zip(chain[:-1], chain[1:])]
 
 
+
+def live_connections(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{weight name: bool mask of the entries that connect a live input to a live output}: a hidden
+    neuron is live when some weight of the next layer reads it and it is not silent (it keeps an
+    incoming weight or a bias); the field's outputs, data and time inputs are always live."""
+    def mask_of(name: str) -> torch.Tensor:
+        return masks.get(name, torch.ones_like(dict(model.named_parameters())[name])) > 0
+
+    connections = {}
+    for chain in prunable_chains(model):
+        live = []
+        for layer, consumer in zip(chain[:-1], chain[1:]):
+            offset = input_offset(layer, consumer)
+            read = mask_of(consumer.weight).transpose(0, 1)[offset:].flatten(1).any(dim=1)
+            speaks = mask_of(layer.weight).flatten(1).any(dim=1) | mask_of(layer.bias)
+            live.append(read & speaks)
+        live.append(torch.ones(chain[-1].width, dtype=torch.bool))
+        inputs = torch.ones(chain[0].module.weight.shape[1], dtype=torch.bool)
+        for position, layer in enumerate(chain):
+            extra = (1,) * (layer.module.weight.dim() - 2)
+            connections[layer.weight] = (live[position].view(-1, 1, *extra) & inputs.view(1, -1, *extra)).expand_as(layer.module.weight)
+            if position + 1 < len(chain):
+                inputs = torch.ones(chain[position + 1].module.weight.shape[1], dtype=torch.bool)
+                inputs[input_offset(layer, chain[position + 1]):] = live[position]
+    return connections
+
+
+def assert_no_dead_parameters(model: nn.Module, masks: dict[str, torch.Tensor], what: str) -> None:
+    """No unmasked parameter lacks a path to the output: removing dead parameters changes nothing."""
+    parameters_now = dict(model.named_parameters())
+    cleaned = remove_dead(prunable_chains(model), parameters_now, masks)
+    for name, mask in cleaned.items():
+        given = masks.get(name, torch.ones_like(mask))
+        assert torch.equal(mask > 0, given > 0), f"{what}: {name} keeps {int((given > 0).sum() - (mask > 0).sum())} dead entries"
+
+
+def assert_global_threshold(model: nn.Module, before: dict[str, torch.Tensor], alive: torch.Tensor,
+                            masks: dict[str, torch.Tensor], what: str) -> None:
+    """WT's rule: no weight between live neurons was removed while a smaller one was kept, except
+    for the few weights that top the count up to the target (0.5% of the parameters, or one small
+    neuron's worth on a tiny net)."""
+    names = prunable_weight_names(model)
+    magnitudes = flat(before, names).abs()
+    kept = flat(masks, names) > 0
+    assert not (kept & ~alive).any(), f"{what}: an already-pruned weight came back"
+    connectable = flat(live_connections(model, masks), names) & alive & ~kept
+    if connectable.any():
+        threshold = magnitudes[connectable].max()
+        below = int((kept & (magnitudes < threshold)).sum())
+        slack = max(TOLERANCE * sum(p.numel() for p in before.values()), 3)
+        assert below <= slack, f"{what}: {below} kept weights lie below a removed live connection of |w| {threshold:.3g}"
+    assert_no_dead_parameters(model, masks, what)
+
 # ------------------------------------------------------------------------------------------------ WT
 
 
 @pytest.mark.parametrize("name", [FLOW, NODE, "cnf_l3_h32_tanh_da"])
 @pytest.mark.parametrize("target", [0.1, 0.5, 0.9, 0.98])
-def test_weight_threshold_keeps_exactly_the_largest_magnitudes(name, target):
+def test_weight_threshold_keeps_the_largest_live_magnitudes(name, target):
     model = new_model(name, seed=1)
     before = parameters(model)
     names = prunable_weight_names(model)
@@ -98,7 +152,7 @@ def test_weight_threshold_keeps_exactly_the_largest_magnitudes(name, target):
 
     survivors = flat(after, names) != 0
     assert torch.equal(survivors, flat(masks, names) > 0), "mask and surviving weights disagree"
-    assert_top_k(flat(before, names).abs(), torch.ones_like(survivors), survivors, f"{name} PR {target}")
+    assert_global_threshold(model, before, torch.ones_like(survivors), masks, f"{name} PR {target}")
     # survivors keep their values; the output layer's bias is never pruned
     assert torch.equal(flat(after, names)[survivors], flat(before, names)[survivors])
     for chain in prunable_chains(model):
@@ -115,8 +169,11 @@ def test_weight_threshold_is_one_global_threshold_across_layers():
         weight = chain[1].module.weight
         weight.copy_(weight.sign() * (weight.abs() + 1.0))  # every |w| > 1 > every other |w|
     masks = prune(model, "ThresNet", 0.5, {})
-    # 4096 weights of the scaled layer, about 4300 parameters survive: the scaled layer survives whole
-    assert bool((masks[chain[1].weight] > 0).all())
+    # 4096 weights of the scaled layer, about 4300 parameters survive: every weight of the scaled layer
+    # survives that still connects live neurons (those of a neuron left without outgoing weights die)
+    scaled = masks[chain[1].weight] > 0
+    assert torch.equal(scaled, live_connections(model, masks)[chain[1].weight])
+    assert scaled.sum() > 0.9 * scaled.numel()
     assert measure_sparsity(model).prune_ratio == pytest.approx(0.5, abs=TOLERANCE)
 
 
@@ -276,9 +333,10 @@ def test_masks_only_grow_along_a_cascade(name, method):
             assert not (zeros[key] & ~new_zeros[key]).any(), f"step {step}: {key} regrew a zero"
         for key, mask in new_masks.items():
             assert (parameters(model)[key][mask == 0] == 0).all()
-        if method == "ThresNet":  # the survivors are the top-k of the (retrained) survivors of the last step
+        if method == "ThresNet":  # the survivors are the largest of the (retrained) survivors of the last step
             alive = flat(masks, names) > 0 if masks else torch.ones(sum(before[n].numel() for n in names), dtype=torch.bool)
-            assert_top_k(flat(before, names).abs(), alive, flat(new_masks, names) > 0, f"step {step}")
+            assert_global_threshold(model, before, alive, new_masks, f"step {step}")
+        assert_no_dead_parameters(model, new_masks, f"{method} step {step}")
         masks, zeros = new_masks, new_zeros
         retrain_like(model, masks, seed=step)
 

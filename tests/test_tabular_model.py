@@ -187,7 +187,7 @@ def test_sample_and_inverse():
 
 @pytest.mark.parametrize("method", ["ThresNet", "FilterThresNet"])
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.7, 0.9])
-def test_pruning_hits_target_and_keeps_time_gates(method, target):
+def test_pruning_hits_target_and_removes_time_gates_only_of_dead_neurons(method, target):
     model = new_model(POWER, POWER_DIM)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     masks = prune(model, method, target, {})
@@ -195,12 +195,20 @@ def test_pruning_hits_target_and_keeps_time_gates(method, target):
 
     chains = prunable_chains(model)
     main = {name for chain in chains for layer in chain for name in (layer.weight, layer.bias)}
-    assert set(masks) <= main, "a mask on something other than a main Linear"
+    gates = gate_parameters(model)
+    assert set(masks) <= main | set(gates), "a mask on something other than a main Linear or its time gate"
     for name, p in model.named_parameters():
-        if name not in main:  # time gates and end times are untouched
+        if name not in main and name not in gates:  # end times are untouched
             assert torch.equal(p.detach(), before[name]), name
-    for name, p in gate_parameters(model).items():
-        assert (p != 0).all(), f"{name}: time dependence removed"
+    parameters = dict(model.named_parameters())
+    for chain in chains:
+        for layer, consumer in zip(chain, chain[1:] + [None]):
+            assert len(layer.companions) == 3
+            # live: read by the next layer (the field's outputs always are)
+            live = (parameters[consumer.weight] != 0).any(dim=0) if consumer else torch.ones(layer.width, dtype=torch.bool)
+            for name in layer.companions:  # a live neuron keeps its time dependence, a dead one loses it
+                assert torch.equal(parameters[name][live], before[name][live]), f"{name}: gate of a live neuron changed"
+                assert (parameters[name][~live] == 0).all(), f"{name}: gate of a dead neuron survived"
 
     if method == "FilterThresNet":
         parameters = dict(model.named_parameters())

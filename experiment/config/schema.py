@@ -27,7 +27,7 @@ from experiment.training.metrics import METRICS
 
 KeyPath = tuple[str | int, ...]
 
-METHODS = ("ThresNet", "FilterThresNet")
+METHODS = ("ThresNet", "FilterThresNet", "NoPrune")
 MODES = ("cascade", "retrain", "train")
 DEVICES = ("cpu", "cuda", "auto")
 SPACING_TYPES = ("geometric", "linear", "manual")

@@ -13,7 +13,8 @@ solver is dopri5 with adjoint gradients at atol 1e-8, rtol 1e-6 unless overridde
 
 Pruning (SPEC §6) touches only the main Linear layers. The time maps a, b, c are therefore plain
 parameters of a `TimeGate`, not `nn.Linear` modules, so `prunable_chains` sees exactly the main
-Linears of each field, in forward order, the last being the output layer.
+Linears of each field, in forward order, the last being the output layer; each layer declares its
+a, b, c as companions of its outputs, removed with an output that can no longer reach the field's.
 
 Initialisation: the main Linear keeps PyTorch's default; a, b and c are drawn uniformly from
 [−1, 1], which is what PyTorch's default gives the weight and bias of an `nn.Linear(1, d_out)`
@@ -55,6 +56,9 @@ class TimeGate(nn.Module):
 
 class ConcatSquashLinear(nn.Module):
     """out = linear(x) ⊙ σ(a·t + b) + c·t."""
+
+    # Output j's gate and shift entries a_j, b_j, c_j live and die with output j of `linear`.
+    pruning_companions = {"linear": ("time.gate_weight", "time.gate_bias", "time.shift_weight")}
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()

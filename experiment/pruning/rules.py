@@ -1,10 +1,11 @@
-"""The paper's two pruning rules (SPEC §6), as functions of a model, a target prune ratio and the
-masks so far. A mask is a 0/1 tensor shaped like its parameter; parameters without a mask are dense.
-Both rules only ever add zeros to the masks they are given, so in a cascade the zeros only grow.
+"""The paper's pruning rules (SPEC §6), as functions of a model, a target prune ratio and the masks
+so far. A mask is a 0/1 tensor shaped like its parameter; parameters without a mask are dense.
+Every rule only ever adds zeros to the masks it is given, so in a cascade the zeros only grow.
 
-The target counts all parameters: nnz(all parameters) ≈ (1 − prune_ratio) · #parameters. Each rule
-searches its own free variable (how many weights, what fraction of neurons) for the count closest
-to that target.
+The target counts all parameters: nnz(all parameters) ≈ (1 − prune_ratio) · #parameters, where
+parameters that can no longer influence the output (`experiment.pruning.liveness`) are removed and
+not counted. Each rule searches its own free variable (how many weights, what fraction of neurons)
+for the live count closest to that target.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import torch
 from torch import nn
 
 from experiment.pruning.layers import PrunableLayer, input_offset, prunable_chains
-
-Masks = dict[str, torch.Tensor]
+from experiment.pruning.liveness import Masks, remove_dead
 
 
 def apply_masks(model: nn.Module, masks: Masks) -> None:
@@ -29,16 +29,21 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
 
 
 def prune(model: nn.Module, method: str, prune_ratio: float, masks: Masks) -> Masks:
-    """Prunes `model` in place with `method` ("ThresNet" or "FilterThresNet") to `prune_ratio` and
-    returns the new masks (a superset of the zeros of `masks`)."""
+    """Prunes `model` in place with `method` (a key of PRUNING_RULES) to `prune_ratio` and returns
+    the new masks (a superset of the zeros of `masks`)."""
     new_masks = PRUNING_RULES[method](model, prune_ratio, masks)
     apply_masks(model, new_masks)
     return new_masks
 
 
 def weight_threshold(model: nn.Module, prune_ratio: float, masks: Masks) -> Masks:
-    """WT: keep the k largest-magnitude prunable weights network-wide (one global threshold).
-    A hidden neuron left without outgoing weights loses its bias too."""
+    """WT: keep the largest-magnitude prunable weights network-wide (one global threshold), then
+    remove what no longer reaches the output. Removing dead neurons makes the live count jump with
+    the threshold, so the count just below the target is topped up with the next-largest weights, in
+    order, each taken only if the count stays within the target (a weight between live neurons adds
+    exactly one parameter; one that revives a neuron adds that neuron's surviving weights too); if
+    that falls short, the smallest step past the target, trimmed back by the smallest kept weights,
+    is taken where it lands closer."""
     parameters = dict(model.named_parameters())
     chains = prunable_chains(model)
     layers = [layer for chain in chains for layer in chain]
@@ -49,29 +54,38 @@ def weight_threshold(model: nn.Module, prune_ratio: float, masks: Masks) -> Mask
     alive = int((scores >= 0).sum())
     sizes = [parameters[layer.weight].numel() for layer in layers]
 
-    def candidate(keep: int) -> Masks:
-        flat = torch.zeros_like(scores)
-        flat[order[:keep]] = 1.0
+    def cleaned(kept: torch.Tensor) -> Masks:
         new_masks = dict(masks)
-        for layer, layer_mask in zip(layers, flat.split(sizes)):
+        for layer, layer_mask in zip(layers, kept.split(sizes)):
             new_masks[layer.weight] = layer_mask.view_as(parameters[layer.weight])
-        for chain in chains:
-            for layer, consumer in zip(chain[:-1], chain[1:]):
-                if layer.bias is not None:
-                    used = _outputs_used(new_masks[consumer.weight], layer, consumer)
-                    new_masks[layer.bias] = _mask(masks, parameters, layer.bias) * used
-        return new_masks
+        return remove_dead(chains, parameters, new_masks)
 
-    keep = _closest(lambda k: _nonzero(parameters, candidate(k)), 0, alive, _target(parameters, prune_ratio))
-    return candidate(keep)
+    def top(keep: int) -> torch.Tensor:
+        kept = torch.zeros_like(scores)
+        kept[order[:keep]] = 1.0
+        return kept
+
+    target = _target(parameters, prune_ratio)
+    count = lambda kept: _nonzero(parameters, cleaned(kept))
+    keep = _closest(lambda k: count(top(k)), 0, alive, target)
+    below, overshoot = _approach(top(keep), order[keep:alive].tolist(), 1.0, count, target)
+    if overshoot is None or count(below) == target:
+        return cleaned(below)
+    above = below.clone()
+    above[overshoot] = 1.0
+    kept_order = [index for index in reversed(order[:alive].tolist()) if above[index] > 0]  # smallest first
+    above, _ = _approach(above, kept_order, 0.0, count, target)
+    return cleaned(min((below, above), key=lambda kept: abs(count(kept) - target)))
 
 
 def filter_threshold(model: nn.Module, prune_ratio: float, masks: Masks) -> Masks:
     """FT: in every prunable layer but each field's output layer, keep the outputs (neurons, filters)
     with the largest L1 weight-row norms — the same fraction of each layer's outputs (up to rounding
-    by one, at least one). A removed output takes its bias and the next layer's input column along."""
+    by one, at least one). A removed output takes its bias, its companions and the next layer's input
+    column along (and whatever then no longer reaches the output)."""
     parameters = dict(model.named_parameters())
-    pairs = [(layer, consumer) for chain in prunable_chains(model) for layer, consumer in zip(chain[:-1], chain[1:])]
+    chains = prunable_chains(model)
+    pairs = [(layer, consumer) for chain in chains for layer, consumer in zip(chain[:-1], chain[1:])]
     rankings, alive, widths = [], [], []
     for layer, _ in pairs:
         rows = (parameters[layer.weight].detach() * _mask(masks, parameters, layer.weight)).flatten(1)
@@ -81,17 +95,13 @@ def filter_threshold(model: nn.Module, prune_ratio: float, masks: Masks) -> Mask
         widths.append(rows.shape[0])
 
     def candidate(counts: list[int]) -> Masks:
-        new_masks = dict(masks)
-        for name in {name for layer, consumer in pairs for name in (layer.weight, layer.bias, consumer.weight) if name}:
-            new_masks[name] = _mask(masks, parameters, name).clone()
+        new_masks = remove_dead(chains, parameters, masks)  # complete (cloned) masks of every chain parameter
         for (layer, consumer), ranking, count in zip(pairs, rankings, counts):
             kept = torch.zeros(len(ranking), device=ranking.device)
             kept[ranking[:count]] = 1.0
             new_masks[layer.weight] *= kept.view(-1, *[1] * (new_masks[layer.weight].dim() - 1))
-            if layer.bias is not None:
-                new_masks[layer.bias] *= kept
             _drop_inputs(new_masks[consumer.weight], layer, consumer, kept)
-        return new_masks
+        return remove_dead(chains, parameters, new_masks)
 
     def counts(fraction: float, rounding: Callable[[float], int] = round) -> list[int]:
         return [min(alive_i, max(1, rounding(fraction * width))) for alive_i, width in zip(alive, widths)]
@@ -113,9 +123,19 @@ def filter_threshold(model: nn.Module, prune_ratio: float, masks: Masks) -> Mask
         best_error, best = min(scored)
 
 
+def no_prune(model: nn.Module, prune_ratio: float, masks: Masks) -> Masks:
+    """NoPrune, the control: keeps the masks as they are (nothing is removed, whatever the ratio), so
+    that its chain differs from a pruning chain only in what is pruned."""
+    return dict(masks)
+
+
+CONTROL_METHOD = "NoPrune"
+"""The method that prunes nothing: its chain is the training-budget control of the others."""
+
 PRUNING_RULES: dict[str, Callable[[nn.Module, float, Masks], Masks]] = {
     "ThresNet": weight_threshold,
     "FilterThresNet": filter_threshold,
+    CONTROL_METHOD: no_prune,
 }
 
 
@@ -123,15 +143,9 @@ def _mask(masks: Masks, parameters: dict[str, torch.Tensor], name: str) -> torch
     return masks[name] if name in masks else torch.ones_like(parameters[name])
 
 
-def _outputs_used(consumer_mask: torch.Tensor, layer: PrunableLayer, consumer: PrunableLayer) -> torch.Tensor:
-    """For each output of `layer`: does the consumer keep any weight reading it?"""
-    offset, width = input_offset(layer, consumer), layer.module.weight.shape[0]
-    return consumer_mask.transpose(0, 1)[offset:offset + width].reshape(width, -1).any(dim=1)
-
-
 def _drop_inputs(consumer_mask: torch.Tensor, layer: PrunableLayer, consumer: PrunableLayer, kept: torch.Tensor) -> None:
     """Zeroes, in place, the consumer's input columns that read removed outputs of `layer`."""
-    offset, width = input_offset(layer, consumer), layer.module.weight.shape[0]
+    offset, width = input_offset(layer, consumer), layer.width
     factor = torch.ones(consumer_mask.shape[1], device=consumer_mask.device)
     factor[offset:offset + width] = kept
     consumer_mask.mul_(factor.view(1, -1, *[1] * (consumer_mask.dim() - 2)))
@@ -146,12 +160,41 @@ def _nonzero(parameters: dict[str, torch.Tensor], masks: Masks) -> int:
                for name, p in parameters.items())
 
 
+def _approach(kept: torch.Tensor, candidates: list[int], value: float, count: Callable[[torch.Tensor], int],
+              target: int) -> tuple[torch.Tensor, int | None]:
+    """Sets `kept[i] = value` for the candidates in order (value 1 adds weights, 0 removes them),
+    each only if `count` stays on its side of `target`, in passes until the target is met or a pass
+    changes nothing (reviving or killing a neuron can make a skipped candidate fit later). Returns
+    the new `kept` and the candidate whose step would cross the target by the least (None if none)."""
+    kept, start = kept.clone(), count(kept)
+    on_side = (lambda n: n <= target) if value > 0 else (lambda n: n >= target)
+    current, crossing, best_crossing = start, None, None
+    while current != target and candidates:
+        skipped = []
+        for index in candidates:
+            previous = float(kept[index])
+            kept[index] = value
+            trial = count(kept)
+            if on_side(trial):
+                current = trial
+                if current == target:
+                    break
+            else:
+                kept[index] = previous
+                skipped.append(index)
+                if best_crossing is None or abs(trial - target) < best_crossing:
+                    best_crossing, crossing = abs(trial - target), index
+        if current == target or len(skipped) in (0, len(candidates)):
+            break
+        candidates = skipped
+    return kept, crossing
+
+
 def _closest(count: Callable[[int], int], low: int, high: int, target: int) -> int:
-    """The k in [low, high] whose count(k) is closest to target, for count non-decreasing in k."""
+    """The largest k in [low, high] whose count(k) does not exceed target (low if none does), for
+    count non-decreasing in k."""
     lo, hi = low, high
-    while lo < hi:  # smallest k with count(k) >= target
-        middle = (lo + hi) // 2
-        lo, hi = (middle + 1, hi) if count(middle) < target else (lo, middle)
-    if lo > low and abs(count(lo - 1) - target) <= abs(count(lo) - target):
-        return lo - 1
+    while lo < hi:  # largest k with count(k) <= target
+        middle = (lo + hi + 1) // 2
+        lo, hi = (middle, hi) if count(middle) <= target else (lo, middle - 1)
     return lo

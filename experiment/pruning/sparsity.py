@@ -1,4 +1,5 @@
-"""Counting parameters and zeros. Prune ratio = 1 − nnz(all parameters) / #parameters (SPEC §6)."""
+"""Counting parameters and zeros. Prune ratio = 1 − (live parameters) / #parameters (SPEC §6), where a
+live parameter is non-zero and can still influence the output (`experiment.pruning.liveness`)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ from dataclasses import dataclass
 from torch import nn
 
 from experiment.pruning.layers import prunable_chains
+from experiment.pruning.liveness import remove_dead
 
 
 @dataclass(frozen=True)
 class Sparsity:
     num_params: int  # all parameters, biases and end times included
-    nonzero_params: int
+    nonzero_params: int  # live parameters: non-zero and with a path to the output
     num_weights: int  # weights of prunable layers
-    nonzero_weights: int
+    nonzero_weights: int  # live weights of prunable layers
 
     @property
     def prune_ratio(self) -> float:
@@ -26,10 +28,14 @@ class Sparsity:
 
 
 def measure_sparsity(model: nn.Module) -> Sparsity:
-    weights = [layer.module.weight for chain in prunable_chains(model) for layer in chain]
+    """Counts of `model` as it is: its zeros, plus whatever those zeros leave without influence."""
+    parameters = {name: p.detach() for name, p in model.named_parameters()}
+    chains = prunable_chains(model)
+    live = remove_dead(chains, parameters, {name: (p != 0).to(p.dtype) for name, p in parameters.items()})
+    weights = [layer.weight for chain in chains for layer in chain]
     return Sparsity(
-        num_params=sum(p.numel() for p in model.parameters()),
-        nonzero_params=sum(int(p.count_nonzero()) for p in model.parameters()),
-        num_weights=sum(w.numel() for w in weights),
-        nonzero_weights=sum(int(w.count_nonzero()) for w in weights),
+        num_params=sum(p.numel() for p in parameters.values()),
+        nonzero_params=sum(int(mask.count_nonzero()) for mask in live.values()),
+        num_weights=sum(parameters[name].numel() for name in weights),
+        nonzero_weights=sum(int(live[name].count_nonzero()) for name in weights),
     )
