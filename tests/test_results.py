@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,18 @@ def test_a_failing_metrics_upsert_keeps_the_previous_table(tmp_path):
         run.upsert_metrics(incomplete)
     assert run.metrics_file.read_bytes() == before
     assert [entry.name for entry in run.path.iterdir()] == ["metrics.csv"]
+
+
+def test_run_ids_of_regenerated_toy_data_differ_from_those_of_the_old_data(tmp_path):
+    """Toy sets whose generator changed (dataset revision 2) get new run ids, so a results tree made
+    with the old data is never resumed with the new; unchanged datasets keep their ids."""
+    import hashlib
+    import json
+
+    def revision_one_id(config: dict) -> str:
+        relevant = {key: value for key, value in config.items() if key not in ("experiments", "directories", "device")}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+    for dataset, changed in (("ToyMoons", True), ("ToySpirals", True), ("ToyConcentric", False)):
+        config = load_configs(tiny_config(tmp_path / f"{dataset}.yaml", tmp_path / "results", dataset=dataset))[0]
+        assert (run_id(config) != revision_one_id(config)) == changed, dataset

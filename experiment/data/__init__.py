@@ -30,9 +30,10 @@ class DatasetInfo:
     num_classes: int  # distinct labels
     build: Callable[[str | os.PathLike, int], Splits]  # (data_dir, seed) -> Splits
     image_shape: tuple[int, int, int] | None = None  # (C, H, W) of image datasets, None otherwise
+    revision: int = 1  # raised whenever the same name and seed start to give other data
 
 
-def _toy(generator: toy.Generator, num_train: int, num_classes: int) -> DatasetInfo:
+def _toy(generator: toy.Generator, num_train: int, num_classes: int, revision: int = 1) -> DatasetInfo:
     """A 2-D toy set: independent train/test (test half the size), no separate validation; toy
     sets are generated, never cached, so the data folder is unused."""
 
@@ -40,7 +41,7 @@ def _toy(generator: toy.Generator, num_train: int, num_classes: int) -> DatasetI
         train, test = toy.make_toy_splits(generator, num_train, seed)
         return Splits(train=train, test=test, valid=None, dim=2, num_classes=num_classes)
 
-    return DatasetInfo(dim=2, num_classes=num_classes, build=build)
+    return DatasetInfo(dim=2, num_classes=num_classes, build=build, revision=revision)
 
 
 def _image(load: Callable[[str | os.PathLike, int], tuple[TensorDataset, TensorDataset]],
@@ -57,12 +58,13 @@ def _image(load: Callable[[str | os.PathLike, int], tuple[TensorDataset, TensorD
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "ToyGaussians": _toy(toy.gaussians, 16_380, 6),
-    "ToyGaussiansSpiral": _toy(toy.gaussians_spiral, 16_380, 10),
-    "ToySpirals2": _toy(toy.spirals2, 32_768, 2),
-    "ToyMoons": _toy(toy.moons, 1_024, 2),
+    # revision 2: the generators follow the paper's torchdyn 1.0.1 formulas (runs of revision 1 are not reused)
+    "ToyGaussians": _toy(toy.gaussians, 16_380, 6, revision=2),
+    "ToyGaussiansSpiral": _toy(toy.gaussians_spiral, 16_380, 10, revision=2),
+    "ToySpirals2": _toy(toy.spirals2, 32_768, 2, revision=2),
+    "ToyMoons": _toy(toy.moons, 1_024, 2, revision=2),
     "ToyConcentric": _toy(toy.concentric, 1_024, 2),
-    "ToySpirals": _toy(toy.spirals, 2_048, 2),
+    "ToySpirals": _toy(toy.spirals, 2_048, 2, revision=2),
     "Power": DatasetInfo(dim=6, num_classes=1, build=tabular.build_power),
     "Gas": DatasetInfo(dim=8, num_classes=1, build=tabular.build_gas),
     "Hepmass": DatasetInfo(dim=21, num_classes=1, build=tabular.build_hepmass),

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from experiment.data import DATASETS
 from experiment.files import atomic_write_bytes, atomic_write_text
 
 RUN_ID_EXCLUDED_KEYS = ("experiments", "directories", "device")
@@ -40,8 +41,13 @@ def model_name(key: dict) -> str:
 
 
 def run_id(config: dict) -> str:
-    """A short stable hash of the parts of the resolved config that determine the trained models."""
+    """A short stable hash of the parts of the resolved config that determine the trained models,
+    and of the dataset's revision where it is above 1 (so runs on data that has since changed are
+    never reused)."""
     relevant = {key: value for key, value in config.items() if key not in RUN_ID_EXCLUDED_KEYS}
+    revision = DATASETS[config["network"]["dataset"]].revision
+    if revision > 1:
+        relevant["datasetRevision"] = revision
     canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
