@@ -1,5 +1,13 @@
-"""`python -m experiment.main CONFIG.yaml [key.path=value ...] [--dry-run]`: run every experiment a
-config describes (one per `customizations` entry), resuming whatever was already computed."""
+"""`python -m experiment.main CONFIG.yaml [key.path=value ...] [--dry-run] [--workers N] [--shard I/N]`:
+run every experiment a config describes (one per `customizations` entry), resuming whatever was
+already computed.
+
+Any number of these commands may run at once on one results tree, on one machine or on several
+sharing a file system: each job (a dense net, a prune chain) is done by one process at a time, and a
+job whose process died is taken over (SPEC §11, experiment/runner.py). `--workers N` runs N worker
+processes here; `--shard I/N` does only the I-th of N fixed shares of the jobs (set by a SLURM job
+array's SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT when not given).
+"""
 
 from __future__ import annotations
 
@@ -11,17 +19,49 @@ import torch
 import yaml
 
 from experiment.config import ConfigError, load_configs
-from experiment.plan import make_plan
-from experiment.runner import run_experiment
+from experiment.jobs import Job, Shard, jobs_of
+from experiment.plan import Plan, make_plan
+from experiment.results.tree import RunDir
+from experiment.runner import JobRunner, report, resolve_device, run_experiment
+from experiment.workers import run_workers, worker_devices
+
+
+def positive_integer(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def gpu_share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1] (a share of one GPU), got {value}")
+    return value
+
+
+def shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m experiment.main", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m experiment.main", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config file, e.g. param/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a config value (parsed as YAML)")
-    parser.add_argument("--dry-run", action="store_true", help="print each resolved config and its plan; write nothing")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for torch (default 1: fastest for the small toy models; raise it for images)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print each resolved config, its plan and the jobs this command would do; write nothing")
+    parser.add_argument("--threads", type=positive_integer, default=1,
+                        help="CPU threads for torch per process (default 1: fastest for the small toy models; raise it for images)")
+    parser.add_argument("--workers", type=positive_integer, default=1, metavar="N",
+                        help="worker processes on this machine (default 1: everything in this process)")
+    parser.add_argument("--gpus-per-job", type=gpu_share, metavar="F",
+                        help="share of a GPU per job, e.g. 0.25: floor(1/F) workers per visible GPU, workers spread over all GPUs")
+    parser.add_argument("--shard", type=shard, metavar="I/N",
+                        help="do only share I of N (0 <= I < N) of the jobs: dense nets first, dealt round-robin")
     return parser.parse_args(argv)
 
 
@@ -32,24 +72,81 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
+    try:
+        selected_shard = arguments.shard or Shard.from_slurm()
+    except ValueError as error:
+        print(f"error: SLURM job array: {error}", file=sys.stderr)
+        return 2
+    plans = [make_plan(config) for config in configs]
+    jobs = [job for plan in plans for job in jobs_of(plan)]
+    if selected_shard is not None:
+        jobs = selected_shard.select(jobs)
     if arguments.dry_run:
-        for index, config in enumerate(configs):
-            print(f"# experiment {index + 1} of {len(configs)}")
-            print(yaml.safe_dump(config, sort_keys=False).rstrip())
-            print("# plan")
-            print(make_plan(config).describe())
-            print()
+        print_dry_run(plans, jobs, selected_shard)
         return 0
+    try:
+        check_devices(configs, arguments.workers, arguments.gpus_per_job)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     torch.set_num_threads(arguments.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    for index, config in enumerate(configs):
-        print(f"experiment {index + 1} of {len(configs)}")
-        try:
+    if arguments.workers == 1 and selected_shard is None:
+        for index, config in enumerate(configs):
+            print(f"experiment {index + 1} of {len(configs)}")
             run_experiment(config)
-        except ConfigError as error:
-            print(f"config error: {error}", file=sys.stderr)
-            return 2
+        return 0
+    return run_jobs(plans, jobs, selected_shard, arguments)
+
+
+def print_dry_run(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None) -> None:
+    for index, plan in enumerate(plans):
+        print(f"# experiment {index + 1} of {len(plans)}")
+        print(yaml.safe_dump(plan.config, sort_keys=False).rstrip())
+        print("# plan")
+        print(plan.describe())
+        print()
+    print(f"# jobs{f' of shard {selected_shard}' if selected_shard else ''} ({len(jobs)})")
+    for job in jobs:
+        print(job if job.dense is None else f"{job}  (after {job.dense})")
+
+
+def check_devices(configs: list[dict], workers: int, gpus_per_job: float | None) -> None:
+    """Raises ConfigError for a device that is not there, ValueError for more workers than the GPUs
+    hold: before anything is written."""
+    if gpus_per_job is not None and torch.cuda.device_count() == 0 and any(
+            config["device"].startswith("cuda") for config in configs):
+        raise ConfigError("<config>", "device", "--gpus-per-job with a cuda device, but no GPU is visible")
+    for config in configs:
+        resolve_device(config["device"])
+    worker_devices(workers, gpus_per_job, torch.cuda.device_count())
+
+
+def run_jobs(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None, arguments: argparse.Namespace) -> int:
+    """`jobs` (a shard's, or all of several workers') done here or in worker processes, then the
+    end-of-run table of every config; 1 if a worker failed."""
+    configs = [plan.config for plan in plans]
+    runs = [RunDir.record_request(config) for config in configs]
+    runner = JobRunner(configs)
+    unfinished = runner.unfinished(jobs)
+    workers = min(arguments.workers, len(unfinished))  # more would find nothing to do
+    where = f" of shard {selected_shard}" if selected_shard else ""
+    print(f"{len(unfinished)} of {len(jobs)} job(s){where} to do, from {len(configs)} experiment(s), "
+          f"on {workers} worker(s)", flush=True)
+    if arguments.workers == 1:
+        runner.run(unfinished)
+    elif workers:
+        failed = run_workers(configs, unfinished, workers, arguments.threads, arguments.gpus_per_job)
+        if failed:
+            print(f"{len(failed)} worker(s) failed; the run is incomplete: run the same command again to resume it",
+                  file=sys.stderr)
+            return 1
+    for plan, run in zip(plans, runs):
+        report(plan, run)
     return 0
 
 

@@ -2,34 +2,50 @@
 
 Every finished model is a checkpoint plus a metrics row; both are written atomically, and work whose
 outputs exist is skipped, so re-running a config resumes it and a finished run trains nothing.
+
+The work is cut into jobs (experiment/jobs.py): each dense net, then each prune chain. `run_job` does
+one job; `JobRunner` does a list of them in one process while any number of other processes, here or
+on other machines, work on the same results tree: a job is done under its lock by one process at a
+time, a job another process holds is left for later, and a job whose owner died (the operating system
+then frees its lock) is taken over and resumes from its progress files.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
+from filelock import Timeout
 from torch import nn
 
 from experiment.config import ConfigError
 from experiment.data import load_dataset
 from experiment.data.splits import split_tensors, train_valid_indices
 from experiment.data.transforms import build_transform
+from experiment.jobs import Job, jobs_of
 from experiment.models import build_model
 from experiment.plan import Plan, make_plan
 from experiment.pruning.rules import CONTROL_METHOD, prune
 from experiment.pruning.sparsity import measure_sparsity
 from experiment.report import dense_point, format_table, main_metric, plot_prune_curve, pruned_points, step_prune_ratio
 from experiment.files import atomic_torch_save, load_checkpoint
-from experiment.results.tree import RunDir, model_name
+from experiment.results.tree import RunDir, dense_name, model_name
 from experiment.seeds import derive_seed
 from experiment.training.evaluate import evaluate
 from experiment.training.losses import build_loss
 from experiment.training.loop import TrainData, TrainOutcome, train
 
 log = logging.getLogger("experiment")
+
+POLL_SECONDS = 0.5  # how often a process looks again at jobs other processes hold
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,7 @@ class Experiment:
     data: TrainData
     x_test: torch.Tensor
     y_test: torch.Tensor
+    progress_bars: bool = True  # off in worker processes, whose bars would garble one terminal
 
     @property
     def config(self) -> dict:
@@ -64,71 +81,178 @@ class Experiment:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of a config's `device` (auto, cpu, cuda, cuda:N); a ConfigError if that GPU is
+    not there."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("<config>", "device", "cuda requested but torch.cuda.is_available() is False")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("<config>", "device", f"{name} requested but torch.cuda.is_available() is False")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError("<config>", "device", f"{name} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
 
 
-def prepare(config: dict) -> Experiment:
-    """Loads the data (downloading real datasets if needed), then creates the run folder with its
-    persisted train/validation split."""
+def prepare(config: dict, progress_bars: bool = True) -> Experiment:
+    """Loads the data (downloading real datasets if needed) and the run folder's persisted
+    train/validation split (made by the first process that needs it)."""
     plan = make_plan(config)
     device = resolve_device(config["device"])
     splits = load_dataset(config["network"]["dataset"], config["directories"]["training_data"], derive_seed(config["seed"], "data"))
-    run = RunDir.create(config)
+    run = RunDir(plan.run_folder)
+    run.path.mkdir(parents=True, exist_ok=True)
     indices = None
     if splits.valid is None:
         num_train = len(splits.train)
         indices = run.data_split(lambda: train_valid_indices(num_train, derive_seed(config["seed"], "split")))
     parts = {name: tuple(tensor.to(device) for tensor in pair) for name, pair in split_tensors(splits, indices).items()}
     data = TrainData(*parts["train"], *parts["valid"], splits.dim)
-    return Experiment(plan, run, device, data, *parts["test"])
+    return Experiment(plan, run, device, data, *parts["test"], progress_bars=progress_bars)
 
 
 def run_experiment(config: dict) -> RunDir:
-    """Runs (or resumes) everything `config` asks for and returns its run folder."""
-    experiment = prepare(config)
-    handler = logging.FileHandler(experiment.run.log_file)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    """Runs (or resumes) everything `config` asks for, prints and plots its summary, and returns its
+    run folder. Other processes may work on the same run meanwhile (see JobRunner)."""
+    resolve_device(config["device"])  # a missing GPU is a config error, found before anything is written
+    run = RunDir.record_request(config)
+    plan = make_plan(config)
+    with logging_into(run):
+        log.info("run %s: %s", plan.run_id, run.path)
+        JobRunner([config]).run(jobs_of(plan))
+        report(plan, run)
+        log.info("run %s finished", plan.run_id)
+    return run
+
+
+@contextmanager
+def logging_into(run: RunDir) -> Iterator[None]:
+    """Meanwhile, the experiment log also goes to the run's log.txt (one handler, however nested), each
+    line with the time, host and process id of its writer."""
+    path = os.path.abspath(run.log_file)
+    if any(isinstance(handler, logging.FileHandler) and handler.baseFilename == path for handler in log.handlers):
+        yield
+        return
+    run.path.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {socket.gethostname()}:%(process)d %(message)s"))
     log.addHandler(handler)
     try:
-        log.info("run %s: %s", experiment.plan.run_id, experiment.run.path)
-        dense = {net: dense_model(experiment, net) for net in experiment.plan.nets}
-        for method in experiment.plan.methods:
-            for net in experiment.plan.nets:
-                for repetition in range(experiment.plan.repetitions):
-                    prune_chain(experiment, method, net, repetition, dense[net])
-        report(experiment)
-        log.info("run %s finished", experiment.plan.run_id)
+        yield
     finally:
         log.removeHandler(handler)
         handler.close()
-    return experiment.run
 
 
-def dense_model(experiment: Experiment, net: int) -> nn.Module:
-    """Dense net `net`: loaded if trained before, else trained (resuming a partial run); its metrics
-    row is written if missing."""
+class JobRunner:
+    """Does jobs of `configs` in this process; other processes may do jobs of the same runs.
+
+    `run(jobs)` goes over the jobs in order, again and again until every one is finished: a finished
+    job (all its metrics rows present) is dropped; any other job is run under its lock, taken without
+    waiting; a job whose lock another process holds is left for a later round, as is a chain whose
+    dense net another process is training (if nobody holds the dense net, this process trains it
+    first). Between rounds it sleeps POLL_SECONDS. A process that dies mid-job loses its lock with it,
+    so the job is taken over in a later round and resumes from its progress file. Experiments
+    (data, split, device) are prepared the first time one of their jobs runs, and kept.
+    """
+
+    def __init__(self, configs: Sequence[dict], *, progress_bars: bool = True):
+        self.plans = {plan.run_id: plan for plan in map(make_plan, configs)}
+        self.progress_bars = progress_bars
+        self.experiments: dict[str, Experiment] = {}
+
+    def run(self, jobs: Sequence[Job]) -> None:
+        pending, reported = list(jobs), []
+        while pending:
+            left = [job for job in self.unfinished(pending) if not self.try_job(job)]
+            if len(left) == len(pending) and left != reported:  # a round without progress: say what holds us up
+                log.info("waiting for %d job(s) that other processes hold: %s", len(left), ", ".join(map(str, left)))
+                reported = left
+            pending = left
+            if pending:
+                time.sleep(POLL_SECONDS)
+
+    def unfinished(self, jobs: Sequence[Job]) -> list[Job]:
+        """The jobs of `jobs` some of whose metrics rows are missing (one read of each run's metrics)."""
+        finished = {run_id: finished_jobs(self.plans[run_id], self.run_dir(run_id)) for run_id in {job.run_id for job in jobs}}
+        return [job for job in jobs if job.name not in finished[job.run_id]]
+
+    def try_job(self, job: Job) -> bool:
+        """Runs `job` unless another process holds it (or holds the dense net it needs and that is not
+        trained yet); True when the job is finished on return."""
+        run = self.run_dir(job.run_id)
+        dense = job.dense
+        if dense is not None and not run.checkpoint(dense.name).exists() and not self.try_job(dense):
+            return False
+        try:
+            held = run.job_lock(job.name).acquire(blocking=False)
+        except Timeout:
+            return False
+        with held:
+            if self.unfinished([job]):  # looked at again now that no other process can be at it
+                experiment = self.experiment(job.run_id)
+                with logging_into(run):
+                    log.info("started %s", job)
+                    started = time.perf_counter()
+                    run_job(experiment, job)
+                    log.info("finished %s in %.1f s", job, time.perf_counter() - started)
+        return True
+
+    def run_dir(self, run_id: str) -> RunDir:
+        return RunDir(self.plans[run_id].run_folder)
+
+    def experiment(self, run_id: str) -> Experiment:
+        if run_id not in self.experiments:
+            self.experiments[run_id] = prepare(self.plans[run_id].config, self.progress_bars)
+        return self.experiments[run_id]
+
+
+def finished_jobs(plan: Plan, run: RunDir) -> set[str]:
+    """The names of the plan's jobs whose metrics rows are all there: one per dense net, one per step
+    of a chain. A row is written after its model's checkpoint, so such a job has nothing left to do."""
+    rows_per_job = Counter(Job.of_row(plan.run_id, row).name for row in planned_rows(run.read_metrics(), plan))
+    return {job.name for job in jobs_of(plan)
+            if rows_per_job[job.name] == (1 if job.kind == "dense" else len(plan.keep_ratios))}
+
+
+def run_job(experiment: Experiment, job: Job) -> None:
+    """Does `job`, skipping whatever of it is finished: trains a dense net, or runs a prune chain from
+    its dense net's checkpoint (which must exist)."""
+    if job.kind == "dense":
+        train_dense(experiment, job.net)
+    else:
+        dense, _ = load_model(experiment, dense_name(job.net))
+        prune_chain(experiment, job.method, job.net, job.repetition, dense)
+
+
+def train_dense(experiment: Experiment, net: int) -> None:
+    """Dense net `net` trained (resuming a partial run) unless its checkpoint exists; its metrics row
+    written if missing."""
     run, seed = experiment.run, experiment.config["seed"]
     key = dict(mode="train", method="dense", net=net, repetition=0, step=0, target_prune_ratio=0.0)
     name = model_name(key)
-    torch.manual_seed(derive_seed(seed, "init", net))
-    model = experiment.new_model()
     if run.checkpoint(name).exists():
-        checkpoint = load_trained(run, name, experiment.device)
-        model.load_state_dict(checkpoint["model"])
+        model, checkpoint = load_model(experiment, name)
         seconds, epochs = checkpoint["train_seconds"], checkpoint["epochs"]
     else:
+        torch.manual_seed(derive_seed(seed, "init", net))
+        model = experiment.new_model()
         log.info("training %s", name)
         outcome = train(model, experiment.config["training"], experiment.data_for("training"), experiment.loss("training"),
-                        seed=derive_seed(seed, "train", net), progress_file=run.progress(name), description=name)
+                        seed=derive_seed(seed, "train", net), progress_file=run.progress(name), description=name,
+                        progress_bars=experiment.progress_bars)
         save_trained(run, name, model, outcome, {}, {}, name)
         seconds, epochs = outcome.seconds, len(outcome.curve)
     if not run.has_metrics(key):
         record(experiment, model, key, "training", seconds, epochs)
-    return model
+
+
+def load_model(experiment: Experiment, name: str) -> tuple[nn.Module, dict]:
+    """The trained model `name` (weights only; masks are in the checkpoint) and its checkpoint."""
+    checkpoint = load_trained(experiment.run, name, experiment.device)
+    model = experiment.new_model()
+    model.load_state_dict(checkpoint["model"])
+    return model, checkpoint
 
 
 def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, dense: nn.Module) -> None:
@@ -161,7 +285,8 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
                 outcome = train(model, experiment.config["retraining"], experiment.data_for("retraining"),
                                 experiment.loss("retraining"),
                                 seed=derive_seed(seed, "retrain", *key.values()), progress_file=run.progress(progress),
-                                masks=masks, description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {target:.3f}")
+                                masks=masks, description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {target:.3f}",
+                                progress_bars=experiment.progress_bars)
             save_trained(run, name, model, outcome, masks, {"keep_ratios": list(history), "method": method}, progress)
             seconds, epochs, fresh = outcome.seconds, len(outcome.curve), True
         if fresh or not run.has_metrics(key):
@@ -184,15 +309,15 @@ def planned_rows(rows: list[dict], plan: Plan) -> list[dict]:
     return [row for row in rows if planned(row)]
 
 
-def report(experiment: Experiment) -> None:
+def report(plan: Plan, run: RunDir) -> None:
     """Prints prune ratio vs the main metric per method and plots it into the run folder."""
-    metric = main_metric(experiment.config["training"])
-    rows = planned_rows(experiment.run.read_metrics(), experiment.plan)
+    metric = main_metric(plan.config["training"])
+    rows = planned_rows(run.read_metrics(), plan)
     dense, lines = dense_point(rows, metric), pruned_points(rows, metric)
-    title = f"{experiment.config['network']['name']} on {experiment.config['network']['dataset']}"
-    print(f"\n{title} ({experiment.run.path}), test {metric}, mean ± std over nets:")
+    title = f"{plan.config['network']['name']} on {plan.config['network']['dataset']}"
+    print(f"\n{title} ({run.path}), test {metric}, mean ± std over nets:")
     print(format_table(dense, lines, metric))
-    plot_prune_curve(dense, lines, metric, title, experiment.run.path / "prune_curve.png")
+    plot_prune_curve(dense, lines, metric, title, run.path / "prune_curve.png")
 
 
 def save_trained(run: RunDir, name: str, model: nn.Module, outcome: TrainOutcome, masks: dict[str, torch.Tensor],

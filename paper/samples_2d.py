@@ -31,6 +31,7 @@ import torch
 from torchdiffeq import odeint
 
 from experiment.models import CNF, NeuralODEClassifier, parse_model_name
+from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import step_prune_ratio
 from experiment.results import Run
 from paper.common import find_runs, output_folder, parse_arguments, quantity, run_label, save_figure
@@ -184,6 +185,8 @@ def panel_title(run: Run, row: dict | None) -> str:
         return "missing"
     column, _, transform = quantity(run)
     text = f"PR {100 * float(row['prune_ratio']):.1f}%"
+    if row["method"] == CONTROL_METHOD:  # nothing pruned: say which step's training budget it matches
+        text += f" (step of PR {100 * step_prune_ratio(row):.1f}%)"
     value = row.get(column)
     if isinstance(value, (int, float)) and math.isfinite(value):
         text += f"\n{METRIC_SHORT.get(column, column)} {transform(value):.3f}"

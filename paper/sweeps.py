@@ -32,6 +32,7 @@ from matplotlib.ticker import PercentFormatter
 
 from experiment.results import Run
 from experiment.results.tree import RUN_ID_EXCLUDED_KEYS
+from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import Point, dense_point, pruned_points
 from paper.common import (
     METHOD_NAMES, collection_folder, find_runs, line_label, parse_arguments, quantity, save_figure, save_text,
@@ -157,8 +158,8 @@ def sweep_groups(runs: list[Run]) -> dict[tuple[str, str], list[SweepRun]]:
         entries = []
         for run, label in zip(members, labels):
             _, ylabel, transform = quantity(run)
-            entries.append(SweepRun(run, label, column, ylabel, delta_of(column), dense_point(run.rows, column, transform),
-                                    pruned_points(run.rows, column, transform)))
+            lines = {key: points for key, points in pruned_points(run.rows, column, transform).items() if key[1] != CONTROL_METHOD}
+            entries.append(SweepRun(run, label, column, ylabel, delta_of(column), dense_point(run.rows, column, transform), lines))
         groups[(dataset, column)] = entries
     return groups
 

@@ -8,8 +8,10 @@ TARGET is a run folder, a results root or a config file. Writes `results_table.m
 runs) with two tables:
 
 * per run: dense mean ± std over nets with its parameter count, the best pruned point (the
-  (mode, method, prune ratio) with the lowest mean over nets) with its method, achieved prune ratio
-  and non-zero parameter count, and the published FFJORD number of the dataset. Runs of any dataset
+  (mode, method, prune ratio) with the lowest mean over nets; the NoPrune control is not a
+  candidate) with its method, achieved prune ratio and non-zero parameter count, the NoPrune
+  control at the same step (the same training budget, nothing pruned; "–" if the run has none), and
+  the published FFJORD number of the dataset. Runs of any dataset
   appear here (toy sets with their own quantity, e.g. top-1 error for classifiers);
 * against the published baselines, for the datasets that have them: one column per dataset, the
   baselines' rows, then ours (per dataset the run whose best pruned value is lowest).
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.results import Run
+from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import Point, dense_point, pruned_points
 from paper.common import METHOD_NAMES, collection_folder, find_runs, parse_arguments, quantity, quantity_of, save_text
 
@@ -51,7 +54,8 @@ UNITS = {"nll": "NLL (nats)", "bits_per_dim": "bits/dim"}
 
 @dataclass(frozen=True)
 class TableEntry:
-    """One run in the tables: its dense point and best pruned point (plotted units)."""
+    """One run in the tables: its dense point, best pruned point and the NoPrune control at the best
+    point's step (plotted units)."""
 
     dataset: str
     network: str
@@ -59,6 +63,7 @@ class TableEntry:
     metric: str
     dense: Point | None
     best: Point | None
+    control: Point | None = None
 
     @property
     def unit(self) -> str:
@@ -73,9 +78,14 @@ def table_entry(dataset: str, network: str, run_id: str, metric: str, rows: list
     """The table entry of a run from its metrics rows; `transform` defaults to the metric's own
     (e.g. top-1 accuracy → error in %)."""
     transform = transform or quantity_of(metric)[1]
-    points = [point for line in pruned_points(rows, metric, transform).values() for point in line]
+    lines = pruned_points(rows, metric, transform)
+    points = [point for (_, method), line in lines.items() if method != CONTROL_METHOD for point in line]
     best = min(points, key=lambda point: point.value_mean, default=None)
-    return TableEntry(dataset, network, run_id, metric, dense_point(rows, metric, transform), best)
+    control = None
+    if best is not None:
+        same_step = [point for point in lines.get((best.mode, CONTROL_METHOD), []) if point.target_prune_ratio == best.target_prune_ratio]
+        control = same_step[0] if same_step else None
+    return TableEntry(dataset, network, run_id, metric, dense_point(rows, metric, transform), best, control)
 
 
 def run_entry(run: Run) -> TableEntry:
@@ -116,7 +126,7 @@ def _published(dataset: str, model: str = "FFJORD") -> str:
 
 def per_run_rows(entries: list[TableEntry]) -> tuple[list[str], list[list[str]]]:
     header = ["dataset", "network", "run", "quantity", "dense (mean ± std)", "nets", "params", "best pruned (mean ± std)",
-              "method", "prune ratio", "non-zero params", "FFJORD (published)"]
+              "method", "prune ratio", "non-zero params", "NoPrune, same step", "FFJORD (published)"]
     rows = []
     for entry in sort_entries(entries):
         dense, best = entry.dense, entry.best
@@ -128,6 +138,7 @@ def per_run_rows(entries: list[TableEntry]) -> tuple[list[str], list[list[str]]]
             (METHOD_NAMES.get(best.method, best.method) + ("" if best.mode == "cascade" else f" ({best.mode})")) if best else "–",
             f"{100 * best.prune_ratio_mean:.1f}%" if best else "–",
             f"{best.nonzero_params_mean:,.0f}" if best else "–",
+            _mean_std(entry.control, entry.decimals) if entry.control else "–",
             _published(entry.dataset) if entry.dataset in BASELINES["FFJORD"] else "–",
         ])
     return header, rows

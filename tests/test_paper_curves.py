@@ -211,6 +211,25 @@ def test_table_builder_puts_published_baselines_next_to_ours():
     assert tables.BASELINES["FFJORD"]["Power"] == (-0.46, "43K")
 
 
+
+def test_the_noprune_control_is_compared_not_ranked():
+    """NoPrune (nothing pruned, drawn at its step's ratio) is never the best pruned point nor a line of
+    the prune potential; the table shows it at the step of the best pruned point."""
+    def control(net, step, ratio, nll):
+        return dict(mode="cascade", method="NoPrune", net=net, repetition=0, step=step, target_prune_ratio=0.0,
+                    step_prune_ratio=ratio, prune_ratio=0.0, weight_prune_ratio=0.0, num_params=43325,
+                    nonzero_params=43325, nll=nll)
+    rows = power_rows() + [control(0, 1, 0.5, -0.60), control(1, 1, 0.5, -0.62), control(0, 2, 0.75, -0.70),
+                           control(1, 2, 0.75, -0.70)]
+    entry = tables.table_entry("Power", "ffjord_l3_hm10_f5_tanh", "abc123", "nll", rows)
+    assert (entry.best.method, entry.best.value_mean) == pytest.approx(("ThresNet", -0.52))
+    assert (entry.control.method, entry.control.target_prune_ratio, entry.control.value_mean) == pytest.approx(("NoPrune", 0.5, -0.61))
+    assert "-0.610 ± 0.010" in tables.markdown_tables([entry])
+    lines = pruned_points(rows, "nll")
+    (first, second) = lines[("cascade", "NoPrune")]
+    assert (first.plotted_prune_ratio, first.prune_ratio_mean, second.plotted_prune_ratio) == (0.5, 0.0, 0.75)
+    assert lines[("cascade", "ThresNet")][0].plotted_prune_ratio == 0.5
+
 def test_tables_cli_on_toy_runs(tree, tmp_path):
     results, _, runs = tree
     process = subprocess.run([sys.executable, "-m", "paper.tables", str(results), "--out", str(tmp_path)], cwd=REPO,

@@ -29,7 +29,8 @@ KeyPath = tuple[str | int, ...]
 
 METHODS = ("ThresNet", "FilterThresNet", "NoPrune")
 MODES = ("cascade", "retrain", "train")
-DEVICES = ("cpu", "cuda", "auto")
+DEVICES = ("cpu", "cuda", "auto")  # and "cuda:N", GPU number N
+_CUDA_INDEX = re.compile(r"cuda:\d+")
 SPACING_TYPES = ("geometric", "linear", "manual")
 
 # A float literal PyYAML leaves as a string: an exponent without a dot ("5e-3") or without a sign ("1.0e3").
@@ -182,6 +183,13 @@ def _choice(options: Sequence[str], what: str) -> Checker:
         return value
 
     return check
+
+
+def _device(value: Any, path: KeyPath, sources: Sources) -> str:
+    """One of DEVICES, or `cuda:N` for GPU number N (whether it exists is checked when the run starts)."""
+    if _string(value, path, sources) not in DEVICES and not _CUDA_INDEX.fullmatch(value):
+        raise sources.error(path, f"unknown device {value!r}; expected one of: {', '.join(DEVICES)}, cuda:N")
+    return value
 
 
 def _list_of(check_item: Checker, non_empty: bool = False) -> Checker:
@@ -436,7 +444,7 @@ TOP_FIELDS = {
     "experiments": Field(_experiments, {}),
     "directories": Field(_section(DIRECTORY_FIELDS), {}),
     "seed": Field(_integer(0), 0),
-    "device": Field(_choice(DEVICES, "device"), "auto"),
+    "device": Field(_device, "auto"),
 }
 
 

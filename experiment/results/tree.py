@@ -1,17 +1,43 @@
 """The results tree (SPEC §7): one folder per resolved experiment,
 
     {directories.results}/{dataset}/{network name}/{run id}/
-        config.yaml             the resolved config of the run
+        config.yaml             the resolved config of the run (see "Many writers" for `experiments`)
+        requests.yaml           every request made of the run, oldest first (see "Many writers")
         data_split.npz          train/validation indices (kept so resumed runs use the same split)
         metrics.csv             one row per evaluated model (see METRIC_KEY for what identifies a row)
         curves/{model}.csv      per-epoch training curves
         checkpoints/{model}.pt  final weights (+ masks for pruned models)
         progress/{model}.pt     the in-progress training state of a model (deleted when it finishes)
-        log.txt                 what the run did
+        log.txt                 what the run did, one line per event: time, host:pid, message
+    {directories.results}/{dataset}/{network name}/{run id}.locks/
+        config.lock, metrics.lock, data_split.lock   held while config.yaml + requests.yaml, metrics.csv
+                                                     or data_split.npz are read and rewritten
+        jobs/{job name}.lock    held by the process training a job (experiment/jobs.py)
 
 The run id is a hash of the resolved config without the keys that only say *which* or *how many*
 models to compute or where to put them (`experiments`, `directories`, `device`), so adding a method,
 a net or a ratio to a finished run reuses everything already computed.
+
+Many writers. Any number of processes, on one machine or on several sharing the file system, may work
+on one run folder at once. Every file is written atomically (experiment/files.py), and every
+read-modify-write of a shared file happens under a `filelock.FileLock` (flock), which the operating
+system releases when its holder dies, so a killed process never leaves a lock behind. The locks live
+beside the run folder, not in it, so the run folder holds results only. (flock needs a file system
+that supports it; on NFS, Linux emulates it with byte-range locks that work across machines; a file
+system without it is an error rather than a silent fall-back to lock files a dead owner would leave.)
+
+* metrics.csv: `upsert_metrics` reads, changes and rewrites it under metrics.lock, so rows written
+  concurrently are all kept.
+* config.yaml and requests.yaml: each request (one run of `python -m experiment.main` or one call of
+  `run_experiment`, not each worker) goes through `RunDir.record_request` under config.lock. The
+  run-defining part of config.yaml is the same for every request (it is what the run id hashes);
+  `directories` and `device` are the latest request's; `experiments` is the union of everything asked
+  so far: the methods in first-seen order, the largest `numNets` and `numRepetitions`, the other keys
+  (mode, spacing, ...) from the latest request. requests.yaml is a YAML list that gets one entry per
+  request: `time` (UTC, ISO 8601), `host`, `pid`, `cwd`, `command` (the process's command line) and
+  `experiments` (the section as that request resolved it), the run's record of what was asked.
+* data_split.npz is created under data_split.lock by the first process that needs it; the others
+  wait and read it.
 """
 
 from __future__ import annotations
@@ -20,10 +46,17 @@ import csv
 import hashlib
 import io
 import json
+import os
+import shlex
+import socket
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import yaml
+from filelock import FileLock
 
 from experiment.data import DATASETS
 from experiment.files import atomic_write_bytes, atomic_write_text
@@ -36,8 +69,17 @@ def model_name(key: dict) -> str:
     """The file stem of the model a metrics row (or its METRIC_KEY values) describes:
     `dense_net{n}` or `{mode}_{method}_net{n}_rep{r}_step{k}`."""
     if key["method"] == "dense":
-        return f"dense_net{key['net']}"
-    return f"{key['mode']}_{key['method']}_net{key['net']}_rep{key['repetition']}_step{key['step']}"
+        return dense_name(key["net"])
+    return f"{chain_name(key['mode'], key['method'], key['net'], key['repetition'])}_step{key['step']}"
+
+
+def dense_name(net: int) -> str:
+    return f"dense_net{net}"
+
+
+def chain_name(mode: str, method: str, net: int, repetition: int) -> str:
+    """The prefix shared by the models of one prune chain (their names add `_step{k}`)."""
+    return f"{mode}_{method}_net{net}_rep{repetition}"
 
 
 def run_id(config: dict) -> str:
@@ -64,18 +106,30 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, config: dict) -> "RunDir":
-        """The run folder of `config`, its config.yaml (re)written: the parts that define the run
-        are the same every time, `experiments` and `directories` say what the latest call asked for."""
+    def record_request(cls, config: dict) -> "RunDir":
+        """The run folder of `config`, with this process's request of it recorded: config.yaml
+        merged (`merged_config`) and an entry appended to requests.yaml, both under config.lock.
+        config.yaml is only rewritten when the merge changes it."""
         run = cls(run_folder(config))
-        text = yaml.safe_dump(config, sort_keys=False)
-        if not run.config_file.exists() or run.config_file.read_text() != text:
-            atomic_write_text(run.config_file, text)
+        with run.lock("config"):
+            recorded = run.load_config() if run.config_file.exists() else None
+            text = yaml.safe_dump(merged_config(recorded, config), sort_keys=False)
+            if not run.config_file.exists() or run.config_file.read_text() != text:
+                atomic_write_text(run.config_file, text)
+            entry = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": socket.gethostname(),
+                     "pid": os.getpid(), "cwd": os.getcwd(), "command": shlex.join(sys.orig_argv),
+                     "experiments": config["experiments"]}
+            earlier = run.requests_file.read_text() if run.requests_file.exists() else ""
+            atomic_write_text(run.requests_file, earlier + yaml.safe_dump([entry], sort_keys=False))
         return run
 
     @property
     def config_file(self) -> Path:
         return self.path / "config.yaml"
+
+    @property
+    def requests_file(self) -> Path:
+        return self.path / "requests.yaml"
 
     @property
     def metrics_file(self) -> Path:
@@ -94,17 +148,37 @@ class RunDir:
     def curve(self, model: str) -> Path:
         return self.path / "curves" / f"{model}.csv"
 
+    @property
+    def locks(self) -> Path:
+        """The folder of the run's lock files, beside the run folder."""
+        return self.path.with_name(f"{self.path.name}.locks")
+
+    def lock(self, name: str) -> FileLock:
+        """The lock `{run id}.locks/{name}.lock` (`name` may contain a folder, e.g. `jobs/dense_net0`).
+        Without a soft fall-back: a lock file, unlike flock, would outlive a killed owner."""
+        path = self.locks / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(path, fallback_to_soft=False)
+
+    def job_lock(self, job_name: str) -> FileLock:
+        return self.lock(f"jobs/{job_name}")
+
     def load_config(self) -> dict:
         return yaml.safe_load(self.config_file.read_text())
 
-    def data_split(self, make_split) -> tuple[np.ndarray, np.ndarray]:
+    def load_requests(self) -> list[dict]:
+        """The entries of requests.yaml, oldest first."""
+        return yaml.safe_load(self.requests_file.read_text()) if self.requests_file.exists() else []
+
+    def data_split(self, make_split: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         """The persisted (train, valid) indices, created with `make_split()` on first use."""
         path = self.path / "data_split.npz"
-        if not path.exists():
-            train, valid = make_split()
-            buffer = io.BytesIO()
-            np.savez(buffer, train=train, valid=valid)
-            atomic_write_bytes(path, buffer.getvalue())
+        with self.lock("data_split"):
+            if not path.exists():
+                train, valid = make_split()
+                buffer = io.BytesIO()
+                np.savez(buffer, train=train, valid=valid)
+                atomic_write_bytes(path, buffer.getvalue())
         with np.load(path) as stored:
             return stored["train"], stored["valid"]
 
@@ -115,17 +189,35 @@ class RunDir:
         return read_csv(self.metrics_file)
 
     def upsert_metrics(self, row: dict) -> None:
-        """Adds `row` to metrics.csv, replacing a row with the same METRIC_KEY."""
+        """Adds `row` to metrics.csv, replacing a row with the same METRIC_KEY (under metrics.lock, so
+        that concurrent writers never lose each other's rows)."""
         key = tuple(str(row[name]) for name in METRIC_KEY)
-        rows = [old for old in self.read_metrics() if tuple(str(old[name]) for name in METRIC_KEY) != key]
-        rows.append(row)
-        rows.sort(key=lambda r: (r["method"] != "dense", r["mode"], r["method"], int(r["net"]), int(r["repetition"]), int(r["step"])))
-        atomic_write_text(self.metrics_file, rows_to_csv(rows))
+        with self.lock("metrics"):
+            rows = [old for old in self.read_metrics() if tuple(str(old[name]) for name in METRIC_KEY) != key]
+            rows.append(row)
+            rows.sort(key=lambda r: (r["method"] != "dense", r["mode"], r["method"], int(r["net"]), int(r["repetition"]), int(r["step"])))
+            atomic_write_text(self.metrics_file, rows_to_csv(rows))
 
     def has_metrics(self, key: dict) -> bool:
         """Is there a row with these METRIC_KEY values?"""
         wanted = tuple(str(key[name]) for name in METRIC_KEY)
         return any(tuple(str(row[name]) for name in METRIC_KEY) == wanted for row in self.read_metrics())
+
+
+def merged_config(recorded: dict | None, asked: dict) -> dict:
+    """config.yaml after the request `asked` of a run whose config.yaml holds `recorded` (None: the
+    first request): `asked`, with `experiments` asking for everything both ask for (methods in
+    first-seen order, the larger numNets and numRepetitions; its other keys as `asked` says)."""
+    if recorded is None:
+        return asked
+    before, now = recorded["experiments"], asked["experiments"]
+    experiments = {
+        **now,
+        "methods": list(dict.fromkeys([*before["methods"], *now["methods"]])),
+        "numNets": max(before["numNets"], now["numNets"]),
+        "numRepetitions": max(before["numRepetitions"], now["numRepetitions"]),
+    }
+    return {**asked, "experiments": experiments}
 
 
 def rows_to_csv(rows: list[dict]) -> str:

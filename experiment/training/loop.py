@@ -48,13 +48,14 @@ class TrainOutcome:
 
 
 def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, seed: int, progress_file: Path,
-          masks: dict[str, torch.Tensor] | None = None, description: str = "train") -> TrainOutcome:
+          masks: dict[str, torch.Tensor] | None = None, description: str = "train", progress_bars: bool = True) -> TrainOutcome:
     """Trains `model` in place with the `training`/`retraining` config section `schedule`.
 
     Epochs run from `schedule["startEpoch"]` to `numEpochs`; every epoch's batches and random numbers
     (e.g. Hutchinson noise) come from seeds derived from `seed` and the epoch, so resuming from
     `progress_file` (written after each epoch) reproduces an uninterrupted run exactly. `masks`
     (parameter name → 0/1 tensor) are enforced after every optimizer step: pruned entries stay zero.
+    `progress_bars=False` hides the tqdm bars (of epochs and of batches).
     """
     masks = masks or {}
     optimizer = build_optimizer(model.parameters(), schedule["optimizer"], schedule["optimizerKwargs"])
@@ -74,11 +75,12 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
 
     early_stop = schedule["earlyStopEpoch"]
     epochs = tqdm(range(state["epoch"], schedule["numEpochs"]), desc=description, initial=state["epoch"],
-                  total=schedule["numEpochs"], unit="epoch", dynamic_ncols=True)
+                  total=schedule["numEpochs"], unit="epoch", dynamic_ncols=True, disable=not progress_bars)
     for epoch in epochs:
         started = time.perf_counter()
         torch.manual_seed(derive_seed(seed, "epoch", epoch))
-        train_loss, nfe_forward, nfe_backward = _train_epoch(model, optimizer, data, loss_fn, schedule["batchSize"], masks, epoch)
+        train_loss, nfe_forward, nfe_backward = _train_epoch(model, optimizer, data, loss_fn, schedule["batchSize"], masks, epoch,
+                                                             progress_bars)
         valid = evaluate(model, data.x_valid, data.y_valid, schedule["testBatchSize"], loss_fn, [], data.data_dim,
                          data.eval_transform)
         learning_rate = optimizer.param_groups[0]["lr"]
@@ -108,13 +110,14 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TrainData, loss_fn: Loss, batch_size: int,
-                 masks: dict[str, torch.Tensor], epoch: int) -> tuple[float, float, float]:
+                 masks: dict[str, torch.Tensor], epoch: int, progress_bar: bool) -> tuple[float, float, float]:
     """One pass over shuffled training batches; returns mean loss and mean NFE per iteration
     (forward solve, backward solve)."""
     model.train()
     order = torch.randperm(len(data.x_train), device=data.x_train.device)
     total_loss = total_forward = total_backward = 0.0
-    batches = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch}", leave=False, unit="it", dynamic_ncols=True)
+    batches = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch}", leave=False, unit="it", dynamic_ncols=True,
+                   disable=not progress_bar)
     for count, start in enumerate(batches, start=1):
         index = order[start:start + batch_size]
         nfe_start = count_nfe(model)
