@@ -68,14 +68,14 @@ def weight_threshold(model: nn.Module, prune_ratio: float, masks: Masks) -> Mask
     target = _target(parameters, prune_ratio)
     count = lambda kept: _nonzero(parameters, cleaned(kept))
     keep = _closest(lambda k: count(top(k)), 0, alive, target)
-    below, overshoot = _approach(top(keep), order[keep:alive].tolist(), 1.0, count, target)
-    if overshoot is None or count(below) == target:
+    below, below_count, overshoot = _approach(top(keep), order[keep:alive].tolist(), 1.0, count, target)
+    if overshoot is None or below_count == target:
         return cleaned(below)
     above = below.clone()
     above[overshoot] = 1.0
     kept_order = [index for index in reversed(order[:alive].tolist()) if above[index] > 0]  # smallest first
-    above, _ = _approach(above, kept_order, 0.0, count, target)
-    return cleaned(min((below, above), key=lambda kept: abs(count(kept) - target)))
+    above, above_count, _ = _approach(above, kept_order, 0.0, count, target)
+    return cleaned(below if abs(below_count - target) <= abs(above_count - target) else above)
 
 
 def filter_threshold(model: nn.Module, prune_ratio: float, masks: Masks) -> Masks:
@@ -161,14 +161,15 @@ def _nonzero(parameters: dict[str, torch.Tensor], masks: Masks) -> int:
 
 
 def _approach(kept: torch.Tensor, candidates: list[int], value: float, count: Callable[[torch.Tensor], int],
-              target: int) -> tuple[torch.Tensor, int | None]:
+              target: int) -> tuple[torch.Tensor, int, int | None]:
     """Sets `kept[i] = value` for the candidates in order (value 1 adds weights, 0 removes them),
     each only if `count` stays on its side of `target`, in passes until the target is met or a pass
     changes nothing (reviving or killing a neuron can make a skipped candidate fit later). Returns
-    the new `kept` and the candidate whose step would cross the target by the least (None if none)."""
-    kept, start = kept.clone(), count(kept)
+    the new `kept`, its count and the candidate whose step would cross the target by the least
+    (None if none)."""
+    kept = kept.clone()
     on_side = (lambda n: n <= target) if value > 0 else (lambda n: n >= target)
-    current, crossing, best_crossing = start, None, None
+    current, crossing, best_crossing = count(kept), None, None
     while current != target and candidates:
         skipped = []
         for index in candidates:
@@ -187,7 +188,7 @@ def _approach(kept: torch.Tensor, candidates: list[int], value: float, count: Ca
         if current == target or len(skipped) in (0, len(candidates)):
             break
         candidates = skipped
-    return kept, crossing
+    return kept, current, crossing
 
 
 def _closest(count: Callable[[int], int], low: int, high: int, target: int) -> int:
