@@ -99,6 +99,7 @@ from torch.func import functional_call
 
 from experiment.data.transforms import build_transform
 from experiment.models import ODEBlock
+from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import step_prune_ratio
 from experiment.results import Run
 from experiment.results.tree import model_name, rows_to_csv
@@ -107,7 +108,6 @@ from experiment.training.losses import build_loss
 from paper.common import find_runs, output_folder, parse_arguments, plt, run_label, save_figure, save_text
 
 DEFAULT_RATIOS = (0.25, 0.5, 0.75, 0.9, 0.95)
-NO_PRUNE = "NoPrune"  # the control method: the pruning chain's training without pruning
 CONTROL_QUANTITIES = {"lambda_max": "lambda_max", "trace": "trace", "condition": "condition_number"}  # column stem → Flatness field
 CONTROL_COLUMNS = tuple(f"control_{stem}_{statistic}" for stem in CONTROL_QUANTITIES for statistic in ("mean", "std")) + ("control_subsets",)
 COLUMNS = ("run", "mode", "method", "net", "step", "prune_ratio", "step_prune_ratio", "num_surviving_params", "lambda_max",
@@ -586,7 +586,7 @@ def placed_ratio(row: dict) -> float:
     """Where a model sits on the prune-ratio axis: its achieved prune ratio; the NoPrune control
     (same training chain, nothing pruned, achieved ratio 0) at the ratio the pruning methods are
     scheduled to reach at its step."""
-    return step_prune_ratio(row) if row["method"] == NO_PRUNE else float(row["prune_ratio"])
+    return step_prune_ratio(row) if row["method"] == CONTROL_METHOD else float(row["prune_ratio"])
 
 
 def select_rows(rows: list[dict], net: int = 0, ratios: tuple[float, ...] = DEFAULT_RATIOS, all_steps: bool = False,
@@ -728,7 +728,7 @@ def plot_flatness(rows: list[dict], title: str) -> plt.Figure:
                                   marker="o", markersize=3, capsize=2, label=name)
             axis.errorbar(ratios, [row[f"{control}_mean"] for row in line], yerr=[row[f"{control}_std"] for row in line],
                           color=drawn.lines[0].get_color(), linestyle="--", linewidth=1, marker="x", markersize=4, capsize=2)
-    x_label = "prune ratio" + (f" ({NO_PRUNE}: scheduled at its step)" if any(row["method"] == NO_PRUNE for row in rows) else "")
+    x_label = "prune ratio" + (f" ({CONTROL_METHOD}: scheduled at its step)" if any(row["method"] == CONTROL_METHOD for row in rows) else "")
     for axis, (_, _, _, label) in zip(axes, panels):
         axis.set_xlabel(x_label)
         axis.set_ylabel(label)
