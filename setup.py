@@ -19,6 +19,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["experiment", "experiment.*", "paper", "paper.*"]),
     install_requires=requirements,
-    # GAS is a pandas DataFrame pickle and BSDS300 is HDF5 (experiment/data/tabular.py).
-    extras_require={"tabular": ["pandas>=1.5", "h5py>=3.8"], "test": ["pytest>=7.0", "pandas>=1.5", "h5py>=3.8"]},
+    # GAS is a pandas DataFrame pickle and BSDS300 is HDF5 (experiment/data/tabular.py); submitit
+    # submits `--launcher slurm` job arrays (experiment/launcher.py), and the tests run it locally.
+    extras_require={"tabular": ["pandas>=1.5", "h5py>=3.8"], "cluster": ["submitit>=1.5"],
+                    "test": ["pytest>=7.0", "pandas>=1.5", "h5py>=3.8", "submitit>=1.5"]},
 )

@@ -1,12 +1,15 @@
-"""`python -m experiment.main CONFIG.yaml [key.path=value ...] [--dry-run] [--workers N] [--shard I/N]`:
-run every experiment a config describes (one per `customizations` entry), resuming whatever was
-already computed.
+"""`python -m experiment.main CONFIG.yaml [key.path=value ...] [--dry-run] [--workers N] [--shard I/N]
+[--launcher slurm|local ...]`: run every experiment a config describes (one per `customizations`
+entry), resuming whatever was already computed.
 
 Any number of these commands may run at once on one results tree, on one machine or on several
 sharing a file system: each job (a dense net, a prune chain) is done by one process at a time, and a
 job whose process died is taken over (SPEC §11, experiment/runner.py). `--workers N` runs N worker
 processes here; `--shard I/N` does only the I-th of N fixed shares of the jobs (set by a SLURM job
-array's SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT when not given).
+array's SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT when not given); `--launcher slurm` submits such
+a job array, one task per shard, through submitit (experiment/launcher.py). Started by `torchrun
+--nproc_per_node K`, the K processes train each model together, data-parallel
+(experiment/distributed.py).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import sys
 import torch
 import yaml
 
+from experiment import launcher
 from experiment.config import ConfigError, load_configs
+from experiment.distributed import SINGLE, Ranks, join, leave, ranks_from_environment
 from experiment.jobs import Job, Shard, jobs_of
 from experiment.plan import Plan, make_plan
 from experiment.results.tree import RunDir
@@ -62,16 +67,21 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="share of a GPU per job, e.g. 0.25: floor(1/F) workers per visible GPU, workers spread over all GPUs")
     parser.add_argument("--shard", type=shard, metavar="I/N",
                         help="do only share I of N (0 <= I < N) of the jobs: dense nets first, dealt round-robin")
-    return parser.parse_args(argv)
+    launcher.add_arguments(parser)
+    arguments = parser.parse_args(argv)
+    launcher.check_arguments(parser, arguments)
+    return arguments
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     try:
-        configs = load_configs(arguments.config, arguments.overrides)
+        configs = load_configs(arguments.config, [*arguments.overrides, *launcher.overrides(arguments)])
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
+    if arguments.launcher is not None:
+        return launch_array(configs, arguments)
     try:
         selected_shard = arguments.shard or Shard.from_slurm()
     except ValueError as error:
@@ -84,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.dry_run:
         print_dry_run(plans, jobs, selected_shard)
         return 0
+    ranks = ranks_from_environment()
     try:
-        check_devices(configs, arguments.workers, arguments.gpus_per_job)
+        check_devices(configs, arguments.workers, arguments.gpus_per_job, ranks)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
@@ -94,13 +105,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     torch.set_num_threads(arguments.threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.basicConfig(level=logging.INFO if ranks.leader else logging.WARNING, format="%(message)s", stream=sys.stdout)
+    if ranks.parallel:
+        return run_data_parallel(configs, jobs, selected_shard, arguments, ranks)
     if arguments.workers == 1 and selected_shard is None:
         for index, config in enumerate(configs):
             print(f"experiment {index + 1} of {len(configs)}")
             run_experiment(config)
         return 0
     return run_jobs(plans, jobs, selected_shard, arguments)
+
+
+def launch_array(configs: list[dict], arguments: argparse.Namespace) -> int:
+    """`--launcher`: the jobs of all configs submitted as a job array, one task per shard
+    (experiment/launcher.py); with `--dry-run`, the configs, their jobs and the array shown instead."""
+    plans = [make_plan(config) for config in configs]
+    jobs = [job for plan in plans for job in jobs_of(plan)]
+    if arguments.dry_run:
+        print_dry_run(plans, jobs, None)
+    try:
+        return launcher.launch(arguments, plans, jobs)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+    except launcher.LaunchError as error:
+        print(f"error: {error}", file=sys.stderr)
+    return 2
 
 
 def print_dry_run(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None) -> None:
@@ -115,9 +144,15 @@ def print_dry_run(plans: list[Plan], jobs: list[Job], selected_shard: Shard | No
         print(job if job.dense is None else f"{job}  (after {job.dense})")
 
 
-def check_devices(configs: list[dict], workers: int, gpus_per_job: float | None) -> None:
+def check_devices(configs: list[dict], workers: int, gpus_per_job: float | None, ranks: Ranks) -> None:
     """Raises ConfigError for a device that is not there, ValueError for more workers than the GPUs
-    hold: before anything is written."""
+    hold or for workers under torchrun: before anything is written."""
+    if ranks.parallel:
+        if workers > 1 or gpus_per_job is not None:
+            raise ValueError("under torchrun every rank trains the same model: --workers and --gpus-per-job do not apply")
+        kinds = {resolve_device(config["device"]).type for config in configs}
+        if len(kinds) > 1:
+            raise ConfigError("<config>", "device", f"under torchrun all experiments need one kind of device, got {sorted(kinds)}")
     if gpus_per_job is not None and torch.cuda.device_count() == 0 and any(
             config["device"].startswith("cuda") for config in configs):
         raise ConfigError("<config>", "device", "--gpus-per-job with a cuda device, but no GPU is visible")
@@ -126,17 +161,33 @@ def check_devices(configs: list[dict], workers: int, gpus_per_job: float | None)
     worker_devices(workers, gpus_per_job, torch.cuda.device_count())
 
 
-def run_jobs(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None, arguments: argparse.Namespace) -> int:
+def run_data_parallel(configs: list[dict], jobs: list[Job], selected_shard: Shard | None,
+                      arguments: argparse.Namespace, ranks: Ranks) -> int:
+    """This rank's part of `jobs` under torchrun: rank 0 as `run_jobs` does, the others following it
+    (each on its own GPU, cuda:LOCAL_RANK, when the configs ask for a GPU)."""
+    device = join(ranks, resolve_device(configs[0]["device"]))
+    try:
+        configs = [{**config, "device": str(device)} for config in configs]
+        if ranks.leader:
+            return run_jobs([make_plan(config) for config in configs], jobs, selected_shard, arguments, ranks)
+        JobRunner(configs, progress_bars=False, ranks=ranks).run(jobs)
+        return 0
+    finally:
+        leave(ranks)
+
+
+def run_jobs(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None, arguments: argparse.Namespace,
+             ranks: Ranks = SINGLE) -> int:
     """`jobs` (a shard's, or all of several workers') done here or in worker processes, then the
     end-of-run table of every config; 1 if a worker failed."""
     configs = [plan.config for plan in plans]
     runs = [RunDir.record_request(config) for config in configs]
-    runner = JobRunner(configs)
+    runner = JobRunner(configs, ranks=ranks)
     unfinished = runner.unfinished(jobs)
     workers = min(arguments.workers, len(unfinished))  # more would find nothing to do
     where = f" of shard {selected_shard}" if selected_shard else ""
-    print(f"{len(unfinished)} of {len(jobs)} job(s){where} to do, from {len(configs)} experiment(s), "
-          f"on {workers} worker(s)", flush=True)
+    how = f"{ranks.world_size} data-parallel ranks" if ranks.parallel else f"{workers} worker(s)"
+    print(f"{len(unfinished)} of {len(jobs)} job(s){where} to do, from {len(configs)} experiment(s), on {how}", flush=True)
     if arguments.workers == 1:
         runner.run(unfinished)
     elif workers:

@@ -30,6 +30,7 @@ from experiment.config import ConfigError
 from experiment.data import load_dataset
 from experiment.data.splits import split_tensors, train_valid_indices
 from experiment.data.transforms import build_transform
+from experiment.distributed import SINGLE, Ranks
 from experiment.jobs import Job, jobs_of
 from experiment.models import build_model
 from experiment.plan import Plan, make_plan
@@ -59,6 +60,7 @@ class Experiment:
     x_test: torch.Tensor
     y_test: torch.Tensor
     progress_bars: bool = True  # off in worker processes, whose bars would garble one terminal
+    ranks: Ranks = SINGLE  # the processes training each model together; rank 0 alone writes files
 
     @property
     def config(self) -> dict:
@@ -94,9 +96,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare(config: dict, progress_bars: bool = True) -> Experiment:
+def prepare(config: dict, progress_bars: bool = True, ranks: Ranks = SINGLE) -> Experiment:
     """Loads the data (downloading real datasets if needed) and the run folder's persisted
-    train/validation split (made by the first process that needs it)."""
+    train/validation split (made by the first process that needs it; of several ranks, by rank 0,
+    which prepares before the others)."""
     plan = make_plan(config)
     device = resolve_device(config["device"])
     splits = load_dataset(config["network"]["dataset"], config["directories"]["training_data"], derive_seed(config["seed"], "data"))
@@ -108,7 +111,7 @@ def prepare(config: dict, progress_bars: bool = True) -> Experiment:
         indices = run.data_split(lambda: train_valid_indices(num_train, derive_seed(config["seed"], "split")))
     parts = {name: tuple(tensor.to(device) for tensor in pair) for name, pair in split_tensors(splits, indices).items()}
     data = TrainData(*parts["train"], *parts["valid"], splits.dim)
-    return Experiment(plan, run, device, data, *parts["test"], progress_bars=progress_bars)
+    return Experiment(plan, run, device, data, *parts["test"], progress_bars=progress_bars, ranks=ranks)
 
 
 def run_experiment(config: dict) -> RunDir:
@@ -154,14 +157,24 @@ class JobRunner:
     first). Between rounds it sleeps POLL_SECONDS. A process that dies mid-job loses its lock with it,
     so the job is taken over in a later round and resumes from its progress file. Experiments
     (data, split, device) are prepared the first time one of their jobs runs, and kept.
+
+    With several `ranks` (data-parallel training, experiment/distributed.py), rank 0 does the above
+    and sends each job it takes to the other ranks, which do it with it (`follow`); between rounds it
+    sends WAIT, and DONE at the end.
     """
 
-    def __init__(self, configs: Sequence[dict], *, progress_bars: bool = True):
+    WAIT, DONE = "wait", "done"
+
+    def __init__(self, configs: Sequence[dict], *, progress_bars: bool = True, ranks: Ranks = SINGLE):
         self.plans = {plan.run_id: plan for plan in map(make_plan, configs)}
         self.progress_bars = progress_bars
+        self.ranks = ranks
         self.experiments: dict[str, Experiment] = {}
 
     def run(self, jobs: Sequence[Job]) -> None:
+        if not self.ranks.leader:
+            self.follow()
+            return
         pending, reported = list(jobs), []
         while pending:
             left = [job for job in self.unfinished(pending) if not self.try_job(job)]
@@ -170,7 +183,15 @@ class JobRunner:
                 reported = left
             pending = left
             if pending:
+                self.ranks.from_leader(self.WAIT)
                 time.sleep(POLL_SECONDS)
+        self.ranks.from_leader(self.DONE)
+
+    def follow(self) -> None:
+        """The other ranks' side of `run`: do each job rank 0 sends, until it sends DONE."""
+        while (message := self.ranks.from_leader(None)) != self.DONE:
+            if isinstance(message, Job):
+                run_job(self.experiment(message.run_id), message)
 
     def unfinished(self, jobs: Sequence[Job]) -> list[Job]:
         """The jobs of `jobs` some of whose metrics rows are missing (one read of each run's metrics)."""
@@ -192,8 +213,9 @@ class JobRunner:
             if self.unfinished([job]):  # looked at again now that no other process can be at it
                 experiment = self.experiment(job.run_id)
                 with logging_into(run):
-                    log.info("started %s", job)
+                    log.info("started %s%s", job, f" on {self.ranks.world_size} ranks" if self.ranks.parallel else "")
                     started = time.perf_counter()
+                    self.ranks.from_leader(job)
                     run_job(experiment, job)
                     log.info("finished %s in %.1f s", job, time.perf_counter() - started)
         return True
@@ -203,7 +225,7 @@ class JobRunner:
 
     def experiment(self, run_id: str) -> Experiment:
         if run_id not in self.experiments:
-            self.experiments[run_id] = prepare(self.plans[run_id].config, self.progress_bars)
+            self.experiments[run_id] = prepare(self.plans[run_id].config, self.progress_bars, self.ranks)
         return self.experiments[run_id]
 
 
@@ -240,8 +262,8 @@ def train_dense(experiment: Experiment, net: int) -> None:
         log.info("training %s", name)
         outcome = train(model, experiment.config["training"], experiment.data_for("training"), experiment.loss("training"),
                         seed=derive_seed(seed, "train", net), progress_file=run.progress(name), description=name,
-                        progress_bars=experiment.progress_bars)
-        save_trained(run, name, model, outcome, {}, {}, name)
+                        progress_bars=experiment.progress_bars, ranks=experiment.ranks)
+        save_trained(experiment, name, model, outcome, {}, {}, name)
         seconds, epochs = outcome.seconds, len(outcome.curve)
     if not run.has_metrics(key):
         record(experiment, model, key, "training", seconds, epochs)
@@ -249,7 +271,7 @@ def train_dense(experiment: Experiment, net: int) -> None:
 
 def load_model(experiment: Experiment, name: str) -> tuple[nn.Module, dict]:
     """The trained model `name` (weights only; masks are in the checkpoint) and its checkpoint."""
-    checkpoint = load_trained(experiment.run, name, experiment.device)
+    checkpoint = load_trained(experiment, name)
     model = experiment.new_model()
     model.load_state_dict(checkpoint["model"])
     return model, checkpoint
@@ -269,7 +291,7 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
         key = dict(mode=plan.mode, method=method, net=net, repetition=repetition, step=step, target_prune_ratio=target)
         name = model_name(key)
         model = experiment.new_model()
-        saved = load_trained(run, name, experiment.device) if run.checkpoint(name).exists() else None
+        saved = load_trained(experiment, name) if run.checkpoint(name).exists() else None
         if saved is not None and saved["keep_ratios"] == list(history):
             model.load_state_dict(saved["model"])
             masks, seconds, epochs = saved["masks"], saved["train_seconds"], saved["epochs"]
@@ -286,8 +308,8 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
                                 experiment.loss("retraining"),
                                 seed=derive_seed(seed, "retrain", *key.values()), progress_file=run.progress(progress),
                                 masks=masks, description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {target:.3f}",
-                                progress_bars=experiment.progress_bars)
-            save_trained(run, name, model, outcome, masks, {"keep_ratios": list(history), "method": method}, progress)
+                                progress_bars=experiment.progress_bars, ranks=experiment.ranks)
+            save_trained(experiment, name, model, outcome, masks, {"keep_ratios": list(history), "method": method}, progress)
             seconds, epochs, fresh = outcome.seconds, len(outcome.curve), True
         if fresh or not run.has_metrics(key):
             record(experiment, model, key, "retraining", seconds, epochs, step_prune_ratio=1.0 - keep)
@@ -320,10 +342,13 @@ def report(plan: Plan, run: RunDir) -> None:
     plot_prune_curve(dense, lines, metric, title, run.path / "prune_curve.png")
 
 
-def save_trained(run: RunDir, name: str, model: nn.Module, outcome: TrainOutcome, masks: dict[str, torch.Tensor],
-                 extra: dict, progress: str | None) -> None:
+def save_trained(experiment: Experiment, name: str, model: nn.Module, outcome: TrainOutcome,
+                 masks: dict[str, torch.Tensor], extra: dict, progress: str | None) -> None:
     """The final checkpoint (holding the curve too), then the curve file, then the progress file
-    goes; `load_trained` finishes the last two if a kill came in between."""
+    goes; `load_trained` finishes the last two if a kill came in between. Rank 0's job alone."""
+    if not experiment.ranks.leader:
+        return
+    run = experiment.run
     atomic_torch_save(run.checkpoint(name), {
         "model": model.state_dict(), "masks": masks, "train_seconds": outcome.seconds, "curve": outcome.curve,
         "epochs": len(outcome.curve), "kept_epoch": outcome.kept_epoch, "progress": progress or "", **extra,
@@ -333,9 +358,13 @@ def save_trained(run: RunDir, name: str, model: nn.Module, outcome: TrainOutcome
         run.progress(progress).unlink(missing_ok=True)
 
 
-def load_trained(run: RunDir, name: str, device: torch.device) -> dict:
-    """A final checkpoint, with the bookkeeping of `save_trained` completed if it was interrupted."""
-    checkpoint = load_checkpoint(run.checkpoint(name), device)
+def load_trained(experiment: Experiment, name: str) -> dict:
+    """A final checkpoint, with the bookkeeping of `save_trained` completed if it was interrupted
+    (by rank 0)."""
+    run = experiment.run
+    checkpoint = load_checkpoint(run.checkpoint(name), experiment.device)
+    if not experiment.ranks.leader:
+        return checkpoint
     if not run.curve(name).exists():
         run.write_curve(name, checkpoint["curve"])
     if checkpoint["progress"]:
@@ -344,8 +373,11 @@ def load_trained(run: RunDir, name: str, device: torch.device) -> dict:
 
 
 def record(experiment: Experiment, model: nn.Module, key: dict, section: str, train_seconds: float, epochs: int,
-           **columns) -> dict:
-    """Evaluates `model` on the test set and upserts its metrics row (key, `columns`, measurements)."""
+           **columns) -> None:
+    """Evaluates `model` on the test set and upserts its metrics row (key, `columns`, measurements);
+    rank 0's job alone."""
+    if not experiment.ranks.leader:
+        return
     schedule = experiment.config[section]
     torch.manual_seed(derive_seed(experiment.config["seed"], "test", *key.values()))
     result = evaluate(model, experiment.x_test, experiment.y_test, schedule["testBatchSize"], experiment.loss(section),
@@ -369,4 +401,3 @@ def record(experiment: Experiment, model: nn.Module, key: dict, section: str, tr
     experiment.run.upsert_metrics(row)
     log.info("%s net %d rep %d step %d: prune ratio %.3f, test loss %.4f", key["method"], key["net"], key["repetition"],
              key["step"], sparsity.prune_ratio, result.loss)
-    return row

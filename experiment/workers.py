@@ -28,15 +28,21 @@ from experiment.runner import JobRunner
 log = logging.getLogger("experiment")
 
 
+def gpus_needed(workers: int, gpus_per_job: float) -> int:
+    """The fewest GPUs that hold `workers` workers taking `gpus_per_job` of a GPU each."""
+    per_gpu = math.floor(1 / gpus_per_job + 1e-9)  # 1 / 0.1 is 9.999...: still 10 per GPU
+    return math.ceil(workers / per_gpu)
+
+
 def worker_devices(workers: int, gpus_per_job: float | None, gpu_count: int) -> list[str | None]:
     """The device of each worker; None leaves each config's own `device`. Raises ValueError when the
     GPUs cannot hold that many workers."""
     if gpus_per_job is None or gpu_count == 0:
         return [None] * workers
-    per_gpu = math.floor(1 / gpus_per_job + 1e-9)  # 1 / 0.1 is 9.999...: still 10 per GPU
-    if workers > per_gpu * gpu_count:
-        raise ValueError(f"--workers {workers} with --gpus-per-job {gpus_per_job} needs "
-                         f"{math.ceil(workers / per_gpu)} GPU(s); {gpu_count} visible")
+    needed = gpus_needed(workers, gpus_per_job)
+    if needed > gpu_count:
+        raise ValueError(f"--workers {workers} with --gpus-per-job {gpus_per_job} needs {needed} GPU(s); "
+                         f"{gpu_count} visible")
     return [f"cuda:{worker % gpu_count}" for worker in range(workers)]
 
 

@@ -189,8 +189,9 @@ def test_run_ids_of_regenerated_toy_data_differ_from_those_of_the_old_data(tmp_p
     import hashlib
     import json
 
-    def revision_one_id(config: dict) -> str:
-        relevant = {key: value for key, value in config.items() if key not in ("experiments", "directories", "device")}
+    def revision_one_id(config: dict) -> str:  # (the launcher section came later, outside the run id too)
+        relevant = {key: value for key, value in config.items()
+                    if key not in ("experiments", "directories", "device", "launcher")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
     for dataset, changed in (("ToyMoons", True), ("ToySpirals", True), ("ToyConcentric", False)):

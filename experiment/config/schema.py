@@ -437,6 +437,29 @@ DIRECTORY_FIELDS = {
     "trained_networks": Field(_optional(_string), None),
 }
 
+
+def _name(value: Any, path: KeyPath, sources: Sources) -> str:
+    """A non-empty string without whitespace (a SLURM partition, account or job name)."""
+    if not _string(value, path, sources) or any(character.isspace() for character in value):
+        raise sources.error(path, f"expected a non-empty name without spaces, got {value!r}")
+    return value
+
+
+# How `--launcher` submits the jobs as a job array (experiment/launcher.py); not part of the run id.
+LAUNCHER_FIELDS = {
+    "tasks": Field(_optional(_integer(1)), None),  # null: one per dense net, at most one per unfinished job
+    "partition": Field(_optional(_name), None),
+    "account": Field(_optional(_name), None),
+    "timeMin": Field(_integer(1), 240),
+    "timeoutRequeues": Field(_integer(0), 3),
+    "gpusPerTask": Field(_optional(_integer(0)), None),  # null: as many as the devices and --gpus-per-job need
+    "cpusPerTask": Field(_optional(_integer(1)), None),  # null: --workers x --threads
+    "memGb": Field(_optional(_POSITIVE), None),
+    "arrayParallelism": Field(_optional(_integer(1)), None),  # null: every task at once
+    "jobName": Field(_name, "sparse-flows"),
+    "logs": Field(_optional(_string), None),  # null: {directories.results}/submitit/%j
+}
+
 TOP_FIELDS = {
     "network": Field(_section(NETWORK_FIELDS)),
     "training": Field(_training),
@@ -445,6 +468,7 @@ TOP_FIELDS = {
     "directories": Field(_section(DIRECTORY_FIELDS), {}),
     "seed": Field(_integer(0), 0),
     "device": Field(_device, "auto"),
+    "launcher": Field(_section(LAUNCHER_FIELDS), {}),
 }
 
 

@@ -166,29 +166,60 @@ def _approach(kept: torch.Tensor, candidates: list[int], value: float, count: Ca
     each only if `count` stays on its side of `target`, in passes until the target is met or a pass
     changes nothing (reviving or killing a neuron can make a skipped candidate fit later). Returns
     the new `kept`, its count and the candidate whose step would cross the target by the least
-    (None if none)."""
+    (None if none).
+
+    `count` is monotone in the candidates taken, so the run of candidates that fit before the next
+    one that does not is found by galloping and bisection: a few counts per skipped candidate rather
+    than one per candidate (a gap of thousands of weights is common after a neuron revives)."""
     kept = kept.clone()
     on_side = (lambda n: n <= target) if value > 0 else (lambda n: n >= target)
     current, crossing, best_crossing = count(kept), None, None
     while current != target and candidates:
-        skipped = []
-        for index in candidates:
-            previous = float(kept[index])
-            kept[index] = value
-            trial = count(kept)
-            if on_side(trial):
-                current = trial
-                if current == target:
-                    break
-            else:
-                kept[index] = previous
-                skipped.append(index)
-                if best_crossing is None or abs(trial - target) < best_crossing:
-                    best_crossing, crossing = abs(trial - target), index
+        skipped, pending = [], candidates
+        while pending and current != target:
+            fits, fits_count, beyond, beyond_count = _longest_fitting_prefix(kept, pending, value, count, on_side, current, target)
+            kept[pending[:fits]] = value
+            current = fits_count
+            if beyond is None:
+                break
+            skipped.append(pending[fits])
+            if best_crossing is None or abs(beyond_count - target) < best_crossing:
+                best_crossing, crossing = abs(beyond_count - target), pending[fits]
+            pending = pending[fits + 1:]
         if current == target or len(skipped) in (0, len(candidates)):
             break
         candidates = skipped
     return kept, current, crossing
+
+
+def _longest_fitting_prefix(kept: torch.Tensor, pending: list[int], value: float, count: Callable[[torch.Tensor], int],
+                            on_side: Callable[[int], bool], current: int, target: int) -> tuple[int, int, int | None, int | None]:
+    """The longest prefix of `pending` whose taking keeps the count on its side (stopping early at a
+    prefix that meets the target): its length and count, and the length and count of the first
+    prefix that does not fit (None, None if all fit)."""
+    def count_with(length: int) -> int:
+        trial = kept.clone()
+        trial[pending[:length]] = value
+        return count(trial)
+
+    fits, fits_count, beyond, beyond_count, step = 0, current, None, None, 1
+    while fits < len(pending) and fits_count != target:  # gallop: 1, 2, 4, ... more candidates
+        length = min(fits + step, len(pending))
+        trial = count_with(length)
+        if not on_side(trial):
+            beyond, beyond_count = length, trial
+            break
+        fits, fits_count, step = length, trial, step * 2
+    while beyond is not None and beyond - fits > 1:  # bisect between the last fit and the first miss
+        middle = (fits + beyond) // 2
+        trial = count_with(middle)
+        if on_side(trial):
+            fits, fits_count = middle, trial
+            if trial == target:
+                return fits, fits_count, None, None
+        else:
+            beyond, beyond_count = middle, trial
+    return fits, fits_count, beyond, beyond_count
 
 
 def _closest(count: Callable[[int], int], low: int, high: int, target: int) -> int:

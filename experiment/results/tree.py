@@ -15,8 +15,9 @@
         jobs/{job name}.lock    held by the process training a job (experiment/jobs.py)
 
 The run id is a hash of the resolved config without the keys that only say *which* or *how many*
-models to compute or where to put them (`experiments`, `directories`, `device`), so adding a method,
-a net or a ratio to a finished run reuses everything already computed.
+models to compute, where to put them or how to submit them (`experiments`, `directories`, `device`,
+`launcher`), so adding a method, a net or a ratio to a finished run, or running it elsewhere, reuses
+everything already computed.
 
 Many writers. Any number of processes, on one machine or on several sharing the file system, may work
 on one run folder at once. Every file is written atomically (experiment/files.py), and every
@@ -31,11 +32,12 @@ system without it is an error rather than a silent fall-back to lock files a dea
 * config.yaml and requests.yaml: each request (one run of `python -m experiment.main` or one call of
   `run_experiment`, not each worker) goes through `RunDir.record_request` under config.lock. The
   run-defining part of config.yaml is the same for every request (it is what the run id hashes);
-  `directories` and `device` are the latest request's; `experiments` is the union of everything asked
-  so far: the methods in first-seen order, the largest `numNets` and `numRepetitions`, the other keys
-  (mode, spacing, ...) from the latest request. requests.yaml is a YAML list that gets one entry per
-  request: `time` (UTC, ISO 8601), `host`, `pid`, `cwd`, `command` (the process's command line) and
-  `experiments` (the section as that request resolved it), the run's record of what was asked.
+  `directories`, `device` and `launcher` are the latest request's; `experiments` is the union of
+  everything asked so far: the methods in first-seen order, the largest `numNets` and
+  `numRepetitions`, the other keys (mode, spacing, ...) from the latest request. requests.yaml is a
+  YAML list that gets one entry per request: `time` (UTC, ISO 8601), `host`, `pid`, `cwd`, `command`
+  (the process's command line) and `experiments` (the section as that request resolved it), the
+  run's record of what was asked.
 * data_split.npz is created under data_split.lock by the first process that needs it; the others
   wait and read it.
 """
@@ -61,7 +63,7 @@ from filelock import FileLock
 from experiment.data import DATASETS
 from experiment.files import atomic_write_bytes, atomic_write_text
 
-RUN_ID_EXCLUDED_KEYS = ("experiments", "directories", "device")
+RUN_ID_EXCLUDED_KEYS = ("experiments", "directories", "device", "launcher")
 METRIC_KEY = ("mode", "method", "net", "repetition", "step")
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from experiment.distributed import SINGLE, Ranks
 from experiment.models import count_nfe
 from experiment.pruning.rules import apply_masks
 from experiment.files import atomic_torch_save, load_checkpoint
@@ -48,7 +49,8 @@ class TrainOutcome:
 
 
 def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, seed: int, progress_file: Path,
-          masks: dict[str, torch.Tensor] | None = None, description: str = "train", progress_bars: bool = True) -> TrainOutcome:
+          masks: dict[str, torch.Tensor] | None = None, description: str = "train", progress_bars: bool = True,
+          ranks: Ranks = SINGLE) -> TrainOutcome:
     """Trains `model` in place with the `training`/`retraining` config section `schedule`.
 
     Epochs run from `schedule["startEpoch"]` to `numEpochs`; every epoch's batches and random numbers
@@ -56,6 +58,10 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
     `progress_file` (written after each epoch) reproduces an uninterrupted run exactly. `masks`
     (parameter name → 0/1 tensor) are enforced after every optimizer step: pruned entries stay zero.
     `progress_bars=False` hides the tqdm bars (of epochs and of batches).
+
+    With several `ranks` (experiment/distributed.py) every rank calls this with the same arguments:
+    each batch is split over the ranks, validation runs on rank 0 only and its loss is shared, and
+    only rank 0 writes the progress file; all ranks end with the same model.
     """
     masks = masks or {}
     optimizer = build_optimizer(model.parameters(), schedule["optimizer"], schedule["optimizerKwargs"])
@@ -72,34 +78,40 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
             scheduler.load_state_dict(scheduler_state)
         state = {key: saved[key] for key in state}
     apply_masks(model, masks)
+    trained = ranks.wrap(model)
 
     early_stop = schedule["earlyStopEpoch"]
     epochs = tqdm(range(state["epoch"], schedule["numEpochs"]), desc=description, initial=state["epoch"],
-                  total=schedule["numEpochs"], unit="epoch", dynamic_ncols=True, disable=not progress_bars)
+                  total=schedule["numEpochs"], unit="epoch", dynamic_ncols=True, disable=not progress_bars or not ranks.leader)
     for epoch in epochs:
         started = time.perf_counter()
         torch.manual_seed(derive_seed(seed, "epoch", epoch))
-        train_loss, nfe_forward, nfe_backward = _train_epoch(model, optimizer, data, loss_fn, schedule["batchSize"], masks, epoch,
-                                                             progress_bars)
-        valid = evaluate(model, data.x_valid, data.y_valid, schedule["testBatchSize"], loss_fn, [], data.data_dim,
-                         data.eval_transform)
+        order = torch.randperm(len(data.x_train), device=data.x_train.device)  # the same on every rank
+        if ranks.parallel:  # but each rank's own noise (e.g. Hutchinson's) for its own samples
+            torch.manual_seed(derive_seed(seed, "epoch", epoch, "rank", ranks.rank))
+        train_loss, nfe_forward, nfe_backward = _train_epoch(model, trained, optimizer, data, order, loss_fn,
+                                                             schedule["batchSize"], masks, epoch,
+                                                             progress_bars and ranks.leader, ranks)
+        valid_loss = ranks.from_leader(evaluate(model, data.x_valid, data.y_valid, schedule["testBatchSize"], loss_fn, [],
+                                                data.data_dim, data.eval_transform).loss if ranks.leader else None)
         learning_rate = optimizer.param_groups[0]["lr"]
         for scheduler in schedulers:
             scheduler.step()
         seconds = time.perf_counter() - started
         state["curve"].append({
-            "epoch": epoch, "train_loss": train_loss, "valid_loss": valid.loss, "lr": learning_rate,
+            "epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss, "lr": learning_rate,
             "nfe_forward": nfe_forward, "nfe_backward": nfe_backward, "seconds": seconds,
         })
         state["seconds"] += seconds
-        if early_stop is not None and epoch >= early_stop and (state["best"] is None or valid.loss < state["best"]["loss"]):
-            state["best"] = {"loss": valid.loss, "epoch": epoch, "model": copy.deepcopy(model.state_dict())}
+        if early_stop is not None and epoch >= early_stop and (state["best"] is None or valid_loss < state["best"]["loss"]):
+            state["best"] = {"loss": valid_loss, "epoch": epoch, "model": copy.deepcopy(model.state_dict())}
         state["epoch"] = epoch + 1
-        epochs.set_postfix(loss=f"{train_loss:.4f}", valid=f"{valid.loss:.4f}", nfe=f"{nfe_forward:.0f}/{nfe_backward:.0f}")
-        atomic_torch_save(progress_file, {
-            **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedulers": [scheduler.state_dict() for scheduler in schedulers],
-        })
+        epochs.set_postfix(loss=f"{train_loss:.4f}", valid=f"{valid_loss:.4f}", nfe=f"{nfe_forward:.0f}/{nfe_backward:.0f}")
+        if ranks.leader:
+            atomic_torch_save(progress_file, {
+                **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedulers": [scheduler.state_dict() for scheduler in schedulers],
+            })
     epochs.close()
 
     kept_epoch = state["epoch"] - 1
@@ -109,27 +121,39 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
     return TrainOutcome(curve=state["curve"], seconds=state["seconds"], kept_epoch=kept_epoch)
 
 
-def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TrainData, loss_fn: Loss, batch_size: int,
-                 masks: dict[str, torch.Tensor], epoch: int, progress_bar: bool) -> tuple[float, float, float]:
-    """One pass over shuffled training batches; returns mean loss and mean NFE per iteration
-    (forward solve, backward solve)."""
-    model.train()
-    order = torch.randperm(len(data.x_train), device=data.x_train.device)
+def _train_epoch(model: nn.Module, trained: nn.Module, optimizer: torch.optim.Optimizer, data: TrainData,
+                 order: torch.Tensor, loss_fn: Loss, batch_size: int, masks: dict[str, torch.Tensor], epoch: int,
+                 progress_bar: bool, ranks: Ranks) -> tuple[float, float, float]:
+    """One pass over the training batches in `order`; returns mean loss and mean NFE per iteration
+    (forward solve, backward solve), averaged over the ranks. `trained` is `model` as it is called
+    for training (wrapped for data-parallel training).
+
+    Each rank computes the mean loss of its share of a batch weighted by share size × ranks / batch
+    size, so the ranks' gradients average (DistributedDataParallel) to the gradient of the whole
+    batch's mean loss. A rank whose share is empty (a last batch smaller than the number of ranks)
+    still runs one sample, with weight 0, because every rank must take part in every step.
+    """
+    trained.train()
     total_loss = total_forward = total_backward = 0.0
     batches = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch}", leave=False, unit="it", dynamic_ncols=True,
                    disable=not progress_bar)
     for count, start in enumerate(batches, start=1):
-        index = order[start:start + batch_size]
+        batch = order[start:start + batch_size]
+        index = ranks.share(batch)
+        share = len(index) / len(batch)  # exactly 1.0 in a single process
+        if len(index) == 0:
+            index = batch[:1]
         nfe_start = count_nfe(model)
-        loss = loss_fn(model(data.train_transform(data.x_train[index])), data.y_train[index])
+        loss = loss_fn(trained(data.train_transform(data.x_train[index])), data.y_train[index])
         nfe_after_forward = count_nfe(model)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (share * ranks.world_size)).backward()
         optimizer.step()
         apply_masks(model, masks)
         forward, backward = nfe_after_forward - nfe_start, count_nfe(model) - nfe_after_forward
-        total_loss += loss.item()
+        total_loss += loss.item() * share
         total_forward += forward
         total_backward += backward
         batches.set_postfix(loss=f"{loss.item():.4f}", nfe=f"{forward}/{backward}")
-    return total_loss / count, total_forward / count, total_backward / count
+    total_loss, total_forward, total_backward = ranks.sum(total_loss, total_forward, total_backward)
+    return total_loss / count, total_forward / count / ranks.world_size, total_backward / count / ranks.world_size
