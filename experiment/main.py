@@ -80,15 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
+    plans = [make_plan(config) for config in configs]
+    jobs = [job for plan in plans for job in jobs_of(plan)]
     if arguments.launcher is not None:
-        return launch_array(configs, arguments)
+        return launch_array(plans, jobs, arguments)
     try:
         selected_shard = arguments.shard or Shard.from_slurm()
     except ValueError as error:
         print(f"error: SLURM job array: {error}", file=sys.stderr)
         return 2
-    plans = [make_plan(config) for config in configs]
-    jobs = [job for plan in plans for job in jobs_of(plan)]
     if selected_shard is not None:
         jobs = selected_shard.select(jobs)
     if arguments.dry_run:
@@ -116,11 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     return run_jobs(plans, jobs, selected_shard, arguments)
 
 
-def launch_array(configs: list[dict], arguments: argparse.Namespace) -> int:
-    """`--launcher`: the jobs of all configs submitted as a job array, one task per shard
+def launch_array(plans: list[Plan], jobs: list[Job], arguments: argparse.Namespace) -> int:
+    """`--launcher`: the `jobs` of all plans submitted as a job array, one task per shard
     (experiment/launcher.py); with `--dry-run`, the configs, their jobs and the array shown instead."""
-    plans = [make_plan(config) for config in configs]
-    jobs = [job for plan in plans for job in jobs_of(plan)]
     if arguments.dry_run:
         print_dry_run(plans, jobs, None)
     try:
