@@ -34,7 +34,9 @@ from experiment.distributed import SINGLE, Ranks
 from experiment.jobs import Job, jobs_of
 from experiment.models import build_model
 from experiment.plan import Plan, make_plan
-from experiment.pruning.rules import CONTROL_METHOD, prune
+from experiment.pruning.compaction import compact, expand
+from experiment.pruning.liveness import Masks
+from experiment.pruning.rules import CONTROL_METHOD, STRUCTURED_METHODS, prune
 from experiment.pruning.sparsity import measure_sparsity
 from experiment.report import dense_point, format_table, main_metric, plot_prune_curve, pruned_points, step_prune_ratio
 from experiment.files import atomic_torch_save, load_checkpoint
@@ -282,7 +284,8 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
     previous step's retrained net and masks; in `retrain` mode every step starts from the dense net.
     A step whose checkpoint exists for the same ratio history is loaded instead of recomputed. The
     control method prunes nothing: its rows say prune ratio 0 and carry the step's ratio as
-    `step_prune_ratio`."""
+    `step_prune_ratio`. Models of a structured method (FT) are retrained and evaluated as their
+    compact twins (see `retrain`); checkpoints and rows keep the full layout all the same."""
     plan, run, seed = experiment.plan, experiment.run, experiment.config["seed"]
     start, start_masks, history = dense, {}, ()
     for step, keep in enumerate(plan.keep_ratios, start=1):
@@ -303,18 +306,39 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
             if step <= plan.retrain_steps:
                 log.info("retraining %s", name)
                 # The progress file is tied to the ratio history, so a changed ratio list never resumes a stale step.
-                progress = f"{name}_{derive_seed(0, history):08x}"
-                outcome = train(model, experiment.config["retraining"], experiment.data_for("retraining"),
-                                experiment.loss("retraining"),
-                                seed=derive_seed(seed, "retrain", *key.values()), progress_file=run.progress(progress),
-                                masks=masks, description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {target:.3f}",
-                                progress_bars=experiment.progress_bars, ranks=experiment.ranks)
+                outcome, progress, masks = retrain(experiment, method, model, masks, f"{name}_{derive_seed(0, history):08x}",
+                                                   seed=derive_seed(seed, "retrain", *key.values()),
+                                                   description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {target:.3f}")
             save_trained(experiment, name, model, outcome, masks, {"keep_ratios": list(history), "method": method}, progress)
             seconds, epochs, fresh = outcome.seconds, len(outcome.curve), True
         if fresh or not run.has_metrics(key):
-            record(experiment, model, key, "retraining", seconds, epochs, step_prune_ratio=1.0 - keep)
+            evaluated = compact(model, masks).model if method in STRUCTURED_METHODS else model
+            record(experiment, model, key, "retraining", seconds, epochs, evaluated=evaluated, step_prune_ratio=1.0 - keep)
         if plan.mode == "cascade":
             start, start_masks = model, masks
+
+
+def retrain(experiment: Experiment, method: str, model: nn.Module, masks: Masks, progress: str, *, seed: int,
+            description: str) -> tuple[TrainOutcome, str, Masks]:
+    """Retrains the pruned `model` in place under `masks` with the `retraining` schedule, resuming
+    from the progress file `progress` (a name); returns the outcome, the name of the progress file
+    used and the masks.
+
+    A model of a structured method is trained as its compact twin, the masked model's training in a
+    fraction of the time (`experiment.pruning.compaction`), then expanded back into `model`, its
+    masks too (they come back as they were). The twin's progress file is `{progress}_compact`, so
+    that it is never loaded into the full model, nor a full-size one into the twin: a masked
+    retraining interrupted before compaction existed (its file has the plain name) resumes masked."""
+    run, compacted, trained, trained_masks = experiment.run, None, model, masks
+    if method in STRUCTURED_METHODS and not run.progress(progress).exists():
+        compacted = compact(model, masks)
+        trained, trained_masks, progress = compacted.model, compacted.masks, f"{progress}_compact"
+    outcome = train(trained, experiment.config["retraining"], experiment.data_for("retraining"), experiment.loss("retraining"),
+                    seed=seed, progress_file=run.progress(progress), masks=trained_masks, description=description,
+                    progress_bars=experiment.progress_bars, ranks=experiment.ranks)
+    if compacted is not None:
+        masks = expand(compacted, model)
+    return outcome, progress, masks
 
 
 def planned_rows(rows: list[dict], plan: Plan) -> list[dict]:
@@ -373,15 +397,17 @@ def load_trained(experiment: Experiment, name: str) -> dict:
 
 
 def record(experiment: Experiment, model: nn.Module, key: dict, section: str, train_seconds: float, epochs: int,
-           **columns) -> None:
+           evaluated: nn.Module | None = None, **columns) -> None:
     """Evaluates `model` on the test set and upserts its metrics row (key, `columns`, measurements);
-    rank 0's job alone."""
+    rank 0's job alone. `evaluated`, if given, is what runs on the test set instead: a model with the
+    same outputs (`model`'s compact twin), while the sparsity columns count `model` itself."""
     if not experiment.ranks.leader:
         return
     schedule = experiment.config[section]
     torch.manual_seed(derive_seed(experiment.config["seed"], "test", *key.values()))
-    result = evaluate(model, experiment.x_test, experiment.y_test, schedule["testBatchSize"], experiment.loss(section),
-                      schedule["metricsTest"], experiment.data.data_dim, experiment.data_for(section).eval_transform)
+    result = evaluate(model if evaluated is None else evaluated, experiment.x_test, experiment.y_test,
+                      schedule["testBatchSize"], experiment.loss(section), schedule["metricsTest"], experiment.data.data_dim,
+                      experiment.data_for(section).eval_transform)
     sparsity = measure_sparsity(model)
     row = {
         **key,

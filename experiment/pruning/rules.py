@@ -132,6 +132,10 @@ def no_prune(model: nn.Module, prune_ratio: float, masks: Masks) -> Masks:
 CONTROL_METHOD = "NoPrune"
 """The method that prunes nothing: its chain is the training-budget control of the others."""
 
+STRUCTURED_METHODS = frozenset({"FilterThresNet"})
+"""The methods that remove whole outputs (neurons, filters): their pruned models are retrained and
+evaluated as compact twins (`experiment.pruning.compaction`). WT's scattered zeros stay masked."""
+
 PRUNING_RULES: dict[str, Callable[[nn.Module, float, Masks], Masks]] = {
     "ThresNet": weight_threshold,
     "FilterThresNet": filter_threshold,
