@@ -21,7 +21,7 @@ import sys
 import torch
 import yaml
 
-from experiment import launcher
+from experiment import launcher, process
 from experiment.config import ConfigError, load_configs
 from experiment.distributed import SINGLE, Ranks, join, leave, ranks_from_environment
 from experiment.jobs import Job, Shard, jobs_of
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    torch.set_num_threads(arguments.threads)
+    process.configure(arguments.threads)
     logging.basicConfig(level=logging.INFO if ranks.leader else logging.WARNING, format="%(message)s", stream=sys.stdout)
     if ranks.parallel:
         return run_data_parallel(configs, jobs, selected_shard, arguments, ranks)

@@ -22,6 +22,7 @@ from multiprocessing.connection import wait
 
 import torch
 
+from experiment import process
 from experiment.jobs import Job
 from experiment.runner import JobRunner
 
@@ -80,7 +81,7 @@ def run_workers(configs: Sequence[dict], jobs: Sequence[Job], workers: int, thre
 
 def work(worker: int, configs: list[dict], jobs: list[Job], threads: int, device: str | None) -> None:
     """The body of worker process `worker`."""
-    torch.set_num_threads(threads)
+    process.configure(threads)
     logging.basicConfig(level=logging.INFO, format=f"worker {worker}: %(message)s", stream=sys.stdout, force=True)
     if device is not None:
         configs = [config if config["device"] == "cpu" else {**config, "device": device} for config in configs]

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from experiment.models import fused
 from experiment.models.ode import ODEBlock, SolverOptions, odesolve
 
 
@@ -38,6 +39,12 @@ def hutchinson_trace(dz: torch.Tensor, z: torch.Tensor, noise: torch.Tensor, cre
     """εᵀ(∂f/∂z)ε per sample, an unbiased estimate of the trace for ε ~ N(0, I)."""
     vjp = torch.autograd.grad(dz, z, noise, create_graph=create_graph)[0]
     return (vjp * noise).flatten(1).sum(1)
+
+
+def _unit_vectors(z: torch.Tensor) -> torch.Tensor:
+    """The D unit vectors as tangents [D, B, D] of the exact trace Σ_d e_dᵀ J e_d."""
+    batch, dim = z.shape
+    return torch.eye(dim, dtype=z.dtype, device=z.device).unsqueeze(1).expand(dim, batch, dim)
 
 
 class DensityDynamics(nn.Module):
@@ -99,8 +106,15 @@ class CNF(nn.Module):
         exact = self.exact_trace if exact_trace is None else exact_trace
         z, log_det = x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for block in self.blocks:
-            block.field.noise = None if exact else torch.randn_like(z)
-            z, delta = block.solve((z, torch.zeros_like(log_det)))
+            noise = None if exact else torch.randn_like(z)
+            mlp = block.fused_mlp(block.field.field)
+            if mlp is not None:
+                tangents = _unit_vectors(z) if noise is None else noise.unsqueeze(0)
+                options = block.options
+                z, delta = fused.solve(mlp, z, tangents, float(block.end_time), options.atol, options.rtol, block.count)
+            else:
+                block.field.noise = noise
+                z, delta = block.solve((z, torch.zeros_like(log_det)))
             log_det = log_det + delta
         return z, log_det
 
