@@ -7,7 +7,9 @@ z(0) = x, the instantaneous change of variables gives
 
 computed by integrating the augmented state [z, ∫ tr] forward. Sampling solves the ODE backwards
 from z(T) ~ N(0, I). The trace is exact (D backward passes) or Hutchinson's estimate εᵀ(∂f/∂z)ε
-with Gaussian ε drawn once per solve and kept fixed during it.
+with Gaussian ε drawn once per solve and kept fixed during it. For MLP fields both come from
+forward-mode products J v computed with the field (`experiment.models.fused`); for the others from
+backward passes through it.
 """
 
 from __future__ import annotations

@@ -58,21 +58,21 @@ class Problem:
         output, tangent_outputs, _ = mlp_tangents.forward(self.mlp, y[:batch * dim].view(batch, dim), self.tangents)
         if not self.with_trace:
             return output.reshape(-1)
-        trace = (tangent_outputs * self.tangents).sum((0, 2))
+        trace = (tangent_outputs * self.tangents).sum(2).sum(0)  # (one reduction over (0, 2) is several times slower)
         return torch.cat([output.reshape(-1), trace])
 
     def adjoint_field(self, log_det_grad: torch.Tensor) -> Callable[[float, torch.Tensor], torch.Tensor]:
         """The backward dynamics of s = [z, a, g] for a_ℓ = `log_det_grad` [B]."""
         batch, dim = self.tangents.shape[1:]
         size = batch * dim
-        grad_tangent_outputs = log_det_grad.view(1, batch, 1) * self.tangents
+        # vjp is linear in the output gradients: feeding −a and −a_ℓ v yields the negated products
+        negated_tangent_grads = log_det_grad.view(1, batch, 1) * self.tangents.neg()
 
         def field(t: float, state: torch.Tensor) -> torch.Tensor:
             z, adjoint = state[:size].view(batch, dim), state[size:2 * size].view(batch, dim)
             output, _, tape = mlp_tangents.forward(self.mlp, z, self.tangents)
-            grad_z, grad_parameters = mlp_tangents.vjp(self.mlp, tape, adjoint, grad_tangent_outputs)
-            return torch.cat([output.reshape(-1), grad_z.reshape(-1).neg(),
-                              *(grad.reshape(-1).neg() for grad in grad_parameters)])
+            grad_z, grad_parameters = mlp_tangents.vjp(self.mlp, tape, adjoint.neg(), negated_tangent_grads)
+            return torch.cat([output.reshape(-1), grad_z.reshape(-1), *(grad.reshape(-1) for grad in grad_parameters)])
 
         return field
 

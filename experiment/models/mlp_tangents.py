@@ -145,6 +145,7 @@ def vjp(mlp: MLP, tape: Tape, grad_output: torch.Tensor, grad_tangent_outputs: t
         value, slope = tape.values[index - 1], tape.slopes[index - 1]
         grad = grad_hidden * slope  # σ' ⊙ ∂L/∂h' for the value and every tangent
         if num_tangents:
-            mixed = (grad_hidden[1:] * tape.tangent_preactivations[index - 1]).sum(0)
+            mixed = grad_hidden[1:] * tape.tangent_preactivations[index - 1]
+            mixed = mixed[0] if num_tangents == 1 else mixed.sum(0)
             grad[0].addcmul_(_second_derivative(mlp.activation, value, slope), mixed)
     raise ValueError("an MLP needs at least one layer")

@@ -1,5 +1,6 @@
-"""Solving ODEs with torchdiffeq: solver options from the model name and an `ODEBlock` that
-integrates a vector field over [0, T] and counts its evaluations (NFE)."""
+"""Solving ODEs: solver options from the model name and an `ODEBlock` that integrates a vector field
+over [0, T] and counts its evaluations (NFE). Solves go through torchdiffeq, except those of MLP fields
+with dopri5 and the adjoint, which the models hand to `experiment.models.fused` (see `fused_mlp`)."""
 
 from __future__ import annotations
 

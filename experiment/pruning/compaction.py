@@ -22,10 +22,11 @@ like those of a masked one.
 
 Training the twin follows the masked model's trajectory: with an elementwise optimizer (SGD, Adam,
 AdamW, ...) a kept entry's step depends only on its own gradient, which compaction does not change.
-Up to rounding, with one exception: torchdiffeq's adaptive adjoint solve controls its error with the
-RMS of every parameter's adjoint, and in the masked model that includes the (non-zero, discarded)
-gradients of dropped columns, so the backward solves take slightly different steps and gradients
-agree within the solver tolerance rather than to rounding.
+Up to rounding for the MLP fields (their fused solve steers its adjoint steps by the state and its
+adjoint only); for the tabular and image fields, torchdiffeq's adaptive adjoint solve controls its
+error with the RMS of every parameter's adjoint, and in the masked model that includes the (non-zero,
+discarded) gradients of dropped columns, so the backward solves take slightly different steps and
+gradients agree within the solver tolerance rather than to rounding.
 
 Covers every field `prunable_chains` describes (MLP, concat-squash, ConcatConv2d fields) with
 nn.Linear and nn.Conv2d (groups = 1) layers, provided every per-output parameter outside them is a
