@@ -1,6 +1,8 @@
 """`python -m experiment.main CONFIG.yaml [key.path=value ...] [--dry-run] [--workers N] [--shard I/N]
 [--launcher slurm|local ...]`: run every experiment a config describes (one per `customizations`
-entry), resuming whatever was already computed.
+entry), resuming whatever was already computed. Options and overrides may come in any order. A bad
+config, or a results folder this process cannot write, is one line on stderr and exit code 2, before
+anything is written.
 
 Any number of these commands may run at once on one results tree, on one machine or on several
 sharing a file system: each job (a dense net, a prune chain) is done by one process at a time, and a
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 
 import torch
 import yaml
@@ -32,6 +36,7 @@ from experiment.workers import run_workers, worker_devices
 
 
 def positive_integer(text: str) -> int:
+    """An argparse type for counts (--threads, --workers): 0 or fewer is a usage error, not a crash later."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
@@ -68,7 +73,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shard", type=shard, metavar="I/N",
                         help="do only share I of N (0 <= I < N) of the jobs: dense nets first, dealt round-robin")
     launcher.add_arguments(parser)
-    arguments = parser.parse_args(argv)
+    arguments = parser.parse_intermixed_args(argv)  # options may come after the overrides too
     launcher.check_arguments(parser, arguments)
     return arguments
 
@@ -80,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
+    if not arguments.dry_run:
+        try:
+            check_results_folders(configs)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     plans = [make_plan(config) for config in configs]
     jobs = [job for plan in plans for job in jobs_of(plan)]
     if arguments.launcher is not None:
@@ -157,6 +168,21 @@ def check_devices(configs: list[dict], workers: int, gpus_per_job: float | None,
     for config in configs:
         resolve_device(config["device"])
     worker_devices(workers, gpus_per_job, torch.cuda.device_count())
+
+
+def check_results_folders(configs: list[dict]) -> None:
+    """Raises ValueError naming a results folder (`directories.results`) this process could not
+    create or write in, before anything is written: otherwise the first write, deep in a run, fails
+    with a traceback. Looks only, creates nothing."""
+    for results in dict.fromkeys(os.path.abspath(config["directories"]["results"]) for config in configs):
+        existing = Path(results)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ValueError(f"results folder {results}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            action = "write in" if str(existing) == results else f"create it in {existing}"
+            raise ValueError(f"results folder {results}: no permission to {action}")
 
 
 def run_data_parallel(configs: list[dict], jobs: list[Job], selected_shard: Shard | None,

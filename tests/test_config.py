@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,6 +30,8 @@ VALID: dict[str, Any] = {
         "spacing": [{"type": "geometric", "numIntervals": 3, "maxVal": 0.8, "minVal": 0.2}],
     },
 }
+
+VALID_TEXT = yaml.safe_dump(VALID, sort_keys=False)  # for faults that only YAML text can hold
 
 
 def config_with(changes: dict[str, Any]) -> dict[str, Any]:
@@ -365,6 +368,107 @@ BAD_CONFIGS = {
     "yaml syntax error": Bad({"main.yaml": "network: {name: [\n"}, "main.yaml", "<root>", "line"),
     "non-mapping top level": Bad({"main.yaml": "- just\n- a list\n"}, "main.yaml", "<root>", "mapping"),
     "bad device": Bad({"main.yaml": config_with({"device": "tpu"})}, "main.yaml", "device", "unknown device"),
+    "negative lr": Bad(
+        {"main.yaml": config_with({"training.optimizerKwargs.lr": -1})},
+        "main.yaml",
+        "training.optimizerKwargs.lr",
+        ">= 0",
+    ),
+    "NaN lr": Bad(
+        {"main.yaml": config_with({"training.optimizerKwargs.lr": float("nan")})},
+        "main.yaml",
+        "training.optimizerKwargs.lr",
+        "finite number, got nan",
+    ),
+    "infinite lr": Bad(
+        {"main.yaml": config_with({"training.optimizerKwargs.lr": float("inf")})},
+        "main.yaml",
+        "training.optimizerKwargs.lr",
+        "finite number, got inf",
+    ),
+    "negative retraining lr": Bad(
+        {"main.yaml": config_with({"retraining": {"optimizerKwargs": {"lr": -1}}})},
+        "main.yaml",
+        "retraining.optimizerKwargs.lr",
+        ">= 0",
+    ),
+    "NaN retraining lr from the command line": Bad(
+        {"main.yaml": VALID},
+        "command line",
+        "retraining.optimizerKwargs.lr",
+        "finite",
+        ("retraining.optimizerKwargs.lr=.nan",),
+    ),
+    "negative weight_decay": Bad(
+        {"main.yaml": config_with({"training.optimizerKwargs.weight_decay": -1e-4})},
+        "main.yaml",
+        "training.optimizerKwargs.weight_decay",
+        ">= 0",
+    ),
+    "NaN momentum": Bad(
+        {"main.yaml": config_with({"training.optimizer": "SGD", "training.optimizerKwargs.momentum": float("nan")})},
+        "main.yaml",
+        "training.optimizerKwargs.momentum",
+        "finite",
+    ),
+    "infinite beta": Bad(
+        {"main.yaml": config_with({"training.optimizerKwargs.betas": [0.9, float("inf")]})},
+        "main.yaml",
+        "training.optimizerKwargs.betas[1]",
+        "finite",
+    ),
+    "beta the optimizer rejects": Bad(
+        {"main.yaml": config_with({"training.optimizerKwargs.betas": [1.5, 0.999]})},
+        "main.yaml",
+        "training.optimizerKwargs",
+        "Adam: Invalid beta parameter",
+    ),
+    "infinite tolerance": Bad(
+        {"main.yaml": config_with({"network.tolerances": {"atol": float("inf")}})},
+        "main.yaml",
+        "network.tolerances.atol",
+        "finite",
+    ),
+    "key repeated in a mapping": Bad(
+        {"main.yaml": VALID_TEXT.replace("    lr: 0.01\n", "    lr: 0.01\n    lr: 0.5\n")},
+        "main.yaml",
+        "training.optimizerKwargs.lr",
+        "given twice in one mapping, at line 15, column 5 and line 16, column 5",
+    ),
+    "key repeated in a flow mapping in a list": Bad(
+        {"main.yaml": VALID_TEXT.replace("  - type: MCorr", "  - {type: MCorr, type: TopK}")},
+        "main.yaml",
+        "training.metricsTest[1].type",
+        "line 11, column 6 and line 11, column 19",
+    ),
+    "key repeated in an included file": Bad(
+        {"main.yaml": {"file": "base.yaml"}, "base.yaml": VALID_TEXT + "seed: 1\nseed: 2\n"},
+        "base.yaml",
+        "seed",
+        "given twice",
+    ),
+    "key repeated in an override value": Bad(
+        {"main.yaml": VALID},
+        "command line",
+        "network.tolerances",
+        "given twice",
+        ("network.tolerances={atol: 1, atol: 2}",),
+    ),
+    "nested too deep": Bad(
+        {"main.yaml": VALID_TEXT + "x: " + "[" * 60 + "]" * 60 + "\n"}, "main.yaml", "<root>", "more than 50 levels"
+    ),
+    "nested too deep through aliases": Bad(
+        {"main.yaml": VALID_TEXT + "x: &x " + "[" * 30 + "1" + "]" * 30 + "\ny: " + "[" * 30 + "*x" + "]" * 30 + "\n"},
+        "main.yaml",
+        "<root>",
+        "more than 50 levels",
+    ),
+    "nested too deep for the YAML parser": Bad(
+        {"main.yaml": "seed: " + "[" * 5000 + "]" * 5000 + "\n"}, "main.yaml", "<root>", "nested too deeply to parse"
+    ),
+    "alias inside its own anchor": Bad(
+        {"main.yaml": VALID_TEXT + "loop: &loop [1, *loop]\n"}, "main.yaml", "<root>", "itself"
+    ),
 }
 
 
@@ -401,3 +505,52 @@ def test_bad_config_writes_nothing(tmp_path: Path) -> None:
         load_configs(write(tmp_path, "main.yaml", config))
     assert not results.exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["main.yaml"]
+
+
+
+def test_anchors_aliases_and_merge_keys_still_load(tmp_path: Path) -> None:
+    """The repeated-key and alias checks leave ordinary YAML sharing alone: an alias used twice, and
+    `<<: *base` followed by a key of base, which overrides it."""
+    text = """
+network: {name: node_l2_h64_tanh_da, dataset: ToyMoons, outputSize: 2}
+training:
+  loss: CrossEntropyLoss
+  metricsTest: &metrics [{type: TopK, kwargs: {topk: 1}}]
+  batchSize: 128
+  optimizer: Adam
+  optimizerKwargs: &adam {lr: 0.01, weight_decay: 1.0e-4}
+  numEpochs: 5
+retraining:
+  metricsTest: *metrics
+  optimizerKwargs:
+    <<: *adam
+    lr: 0.5
+experiments: {mode: train}
+"""
+    config = load_one(write(tmp_path, "main.yaml", text))
+    assert config["retraining"]["optimizerKwargs"] == {"lr": 0.5, "weight_decay": 1.0e-4}
+    assert config["retraining"]["metricsTest"] == config["training"]["metricsTest"]
+
+
+def alias_bomb(levels: int) -> str:
+    """YAML of a few hundred bytes whose last list expands, alias by alias, to 10**levels values."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 10)}]" for level in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    """10**8 values in 600 bytes: refused from the composed (shared) nodes, before any is copied."""
+    path = write(tmp_path, "main.yaml", VALID_TEXT + alias_bomb(8))
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as caught:
+        load_configs(path)
+    assert time.perf_counter() - started < 0.5
+    assert (caught.value.file, caught.value.key) == (str(path), "<root>")
+    assert "stands for more than 100000 nodes once its aliases are copied out" in str(caught.value)
+
+
+def test_alias_bomb_in_an_override_is_refused(tmp_path: Path) -> None:
+    bomb = "{" + alias_bomb(8).replace("\n", ", ").rstrip(", ") + "}"
+    with pytest.raises(ConfigError, match="command line: training.lossKwargs: the node at .* stands for more than 100000"):
+        load_configs(write(tmp_path, "main.yaml", VALID), [f"training.lossKwargs={bomb}"])

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from experiment.config.schema import ConfigError, KeyPath, Sources, format_key_path, validate_config
+from experiment.config.yaml_safety import RefusedYAML, parse_yaml
 
 COMMAND_LINE = "command line"  # the source named for overrides
 
@@ -62,7 +63,9 @@ def _load_document(path: Path, name: str, stack: tuple[Path, ...]) -> _Sourced:
     except OSError as error:
         raise ConfigError(name, "<root>", f"cannot read config file: {error.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
+    except RefusedYAML as error:
+        raise ConfigError(name, error.key, error.message) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -171,7 +174,9 @@ def _parse_override(text: str) -> tuple[list[str], _Sourced]:
     if not equals or not all(keys):
         raise ConfigError(COMMAND_LINE, text, "malformed override, expected KEY.PATH=VALUE (e.g. training.numEpochs=2)")
     try:
-        value = yaml.safe_load(value_text)
+        value = parse_yaml(value_text)
+    except RefusedYAML as error:
+        raise ConfigError(COMMAND_LINE, dotted, error.message) from None
     except yaml.YAMLError as error:
         raise ConfigError(COMMAND_LINE, dotted, f"cannot parse value {value_text!r} as YAML: {error}") from None
     return keys, _annotate(value, COMMAND_LINE)

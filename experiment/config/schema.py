@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -162,6 +163,8 @@ def _number(is_allowed: Callable[[float], bool], complaint: str) -> Checker:
         number = numbers_from_strings(value)
         if not isinstance(number, (int, float)) or isinstance(number, bool):
             raise sources.error(path, f"expected a number, got {_describe(value)}")
+        if not math.isfinite(number):
+            raise sources.error(path, f"must be a finite number, got {number}")
         if not is_allowed(float(number)):
             raise sources.error(path, complaint.format(value=number))
         return float(number)
@@ -348,8 +351,10 @@ def _complete_training(schedule: dict, path: KeyPath, sources: Sources) -> dict:
     """Checks that need several keys of a (re)training schedule, and the batch-size default."""
     if schedule["testBatchSize"] is None:
         schedule["testBatchSize"] = schedule["batchSize"]
+    optimizer = getattr(torch.optim, schedule["optimizer"])
     given = {name: path + ("optimizerKwargs", name) for name in schedule["optimizerKwargs"]}
-    _check_arguments(getattr(torch.optim, schedule["optimizer"]), given, path + ("optimizerKwargs",), sources)
+    _check_arguments(optimizer, given, path + ("optimizerKwargs",), sources)
+    _check_optimizer_values(optimizer, schedule["optimizerKwargs"], path + ("optimizerKwargs",), sources)
     if schedule["startEpoch"] > schedule["numEpochs"]:
         raise sources.error(
             path + ("startEpoch",), f"startEpoch {schedule['startEpoch']} exceeds numEpochs {schedule['numEpochs']}"
@@ -357,6 +362,34 @@ def _complete_training(schedule: dict, path: KeyPath, sources: Sources) -> dict:
     if schedule["enableAMP"]:
         raise sources.error(path + ("enableAMP",), "mixed precision is not supported: adaptive ODE solvers need float32")
     return schedule
+
+
+# Optimizer arguments that are rates, factors or offsets of the update: negative values make no sense.
+NON_NEGATIVE_OPTIMIZER_ARGUMENTS = ("lr", "weight_decay", "momentum", "dampening", "eps")
+
+
+def _check_optimizer_values(optimizer: type, kwargs: dict, path: KeyPath, sources: Sources) -> None:
+    """Rejects values the optimizer would only meet when the first model is built, after the run
+    folder is written, or never (an infinite `lr` or a NaN `momentum` pass torch's checks and turn the
+    weights into NaN): every number must be finite, the arguments in NON_NEGATIVE_OPTIMIZER_ARGUMENTS
+    >= 0, and the class must accept the rest (betas in [0, 1), ...) when built on one dummy parameter."""
+    for name, value in kwargs.items():
+        _check_finite(value, path + (name,), sources)
+        if name in NON_NEGATIVE_OPTIMIZER_ARGUMENTS and isinstance(value, (int, float)) and value < 0:
+            raise sources.error(path + (name,), f"must be >= 0, got {value}")
+    try:
+        optimizer([torch.zeros(1, 1, requires_grad=True)], **kwargs)  # 2-D: Muon takes only matrices
+    except (TypeError, ValueError) as error:
+        raise sources.error(path, f"{optimizer.__name__}: {error}") from None
+
+
+def _check_finite(value: Any, path: KeyPath, sources: Sources) -> None:
+    """Every float in `value` (a number, or lists and mappings of them) is neither infinite nor NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise sources.error(path, f"must be a finite number, got {value}")
+    if isinstance(value, (list, dict)):
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            _check_finite(item, path + (key,), sources)
 
 
 def _training(value: Any, path: KeyPath, sources: Sources) -> dict:
