@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import sys
 import tarfile
 from pathlib import Path
@@ -360,6 +362,9 @@ def test_archive_is_extracted_and_read(tmp_path, monkeypatch):
     check_common(splits, 6, (324, 36, 40))
     extracted = maf(tmp_path) / "power" / "data.npy"
     np.testing.assert_array_equal(np.load(extracted), raw_power)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(extracted.stat().st_mode) == 0o666 & ~umask, "the mode of a plain file, not mkstemp's 0o600"
     assert not (maf(tmp_path) / "miniboone").exists(), "only the needed member is extracted"
     assert not (maf(tmp_path) / "data").exists(), "the data/ prefix is stripped"
     for got, expected in zip(arrays(splits), power_reference(raw_power)):

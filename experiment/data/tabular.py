@@ -69,6 +69,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from experiment.data.download import DataMissingError, fetch
+from experiment.files import process_umask
 
 ARCHIVE_URL = "https://zenodo.org/record/1161203/files/data.tar.gz"
 """The MAF archive (about 860 MB)."""
@@ -128,6 +129,7 @@ def _extract_members(archive: Path, root: Path, relatives: list[str]) -> None:
             try:
                 with os.fdopen(handle, "wb") as sink, source:
                     shutil.copyfileobj(source, sink, 1 << 20)
+                    os.fchmod(sink.fileno(), 0o666 & ~process_umask())  # mkstemp's 0o600 → a plain file's mode
                 os.replace(temporary, target)
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
