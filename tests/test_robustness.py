@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_env, file_states, load_weights, run_cli, describe, tiny_config
+from conftest import cli_command, cli_env, describe, file_states, load_weights, tiny_config
 from experiment.config import load_configs
 from experiment.files import DamagedFileError, TEMPORARY, atomic_write_bytes, atomic_write_text, remove_temporaries
 from experiment.jobs import Job
@@ -104,6 +105,20 @@ def test_garbage_progress_file_is_set_aside_and_training_starts_over(reference, 
     assert [path.read_bytes() for path in progress.parent.glob("dense_net0.pt.corrupt-*")] == [b"\x00garbage, not a zip archive"]
     assert "set aside as dense_net0.pt.corrupt-" in run.log_file.read_text()
     assert not list(progress.parent.glob("*.pt"))
+
+
+def test_damaged_prune_step_checkpoint_is_set_aside_and_retrained(reference, tmp_path, caplog):
+    """A finished run whose step checkpoint is garbage and whose step row is lost: the step is
+    retrained (its progress file is gone, so from the start) and its row comes back the same."""
+    config, run = finished_copy(reference, tmp_path)
+    step = run.checkpoint("cascade_ThresNet_net0_rep0_step1")
+    step.write_bytes(b"not a checkpoint")
+    run.metrics_file.write_text("".join(run.metrics_file.read_text().splitlines(keepends=True)[:-1]))
+    with caplog.at_level(logging.INFO, logger="experiment"):
+        run_experiment(resolved(config))
+    assert f"{step} cannot be loaded" in caplog.text and "retraining cascade_ThresNet_net0_rep0_step1" in caplog.text
+    assert [path.read_bytes() for path in step.parent.glob(f"{step.name}.corrupt-*")] == [b"not a checkpoint"]
+    assert untimed_rows(run) == untimed_rows(reference)
 
 
 def test_reading_a_damaged_checkpoint_names_it(reference, tmp_path):
@@ -234,20 +249,33 @@ def test_rerunning_a_finished_run_writes_nothing(reference, tmp_path, capsys):
     assert not run.locks.exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders all the same")
 def test_rerunning_a_finished_run_from_a_read_only_copy(reference, tmp_path):
+    """The copy's results tree made read-only: by chmod, or, for root (whom chmod does not stop), by a
+    read-only bind mount in a private mount namespace (skipped where that is not allowed)."""
     config, run = finished_copy(reference, tmp_path)
     results = tmp_path / "results"
+    command = cli_command(config)
     everything = [results, *results.rglob("*")]
-    for path in everything:
-        path.chmod(path.stat().st_mode & ~0o222)
+    if os.geteuid() == 0:
+        if shutil.which("unshare") is None:
+            pytest.skip("root, and no unshare for a read-only mount")
+        where = shlex.quote(str(results))
+        script = (f"mount --bind {where} {where} && mount -o remount,bind,ro {where} || exit 98; "
+                  f"touch {where}/probe 2>/dev/null && exit 99; exec \"$@\"")  # 99: not read-only after all
+        command = ["unshare", "-m", "sh", "-c", script, "sh", *command]
+    else:
+        for path in everything:
+            path.chmod(path.stat().st_mode & ~0o222)
     try:
-        finished = run_cli(config, cwd=tmp_path)
+        finished = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     finally:
         for path in everything:
             path.chmod(path.stat().st_mode | 0o200)
+    if finished.returncode == 98:
+        pytest.skip(f"no read-only bind mount here: {finished.stderr.strip()}")
     assert finished.returncode == 0, describe(finished)
     assert "mean ± std over nets" in finished.stdout
+    assert not run.locks.exists()
 
 
 # ----------------------------------------------------------------------- fault injection (item 6)
