@@ -9,9 +9,12 @@
         checkpoints/{model}.pt  final weights (+ masks for pruned models)
         progress/{model}.pt     the in-progress training state of a model (deleted when it finishes)
         log.txt                 what the run did, one line per event: time, host:pid, message
+        prune_curve.png         the end-of-run plot
+        *.corrupt-{time}        a damaged checkpoint or progress file, set aside (its model recomputed)
     {directories.results}/{dataset}/{network name}/{run id}.locks/
         config.lock, metrics.lock, data_split.lock   held while config.yaml + requests.yaml, metrics.csv
                                                      or data_split.npz are read and rewritten
+        report.lock             held while prune_curve.png is written
         jobs/{job name}.lock    held by the process training a job (experiment/jobs.py)
 
 The run id is a hash of the resolved config without the keys that only say *which* or *how many*
@@ -43,7 +46,7 @@ system without it is an error rather than a silent fall-back to lock files a dea
 * Leftovers: a process killed between writing an atomic write's temporary file and renaming it
   leaves `.{name}.XXXXXXXX.tmp` beside the file (experiment/files.py). Whoever next holds the lock
   under which that file is written removes it: `record_request`, `data_split` and `upsert_metrics`
-  their own files' ones, and the runner a job's (checkpoints, curves and progress files of its
+  their own files' ones, the runner's `report` the plot's, and the runner a job's (checkpoints, curves and progress files of its
   models, `remove_model_temporaries`) when it takes the job's lock. The lock proves that no live
   process is writing that file, so no age threshold or guess is needed.
 
