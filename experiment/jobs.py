@@ -53,6 +53,11 @@ class Job:
             return dense_name(self.net)
         return chain_name(self.mode, self.method, self.net, self.repetition)
 
+    def owns(self, model: str) -> bool:
+        """Is `model` (a checkpoint, curve or progress file stem) one of the files this job writes?
+        A dense job's are `dense_net{n}`; a chain's `{chain}_step{k}...` (progress files add more)."""
+        return model == self.name if self.kind == "dense" else model.startswith(f"{self.name}_step")
+
     @property
     def id(self) -> str:
         """The same in every process and on every machine."""

@@ -27,6 +27,7 @@ import yaml
 
 from experiment import launcher, process
 from experiment.config import ConfigError, load_configs
+from experiment.files import DamagedFileError
 from experiment.distributed import SINGLE, Ranks, join, leave, ranks_from_environment
 from experiment.jobs import Job, Shard, jobs_of
 from experiment.plan import Plan, make_plan
@@ -117,14 +118,18 @@ def main(argv: list[str] | None = None) -> int:
 
     process.configure(arguments.threads)
     logging.basicConfig(level=logging.INFO if ranks.leader else logging.WARNING, format="%(message)s", stream=sys.stdout)
-    if ranks.parallel:
-        return run_data_parallel(configs, jobs, selected_shard, arguments, ranks)
-    if arguments.workers == 1 and selected_shard is None:
-        for index, config in enumerate(configs):
-            print(f"experiment {index + 1} of {len(configs)}")
-            run_experiment(config)
-        return 0
-    return run_jobs(plans, jobs, selected_shard, arguments)
+    try:
+        if ranks.parallel:
+            return run_data_parallel(configs, jobs, selected_shard, arguments, ranks)
+        if arguments.workers == 1 and selected_shard is None:
+            for index, config in enumerate(configs):
+                print(f"experiment {index + 1} of {len(configs)}")
+                run_experiment(config)
+            return 0
+        return run_jobs(plans, jobs, selected_shard, arguments)
+    except DamagedFileError as error:  # metrics.csv or data_split.npz: the researcher decides (see the message)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 def launch_array(plans: list[Plan], jobs: list[Job], arguments: argparse.Namespace) -> int:
@@ -203,11 +208,13 @@ def run_data_parallel(configs: list[dict], jobs: list[Job], selected_shard: Shar
 def run_jobs(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None, arguments: argparse.Namespace,
              ranks: Ranks = SINGLE) -> int:
     """`jobs` (a shard's, or all of several workers') done here or in worker processes, then the
-    end-of-run table of every config; 1 if a worker failed."""
+    end-of-run table of every config; 1 if a worker failed. A run none of whose `jobs` is left is only
+    read (no request recorded, the plot only made if missing), as in `run_experiment`."""
     configs = [plan.config for plan in plans]
-    runs = [RunDir.record_request(config) for config in configs]
     runner = JobRunner(configs, ranks=ranks)
     unfinished = runner.unfinished(jobs)
+    busy = {job.run_id for job in unfinished}
+    runs = [RunDir.record_request(plan.config) if plan.run_id in busy else RunDir(plan.run_folder) for plan in plans]
     workers = min(arguments.workers, len(unfinished))  # more would find nothing to do
     where = f" of shard {selected_shard}" if selected_shard else ""
     how = f"{ranks.world_size} data-parallel ranks" if ranks.parallel else f"{workers} worker(s)"
@@ -221,7 +228,7 @@ def run_jobs(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None, a
                   file=sys.stderr)
             return 1
     for plan, run in zip(plans, runs):
-        report(plan, run)
+        report(plan, run, replot=plan.run_id in busy)
     return 0
 
 

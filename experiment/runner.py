@@ -1,7 +1,11 @@
 """The training chain of one resolved config: data → dense nets → (pruning steps) → results tree.
 
 Every finished model is a checkpoint plus a metrics row; both are written atomically, and work whose
-outputs exist is skipped, so re-running a config resumes it and a finished run trains nothing.
+outputs exist is skipped, so re-running a config resumes it and a finished run trains nothing (nor
+writes anything: rerunning a finished run only reads it, so it also works on a read-only copy).
+A checkpoint or progress file that cannot be loaded is set aside and its model trained again, and
+temporary files of atomic writes that a killed process left are removed by the next holder of the
+job's lock (experiment/results/tree.py, "Leftovers").
 
 The work is cut into jobs (experiment/jobs.py): each dense net, then each prune chain. `run_job` does
 one job; `JobRunner` does a list of them in one process while any number of other processes, here or
@@ -19,7 +23,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -39,8 +43,8 @@ from experiment.pruning.liveness import Masks
 from experiment.pruning.rules import CONTROL_METHOD, STRUCTURED_METHODS, prune
 from experiment.pruning.sparsity import measure_sparsity
 from experiment.report import dense_point, format_table, main_metric, plot_prune_curve, pruned_points, step_prune_ratio
-from experiment.files import atomic_torch_save, load_checkpoint
-from experiment.results.tree import RunDir, dense_name, model_name
+from experiment.files import atomic_torch_save, load_or_set_aside, remove_temporaries
+from experiment.results.tree import RunDir, model_name
 from experiment.seeds import derive_seed
 from experiment.training.evaluate import evaluate
 from experiment.training.losses import build_loss
@@ -118,10 +122,16 @@ def prepare(config: dict, progress_bars: bool = True, ranks: Ranks = SINGLE) -> 
 
 def run_experiment(config: dict) -> RunDir:
     """Runs (or resumes) everything `config` asks for, prints and plots its summary, and returns its
-    run folder. Other processes may work on the same run meanwhile (see JobRunner)."""
+    run folder. Other processes may work on the same run meanwhile (see JobRunner). A run with
+    nothing left to do is only read: its table printed, nothing written (no request recorded; the plot
+    only if it is missing)."""
     resolve_device(config["device"])  # a missing GPU is a config error, found before anything is written
-    run = RunDir.record_request(config)
     plan = make_plan(config)
+    if is_finished(plan, RunDir(plan.run_folder)):
+        log.info("run %s: %s has nothing left to do", plan.run_id, plan.run_folder)
+        report(plan, RunDir(plan.run_folder), replot=False)
+        return RunDir(plan.run_folder)
+    run = RunDir.record_request(config)
     with logging_into(run):
         log.info("run %s: %s", plan.run_id, run.path)
         JobRunner([config]).run(jobs_of(plan))
@@ -215,6 +225,7 @@ class JobRunner:
             if self.unfinished([job]):  # looked at again now that no other process can be at it
                 experiment = self.experiment(job.run_id)
                 with logging_into(run):
+                    run.remove_model_temporaries(job.owns)
                     log.info("started %s%s", job, f" on {self.ranks.world_size} ranks" if self.ranks.parallel else "")
                     started = time.perf_counter()
                     self.ranks.from_leader(job)
@@ -231,6 +242,11 @@ class JobRunner:
         return self.experiments[run_id]
 
 
+def is_finished(plan: Plan, run: RunDir) -> bool:
+    """Is every job of `plan` finished in `run`?"""
+    return finished_jobs(plan, run) == {job.name for job in jobs_of(plan)}
+
+
 def finished_jobs(plan: Plan, run: RunDir) -> set[str]:
     """The names of the plan's jobs whose metrics rows are all there: one per dense net, one per step
     of a chain. A row is written after its model's checkpoint, so such a job has nothing left to do."""
@@ -241,22 +257,30 @@ def finished_jobs(plan: Plan, run: RunDir) -> set[str]:
 
 def run_job(experiment: Experiment, job: Job) -> None:
     """Does `job`, skipping whatever of it is finished: trains a dense net, or runs a prune chain from
-    its dense net's checkpoint (which must exist)."""
+    its dense net. The chain takes its dense net under the dense job's lock (rank 0; the other ranks
+    follow it), since a damaged dense checkpoint is trained again then, and this process writes its
+    files; a dense job is never held while waiting for a chain, so this cannot deadlock."""
     if job.kind == "dense":
         train_dense(experiment, job.net)
-    else:
-        dense, _ = load_model(experiment, dense_name(job.net))
-        prune_chain(experiment, job.method, job.net, job.repetition, dense)
+        return
+    leader, run = experiment.ranks.leader, experiment.run
+    with run.job_lock(job.dense.name) if leader else nullcontext():
+        if leader:
+            run.remove_model_temporaries(job.dense.owns)
+        dense = train_dense(experiment, job.net)
+    prune_chain(experiment, job.method, job.net, job.repetition, dense)
 
 
-def train_dense(experiment: Experiment, net: int) -> None:
-    """Dense net `net` trained (resuming a partial run) unless its checkpoint exists; its metrics row
-    written if missing."""
+def train_dense(experiment: Experiment, net: int) -> nn.Module:
+    """Dense net `net` trained (resuming a partial run) unless a loadable checkpoint of it exists; its
+    metrics row written if missing. Returns the net."""
     run, seed = experiment.run, experiment.config["seed"]
     key = dict(mode="train", method="dense", net=net, repetition=0, step=0, target_prune_ratio=0.0)
     name = model_name(key)
-    if run.checkpoint(name).exists():
-        model, checkpoint = load_model(experiment, name)
+    checkpoint = load_trained(experiment, name)
+    if checkpoint is not None:
+        model = experiment.new_model()
+        model.load_state_dict(checkpoint["model"])
         seconds, epochs = checkpoint["train_seconds"], checkpoint["epochs"]
     else:
         torch.manual_seed(derive_seed(seed, "init", net))
@@ -269,14 +293,7 @@ def train_dense(experiment: Experiment, net: int) -> None:
         seconds, epochs = outcome.seconds, len(outcome.curve)
     if not run.has_metrics(key):
         record(experiment, model, key, "training", seconds, epochs)
-
-
-def load_model(experiment: Experiment, name: str) -> tuple[nn.Module, dict]:
-    """The trained model `name` (weights only; masks are in the checkpoint) and its checkpoint."""
-    checkpoint = load_trained(experiment, name)
-    model = experiment.new_model()
-    model.load_state_dict(checkpoint["model"])
-    return model, checkpoint
+    return model
 
 
 def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, dense: nn.Module) -> None:
@@ -294,7 +311,7 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
         key = dict(mode=plan.mode, method=method, net=net, repetition=repetition, step=step, target_prune_ratio=target)
         name = model_name(key)
         model = experiment.new_model()
-        saved = load_trained(experiment, name) if run.checkpoint(name).exists() else None
+        saved = load_trained(experiment, name)
         if saved is not None and saved["keep_ratios"] == list(history):
             model.load_state_dict(saved["model"])
             masks, seconds, epochs = saved["masks"], saved["train_seconds"], saved["epochs"]
@@ -355,15 +372,21 @@ def planned_rows(rows: list[dict], plan: Plan) -> list[dict]:
     return [row for row in rows if planned(row)]
 
 
-def report(plan: Plan, run: RunDir) -> None:
-    """Prints prune ratio vs the main metric per method and plots it into the run folder."""
+def report(plan: Plan, run: RunDir, replot: bool = True) -> None:
+    """Prints prune ratio vs the main metric per method and plots it into the run folder (under
+    report.lock, which also clears a killed plot's leftover temporary file); with `replot=False`
+    (a finished run, only read) only if the plot is missing."""
     metric = main_metric(plan.config["training"])
     rows = planned_rows(run.read_metrics(), plan)
     dense, lines = dense_point(rows, metric), pruned_points(rows, metric)
     title = f"{plan.config['network']['name']} on {plan.config['network']['dataset']}"
     print(f"\n{title} ({run.path}), test {metric}, mean ± std over nets:")
     print(format_table(dense, lines, metric))
-    plot_prune_curve(dense, lines, metric, title, run.path / "prune_curve.png")
+    path = run.path / "prune_curve.png"
+    if replot or not path.exists():
+        with run.lock("report"):
+            remove_temporaries(run.path, lambda name: name == path.name)
+            plot_prune_curve(dense, lines, metric, title, path)
 
 
 def save_trained(experiment: Experiment, name: str, model: nn.Module, outcome: TrainOutcome,
@@ -382,12 +405,13 @@ def save_trained(experiment: Experiment, name: str, model: nn.Module, outcome: T
         run.progress(progress).unlink(missing_ok=True)
 
 
-def load_trained(experiment: Experiment, name: str) -> dict:
+def load_trained(experiment: Experiment, name: str) -> dict | None:
     """A final checkpoint, with the bookkeeping of `save_trained` completed if it was interrupted
-    (by rank 0)."""
+    (by rank 0); None if there is none, or if it is damaged: rank 0 sets it aside (logged), and the
+    model is trained again."""
     run = experiment.run
-    checkpoint = load_checkpoint(run.checkpoint(name), experiment.device)
-    if not experiment.ranks.leader:
+    checkpoint = load_or_set_aside(run.checkpoint(name), experiment.device, move=experiment.ranks.leader)
+    if checkpoint is None or not experiment.ranks.leader:
         return checkpoint
     if not run.curve(name).exists():
         run.write_curve(name, checkpoint["curve"])

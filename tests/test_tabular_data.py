@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import sys
 import tarfile
 from pathlib import Path
@@ -141,6 +143,38 @@ def test_gas(tmp_path):
     train, valid, test = arrays(splits)
     np.testing.assert_allclose(np.vstack((train, valid, test)), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(test, expected[-50:], rtol=1e-5, atol=1e-5)
+
+
+class RunsCode:
+    """A pickle payload that would create `marker` when unpickled by pandas.read_pickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_gas_pickle_is_read_without_running_its_code(tmp_path, protocol):
+    """The restricted unpickler reads DataFrame pickles of every protocol pandas writes, and refuses a
+    pickle that names anything else, before calling it."""
+    import pickle
+
+    frame = gas_frame()
+    path = maf(tmp_path) / "gas" / "ethylene_CO.pickle"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(pickle.dumps(frame, protocol=protocol))
+    assert tabular.read_frame_pickle(path).equals(frame)
+
+    marker = tmp_path / "code_ran"
+    path.write_bytes(pickle.dumps({"frame": frame, "payload": RunsCode(marker)}, protocol=protocol))
+    with pytest.raises(pickle.UnpicklingError, match=r"ethylene_CO\.pickle refers to \S+, which a pickled DataFrame .* it is not read"):
+        load_dataset("Gas", tmp_path, seed=0)
+    assert not marker.exists()
+    path.write_bytes(pickle.dumps(np.zeros(3), protocol=protocol))  # only numpy objects, but no DataFrame
+    with pytest.raises(ValueError, match="not a pandas DataFrame"):
+        load_dataset("Gas", tmp_path, seed=0)
 
 
 def test_gas_without_pandas(tmp_path, monkeypatch):
@@ -328,6 +362,9 @@ def test_archive_is_extracted_and_read(tmp_path, monkeypatch):
     check_common(splits, 6, (324, 36, 40))
     extracted = maf(tmp_path) / "power" / "data.npy"
     np.testing.assert_array_equal(np.load(extracted), raw_power)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(extracted.stat().st_mode) == 0o666 & ~umask, "the mode of a plain file, not mkstemp's 0o600"
     assert not (maf(tmp_path) / "miniboone").exists(), "only the needed member is extracted"
     assert not (maf(tmp_path) / "data").exists(), "the data/ prefix is stripped"
     for got, expected in zip(arrays(splits), power_reference(raw_power)):

@@ -22,7 +22,10 @@ Bsds300     ``BSDS300/BSDS300.npz`` or ``BSDS300.hdf5``    63
 ==========  ===========================================  =====
 
 Optional dependencies (``pip install -e ".[tabular]"``): GAS is a pandas DataFrame pickle, so it
-needs pandas; BSDS300 is HDF5, so it needs h5py -- unless a numpy copy ``BSDS300/BSDS300.npz`` with
+needs pandas. Unpickling can run any code a pickle names, and this file may be placed by hand, so it
+is read by a restricted unpickler (``read_frame_pickle``) that builds only the pandas and numpy
+objects a DataFrame of numbers is made of (``FRAME_PICKLE_OBJECTS``) and refuses anything else,
+naming it; BSDS300 is HDF5, so it needs h5py -- unless a numpy copy ``BSDS300/BSDS300.npz`` with
 arrays ``train``, ``validation`` and ``test`` sits next to it, which is read first. Make that copy
 once, on any machine with h5py, with::
 
@@ -53,6 +56,7 @@ y int64 zeros [N]) and ``valid`` set; the seed is unused because the splits are 
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import tarfile
 import tempfile
@@ -65,6 +69,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from experiment.data.download import DataMissingError, fetch
+from experiment.files import process_umask
 
 ARCHIVE_URL = "https://zenodo.org/record/1161203/files/data.tar.gz"
 """The MAF archive (about 860 MB)."""
@@ -124,6 +129,7 @@ def _extract_members(archive: Path, root: Path, relatives: list[str]) -> None:
             try:
                 with os.fdopen(handle, "wb") as sink, source:
                     shutil.copyfileobj(source, sink, 1 << 20)
+                    os.fchmod(sink.fileno(), 0o666 & ~process_umask())  # mkstemp's 0o600 → a plain file's mode
                 os.replace(temporary, target)
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
@@ -275,10 +281,63 @@ def preprocess_gas(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return maf_split(frame.to_numpy(dtype=np.float64))
 
 
+FRAME_PICKLE_MODULES = ("pandas", "numpy", "builtins", "copyreg", "_codecs")
+"""The top-level modules a DataFrame pickle's objects come from (Python 2 names are mapped to these
+by pickle itself); nothing else is even imported."""
+
+
+def frame_pickle_objects(pandas) -> list:
+    """The callables and classes a pickled DataFrame of numbers (with string column names) is rebuilt
+    from, by pandas 0.2x (whose names pandas maps to today's) up to pandas 3 and numpy 1 and 2. Each
+    only builds data; none reads files or runs code it is given."""
+    import copyreg
+    import codecs
+
+    import numpy
+    from pandas._libs import arrays as pandas_arrays, internals
+    from pandas.core.indexes import base
+    from pandas.core.internals import managers
+
+    numpy_core = getattr(numpy, "_core", None) or numpy.core
+    return [
+        pandas.DataFrame, pandas.Index, pandas.RangeIndex, pandas.StringDtype, pandas.arrays.StringArray,
+        base._new_Index, managers.BlockManager, internals._unpickle_block,
+        getattr(pandas_arrays, "__pyx_unpickle_NDArrayBacked", None),
+        numpy.ndarray, numpy.dtype, numpy_core.multiarray._reconstruct, numpy_core.multiarray.scalar,
+        getattr(numpy_core.numeric, "_frombuffer", None),
+        slice, object, copyreg._reconstructor, codecs.encode,
+    ]
+
+
+def read_frame_pickle(path: Path):
+    """The DataFrame pickled in `path`, read without running code from it: only the objects of
+    `frame_pickle_objects` are built (through pandas' own unpickler, which maps the names of older
+    pandas versions to today's); any other reference is a pickle.UnpicklingError naming it."""
+    pandas = _import_pandas("GAS (a pandas DataFrame pickle)")
+    from pandas.compat.pickle_compat import Unpickler
+
+    allowed = [found for found in frame_pickle_objects(pandas) if found is not None]
+
+    class FrameUnpickler(Unpickler):
+        def find_class(self, module: str, name: str):
+            if module.split(".")[0] in FRAME_PICKLE_MODULES or module in ("__builtin__", "copy_reg"):
+                found = super().find_class(module, name)
+                if any(found is candidate for candidate in allowed):
+                    return found
+            raise pickle.UnpicklingError(
+                f"{path} refers to {module}.{name}, which a pickled DataFrame of numbers does not need; it is not "
+                f"read, since unpickling it could run code. Replace it with ethylene_CO.pickle from {ARCHIVE_PAGE}.")
+
+    with open(path, "rb") as file:
+        frame = FrameUnpickler(file).load()
+    if not isinstance(frame, pandas.DataFrame):
+        raise ValueError(f"{path} holds a {type(frame).__name__}, not a pandas DataFrame; not the MAF GAS data")
+    return frame
+
+
 def build_gas(data_dir: str | os.PathLike, seed: int):
     (path,) = ensure_files(data_dir, ["gas/ethylene_CO.pickle"])
-    pandas = _import_pandas("GAS (a pandas DataFrame pickle)")
-    return _splits("Gas", *preprocess_gas(pandas.read_pickle(path)))
+    return _splits("Gas", *preprocess_gas(read_frame_pickle(path)))
 
 
 # --------------------------------------------------------------------------------------------

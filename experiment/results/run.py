@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -14,7 +13,7 @@ from experiment.data.splits import split_tensors
 from experiment.models import build_model
 from experiment.pruning.rules import apply_masks
 from experiment.files import load_checkpoint
-from experiment.results.tree import RunDir, model_name, read_csv
+from experiment.results.tree import RunDir, model_name, read_csv, read_split
 from experiment.seeds import derive_seed
 
 
@@ -43,7 +42,8 @@ class Run:
 
     def curve(self, row_or_name: dict | str) -> list[dict]:
         name = row_or_name if isinstance(row_or_name, str) else model_name(row_or_name)
-        return read_csv(self.folder.curve(name))
+        return read_csv(self.folder.curve(name), "Restore it from a backup; the same curve is kept in its model's "
+                                                  "checkpoint, under the key 'curve'")
 
     def load_data(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{"train", "valid", "test"} → (x, y) exactly as the run used them (persisted split)."""
@@ -52,6 +52,5 @@ class Run:
                               derive_seed(config["seed"], "data"))
         indices = None
         if splits.valid is None:
-            with np.load(self.path / "data_split.npz") as stored:
-                indices = stored["train"], stored["valid"]
+            indices = read_split(self.folder.split_file)
         return split_tensors(splits, indices)

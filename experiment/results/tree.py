@@ -9,9 +9,12 @@
         checkpoints/{model}.pt  final weights (+ masks for pruned models)
         progress/{model}.pt     the in-progress training state of a model (deleted when it finishes)
         log.txt                 what the run did, one line per event: time, host:pid, message
+        prune_curve.png         the end-of-run plot
+        *.corrupt-{time}        a damaged checkpoint or progress file, set aside (its model recomputed)
     {directories.results}/{dataset}/{network name}/{run id}.locks/
         config.lock, metrics.lock, data_split.lock   held while config.yaml + requests.yaml, metrics.csv
                                                      or data_split.npz are read and rewritten
+        report.lock             held while prune_curve.png is written
         jobs/{job name}.lock    held by the process training a job (experiment/jobs.py)
 
 The run id is a hash of the resolved config without the keys that only say *which* or *how many*
@@ -40,6 +43,18 @@ system without it is an error rather than a silent fall-back to lock files a dea
   run's record of what was asked.
 * data_split.npz is created under data_split.lock by the first process that needs it; the others
   wait and read it.
+* Leftovers: a process killed between writing an atomic write's temporary file and renaming it
+  leaves `.{name}.XXXXXXXX.tmp` beside the file (experiment/files.py). Whoever next holds the lock
+  under which that file is written removes it: `record_request`, `data_split` and `upsert_metrics`
+  their own files' ones, the runner's `report` the plot's, and the runner a job's (checkpoints, curves and progress files of its
+  models, `remove_model_temporaries`) when it takes the job's lock. The lock proves that no live
+  process is writing that file, so no age threshold or guess is needed.
+
+Damaged files (a disk fault, a copy cut short: atomic writes rule out a crash of ours) are errors
+that name the file and say what to do (`DamagedFileError`): metrics.csv and data_split.npz are never
+recomputed behind the researcher's back, but a metrics.csv whose last line is torn is read without
+that line (with a warning; the next update rewrites the file without it, and the row's model is
+evaluated again). Damaged checkpoints and progress files are set aside and recomputed (runner).
 """
 
 from __future__ import annotations
@@ -48,6 +63,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import shlex
 import socket
@@ -61,7 +77,9 @@ import yaml
 from filelock import FileLock
 
 from experiment.data import DATASETS
-from experiment.files import atomic_write_bytes, atomic_write_text
+from experiment.files import DamagedFileError, atomic_write_bytes, atomic_write_text, remove_temporaries
+
+log = logging.getLogger("experiment")
 
 RUN_ID_EXCLUDED_KEYS = ("experiments", "directories", "device", "launcher")
 METRIC_KEY = ("mode", "method", "net", "repetition", "step")
@@ -114,6 +132,7 @@ class RunDir:
         config.yaml is only rewritten when the merge changes it."""
         run = cls(run_folder(config))
         with run.lock("config"):
+            remove_temporaries(run.path, lambda name: name in (run.config_file.name, run.requests_file.name))
             recorded = run.load_config() if run.config_file.exists() else None
             text = yaml.safe_dump(merged_config(recorded, config), sort_keys=False)
             if not run.config_file.exists() or run.config_file.read_text() != text:
@@ -140,6 +159,10 @@ class RunDir:
     @property
     def log_file(self) -> Path:
         return self.path / "log.txt"
+
+    @property
+    def split_file(self) -> Path:
+        return self.path / "data_split.npz"
 
     def checkpoint(self, model: str) -> Path:
         return self.path / "checkpoints" / f"{model}.pt"
@@ -174,27 +197,35 @@ class RunDir:
 
     def data_split(self, make_split: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         """The persisted (train, valid) indices, created with `make_split()` on first use."""
-        path = self.path / "data_split.npz"
+        path = self.split_file
         with self.lock("data_split"):
+            remove_temporaries(self.path, lambda name: name == path.name)
             if not path.exists():
                 train, valid = make_split()
                 buffer = io.BytesIO()
                 np.savez(buffer, train=train, valid=valid)
                 atomic_write_bytes(path, buffer.getvalue())
-        with np.load(path) as stored:
-            return stored["train"], stored["valid"]
+        return read_split(path)
+
+    def remove_model_temporaries(self, owns: Callable[[str], bool]) -> list[Path]:
+        """Removes what killed atomic writes left of the checkpoints, curves and progress files of the
+        models whose name (file stem) `owns` accepts; only under the lock of the job those models
+        belong to (see "Leftovers")."""
+        return [path for folder in ("checkpoints", "curves", "progress")
+                for path in remove_temporaries(self.path / folder, lambda name: owns(name.rsplit(".", 1)[0]))]
 
     def write_curve(self, model: str, rows: list[dict]) -> None:
         atomic_write_text(self.curve(model), rows_to_csv(rows))
 
     def read_metrics(self) -> list[dict]:
-        return read_csv(self.metrics_file)
+        return read_csv(self.metrics_file, METRICS_ADVICE)
 
     def upsert_metrics(self, row: dict) -> None:
         """Adds `row` to metrics.csv, replacing a row with the same METRIC_KEY (under metrics.lock, so
         that concurrent writers never lose each other's rows)."""
         key = tuple(str(row[name]) for name in METRIC_KEY)
         with self.lock("metrics"):
+            remove_temporaries(self.path, lambda name: name == self.metrics_file.name)
             rows = [old for old in self.read_metrics() if tuple(str(old[name]) for name in METRIC_KEY) != key]
             rows.append(row)
             rows.sort(key=lambda r: (r["method"] != "dense", r["mode"], r["method"], int(r["net"]), int(r["repetition"]), int(r["step"])))
@@ -222,6 +253,28 @@ def merged_config(recorded: dict | None, asked: dict) -> dict:
     return {**asked, "experiments": experiments}
 
 
+METRICS_ADVICE = ("Restore it from a backup, or move it aside and run the experiment again: every model's row is "
+                  "then evaluated again from its checkpoint")
+SPLIT_ADVICE = ("It holds the train/validation split every model of this run was trained with: restore it from a "
+                "backup or another copy of the run. Deleting it makes the next run draw the split again from the "
+                "config's seed: the same split only while the dataset and experiment/data/splits.py are unchanged "
+                "since the run began")
+
+
+def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The (train, valid) indices of a data_split.npz; DamagedFileError when they cannot be read."""
+    try:
+        with np.load(path) as stored:
+            train, valid = stored["train"], stored["valid"]
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # BadZipFile, ValueError, OSError, EOFError, KeyError, ...
+        raise DamagedFileError(path, f"cannot be read ({type(error).__name__}: {error})", SPLIT_ADVICE) from None
+    if any(part.ndim != 1 or part.dtype.kind not in "iu" for part in (train, valid)):
+        raise DamagedFileError(path, "does not hold two integer index arrays `train` and `valid`", SPLIT_ADVICE)
+    return train, valid
+
+
 def rows_to_csv(rows: list[dict]) -> str:
     columns: list[str] = []
     for row in rows:
@@ -233,12 +286,36 @@ def rows_to_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def read_csv(path: Path) -> list[dict]:
-    """Rows of a CSV file with numbers parsed back into int/float ('' stays a string)."""
+def read_csv(path: Path, advice: str = "Restore it from a backup") -> list[dict]:
+    """Rows of a CSV file with numbers parsed back into int/float ('' stays a string).
+
+    Every CSV file we write ends with a newline, so text after the last newline is a row torn by
+    something that bypassed the atomic write (a copy cut short, a full disk): it is left out, with a
+    warning. A file that does not parse otherwise is a DamagedFileError naming it, with `advice`."""
     if not path.exists():
         return []
-    with open(path, newline="") as file:
-        return [{name: _parse_number(value) for name, value in row.items()} for row in csv.DictReader(file)]
+    try:
+        with open(path, newline="") as file:
+            text = file.read()
+    except UnicodeDecodeError as error:
+        raise DamagedFileError(path, f"is not text ({error})", advice) from None
+    complete, _, torn = text.rpartition("\n")
+    if torn:
+        if not complete:
+            raise DamagedFileError(path, "has no complete header line", advice)
+        log.warning("%s: its last line is incomplete (%r...), probably cut off by a crash; reading the file without "
+                    "it (the next update of the file drops it)", path, torn[:40])
+    reader = csv.DictReader(io.StringIO(complete + "\n"))
+    rows = []
+    try:
+        for row in reader:
+            if None in row or None in row.values():
+                raise DamagedFileError(path, f"line {reader.line_num} does not have the {len(reader.fieldnames)} "
+                                             "fields of the header", advice)
+            rows.append({name: _parse_number(value) for name, value in row.items()})
+    except csv.Error as error:
+        raise DamagedFileError(path, f"is not a readable CSV file (line {reader.line_num}: {error})", advice) from None
+    return rows
 
 
 def _parse_number(text: str):

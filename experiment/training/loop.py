@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from experiment.distributed import SINGLE, Ranks
 from experiment.models import count_nfe
 from experiment.pruning.rules import apply_masks
-from experiment.files import atomic_torch_save, load_checkpoint
+from experiment.files import atomic_torch_save, load_or_set_aside
 from experiment.seeds import derive_seed
 from experiment.training.evaluate import evaluate
 from experiment.training.losses import Loss
@@ -57,7 +57,8 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
     (e.g. Hutchinson noise) come from seeds derived from `seed` and the epoch, so resuming from
     `progress_file` (written after each epoch) reproduces an uninterrupted run exactly. `masks`
     (parameter name → 0/1 tensor) are enforced after every optimizer step: pruned entries stay zero.
-    `progress_bars=False` hides the tqdm bars (of epochs and of batches).
+    `progress_bars=False` hides the tqdm bars (of epochs and of batches). A progress file that cannot
+    be loaded is set aside (logged) and training starts from the first epoch.
 
     With several `ranks` (experiment/distributed.py) every rank calls this with the same arguments:
     each batch is split over the ranks, validation runs on rank 0 only and its loss is shared, and
@@ -70,8 +71,8 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
         for scheduler in schedulers:
             scheduler.step()
     state = {"epoch": schedule["startEpoch"], "curve": [], "seconds": 0.0, "best": None}
-    if progress_file.exists():
-        saved = load_checkpoint(progress_file, data.x_train.device)
+    saved = load_or_set_aside(progress_file, data.x_train.device, move=ranks.leader)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         for scheduler, scheduler_state in zip(schedulers, saved["schedulers"]):
