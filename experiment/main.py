@@ -2,6 +2,10 @@
 [--launcher slurm|local ...]`: run every experiment a config describes (one per `customizations`
 entry), resuming whatever was already computed.
 
+Exit codes: 0 all done; 1 a worker or job-array task died (rerun to resume); 2 a config, device or
+argument error (nothing was run); 3 all jobs done, but some models failed (they diverged or a solve
+could not finish): each is listed at the end and has a failed row in its run's metrics.csv.
+
 Any number of these commands may run at once on one results tree, on one machine or on several
 sharing a file system: each job (a dense net, a prune chain) is done by one process at a time, and a
 job whose process died is taken over (SPEC §11, experiment/runner.py). `--workers N` runs N worker
@@ -27,7 +31,7 @@ from experiment.distributed import SINGLE, Ranks, join, leave, ranks_from_enviro
 from experiment.jobs import Job, Shard, jobs_of
 from experiment.plan import Plan, make_plan
 from experiment.results.tree import RunDir
-from experiment.runner import JobRunner, report, resolve_device, run_experiment
+from experiment.runner import JobRunner, report, resolve_device, run_experiment, summarize_failures
 from experiment.workers import run_workers, worker_devices
 
 
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         for index, config in enumerate(configs):
             print(f"experiment {index + 1} of {len(configs)}")
             run_experiment(config)
-        return 0
+        return summarize_failures(plans)
     return run_jobs(plans, jobs, selected_shard, arguments)
 
 
@@ -177,7 +181,7 @@ def run_data_parallel(configs: list[dict], jobs: list[Job], selected_shard: Shar
 def run_jobs(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None, arguments: argparse.Namespace,
              ranks: Ranks = SINGLE) -> int:
     """`jobs` (a shard's, or all of several workers') done here or in worker processes, then the
-    end-of-run table of every config; 1 if a worker failed."""
+    end-of-run table of every config; 1 if a worker failed, else MODELS_FAILED if a model failed."""
     configs = [plan.config for plan in plans]
     runs = [RunDir.record_request(config) for config in configs]
     runner = JobRunner(configs, ranks=ranks)
@@ -196,7 +200,7 @@ def run_jobs(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None, a
             return 1
     for plan, run in zip(plans, runs):
         report(plan, run)
-    return 0
+    return summarize_failures(plans)
 
 
 if __name__ == "__main__":
