@@ -5,7 +5,7 @@ The public API is small:
     configs = load_configs("param/quickstart.yaml", ["training.numEpochs=2"])  # list of resolved dicts
     model = build_model("ffjord_l4_h64_sigmoid_da", 2)                       # an nn.Module
     run_folder = run_experiment(configs[0])                                  # train, prune, record
-    table = load_results("data/results")                                     # every metrics row
+    table = load_results("data/results")                                     # every finished model's metrics row
 """
 
 from experiment.config import ConfigError, load_configs

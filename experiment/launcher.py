@@ -36,7 +36,7 @@ from experiment.config import ConfigError
 from experiment.jobs import Job, Shard
 from experiment.plan import Plan
 from experiment.results.tree import RunDir
-from experiment.runner import JobRunner, report
+from experiment.runner import MODELS_FAILED, JobRunner, report, summarize_failures
 from experiment.workers import gpus_needed
 
 if TYPE_CHECKING:
@@ -230,7 +230,7 @@ class ShardTask:
 
         logging.getLogger("submitit").propagate = False  # it has handlers; main's root handler would repeat it
         code = main([*self.command, "--shard", shard])
-        if code:
+        if code not in (0, MODELS_FAILED):  # failed models are the run's results, reported by `wait_for`
             raise RuntimeError(f"shard {shard} failed (exit code {code}); the lines above say why")
 
     def checkpoint(self, shard: str) -> submitit.helpers.DelayedSubmission:
@@ -292,7 +292,7 @@ def print_summary(launch: Launch, submitted: Sequence[submitit.Job], jobs: Seque
 
 def wait_for(launch: Launch, submitted: Sequence[submitit.Job], plans: Sequence[Plan]) -> int:
     """Waits for every task, reporting each as it ends; then the end-of-run table of every config.
-    1 if a task failed."""
+    1 if a task failed, else MODELS_FAILED if a model failed."""
     on_interrupt = "; interrupting this stops the waiting, not the tasks" if launch.cluster == "slurm" else ""
     print(f"waiting for {len(submitted)} task(s){on_interrupt}", flush=True)
     pending, failed = dict(enumerate(submitted)), []
@@ -316,7 +316,7 @@ def wait_for(launch: Launch, submitted: Sequence[submitit.Job], plans: Sequence[
         return 1
     for plan in plans:
         report(plan, RunDir(plan.run_folder))
-    return 0
+    return summarize_failures(plans)
 
 
 def failure(error_log: Path) -> str:

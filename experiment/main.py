@@ -4,6 +4,10 @@ entry), resuming whatever was already computed. Options and overrides may come i
 config, or a results folder this process cannot write, is one line on stderr and exit code 2, before
 anything is written.
 
+Exit codes: 0 all done; 1 a worker or job-array task died (rerun to resume); 2 a config, device or
+argument error (nothing was run); 3 all jobs done, but some models failed (they diverged or a solve
+could not finish): each is listed at the end and has a failed row in its run's metrics.csv.
+
 Any number of these commands may run at once on one results tree, on one machine or on several
 sharing a file system: each job (a dense net, a prune chain) is done by one process at a time, and a
 job whose process died is taken over (SPEC §11, experiment/runner.py). `--workers N` runs N worker
@@ -32,7 +36,7 @@ from experiment.distributed import SINGLE, Ranks, join, leave, ranks_from_enviro
 from experiment.jobs import Job, Shard, jobs_of
 from experiment.plan import Plan, make_plan
 from experiment.results.tree import RunDir
-from experiment.runner import JobRunner, report, resolve_device, run_experiment
+from experiment.runner import JobRunner, is_finished, report, resolve_device, run_experiment, summarize_failures
 from experiment.workers import run_workers, worker_devices
 
 
@@ -86,13 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
+    plans = [make_plan(config) for config in configs]
     if not arguments.dry_run:
-        try:
-            check_results_folders(configs)
-        except ValueError as error:
+        try:  # (a finished run is only read: a read-only copy of a results tree can be rerun)
+            check_results_folders([plan.config for plan in plans if not is_finished(plan, RunDir(plan.run_folder))])
+        except (ValueError, DamagedFileError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-    plans = [make_plan(config) for config in configs]
     jobs = [job for plan in plans for job in jobs_of(plan)]
     if arguments.launcher is not None:
         return launch_array(plans, jobs, arguments)
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             for index, config in enumerate(configs):
                 print(f"experiment {index + 1} of {len(configs)}")
                 run_experiment(config)
-            return 0
+            return summarize_failures(plans)
         return run_jobs(plans, jobs, selected_shard, arguments)
     except DamagedFileError as error:  # metrics.csv or data_split.npz: the researcher decides (see the message)
         print(f"error: {error}", file=sys.stderr)
@@ -208,8 +212,9 @@ def run_data_parallel(configs: list[dict], jobs: list[Job], selected_shard: Shar
 def run_jobs(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None, arguments: argparse.Namespace,
              ranks: Ranks = SINGLE) -> int:
     """`jobs` (a shard's, or all of several workers') done here or in worker processes, then the
-    end-of-run table of every config; 1 if a worker failed. A run none of whose `jobs` is left is only
-    read (no request recorded, the plot only made if missing), as in `run_experiment`."""
+    end-of-run table of every config; 1 if a worker failed, else MODELS_FAILED if a model failed. A run
+    none of whose `jobs` is left is only read (no request recorded, the plot only made if missing), as
+    in `run_experiment`."""
     configs = [plan.config for plan in plans]
     runner = JobRunner(configs, ranks=ranks)
     unfinished = runner.unfinished(jobs)
@@ -229,7 +234,7 @@ def run_jobs(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None, a
             return 1
     for plan, run in zip(plans, runs):
         report(plan, run, replot=plan.run_id in busy)
-    return 0
+    return summarize_failures(plans)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,13 @@ A checkpoint or progress file that cannot be loaded is set aside and its model t
 temporary files of atomic writes that a killed process left are removed by the next holder of the
 job's lock (experiment/results/tree.py, "Leftovers").
 
+A model that cannot be trained or evaluated (it diverges, or a solve cannot finish) gets a metrics row
+with `status` "failed" and the reason in `error`, and no numbers; a chain stops at such a model (a
+failed dense net starts no chain) and the other jobs go on. A failed row counts as done: a rerun of
+the same run does not try the model again (training is seeded, so it would fail again the same way);
+a changed config (learning rate, tolerances, `network.maxSteps`) is a new run id, and deleting the
+row makes a rerun resume the model from its last finite epoch (its progress file).
+
 The work is cut into jobs (experiment/jobs.py): each dense net, then each prune chain. `run_job` does
 one job; `JobRunner` does a list of them in one process while any number of other processes, here or
 on other machines, work on the same results tree: a job is done under its lock by one process at a
@@ -20,6 +27,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -36,7 +44,7 @@ from experiment.data.splits import split_tensors, train_valid_indices
 from experiment.data.transforms import build_transform
 from experiment.distributed import SINGLE, Ranks
 from experiment.jobs import Job, jobs_of
-from experiment.models import build_model
+from experiment.models import SolverError, build_model
 from experiment.plan import Plan, make_plan
 from experiment.pruning.compaction import compact, expand
 from experiment.pruning.liveness import Masks
@@ -44,15 +52,16 @@ from experiment.pruning.rules import CONTROL_METHOD, STRUCTURED_METHODS, prune
 from experiment.pruning.sparsity import measure_sparsity
 from experiment.report import dense_point, format_table, main_metric, plot_prune_curve, pruned_points, step_prune_ratio
 from experiment.files import atomic_torch_save, load_or_set_aside, remove_temporaries
-from experiment.results.tree import RunDir, model_name
+from experiment.results.tree import RunDir, is_failed, model_name
 from experiment.seeds import derive_seed
 from experiment.training.evaluate import evaluate
 from experiment.training.losses import build_loss
-from experiment.training.loop import TrainData, TrainOutcome, train
+from experiment.training.loop import TrainData, TrainingFailed, TrainOutcome, train
 
 log = logging.getLogger("experiment")
 
 POLL_SECONDS = 0.5  # how often a process looks again at jobs other processes hold
+MODELS_FAILED = 3  # the exit code of a command that did all its jobs but some models failed
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,8 @@ class Experiment:
     def new_model(self) -> nn.Module:
         network = self.config["network"]
         tolerances = network["tolerances"]
-        return build_model(network["name"], network["outputSize"], tolerances["atol"], tolerances["rtol"]).to(self.device)
+        return build_model(network["name"], network["outputSize"], tolerances["atol"], tolerances["rtol"],
+                           network["maxSteps"]).to(self.device)
 
     def loss(self, section: str):
         schedule = self.config[section]
@@ -249,10 +259,14 @@ def is_finished(plan: Plan, run: RunDir) -> bool:
 
 def finished_jobs(plan: Plan, run: RunDir) -> set[str]:
     """The names of the plan's jobs whose metrics rows are all there: one per dense net, one per step
-    of a chain. A row is written after its model's checkpoint, so such a job has nothing left to do."""
-    rows_per_job = Counter(Job.of_row(plan.run_id, row).name for row in planned_rows(run.read_metrics(), plan))
+    of a chain. A row is written after its model's checkpoint, so such a job has nothing left to do.
+    A job with a failed row is done too (it stopped there), and so is a chain whose dense net failed."""
+    rows = planned_rows(run.read_metrics(), plan)
+    rows_per_job = Counter(Job.of_row(plan.run_id, row).name for row in rows)
+    failed = {Job.of_row(plan.run_id, row).name for row in rows if is_failed(row)}
     return {job.name for job in jobs_of(plan)
-            if rows_per_job[job.name] == (1 if job.kind == "dense" else len(plan.keep_ratios))}
+            if job.name in failed or (job.dense is not None and job.dense.name in failed)
+            or rows_per_job[job.name] == (1 if job.kind == "dense" else len(plan.keep_ratios))}
 
 
 def run_job(experiment: Experiment, job: Job) -> None:
@@ -268,12 +282,14 @@ def run_job(experiment: Experiment, job: Job) -> None:
         if leader:
             run.remove_model_temporaries(job.dense.owns)
         dense = train_dense(experiment, job.net)
-    prune_chain(experiment, job.method, job.net, job.repetition, dense)
+    if dense is not None:  # (a dense net that fails here, retrained after damage, has a failed row: no chain)
+        prune_chain(experiment, job.method, job.net, job.repetition, dense)
 
 
-def train_dense(experiment: Experiment, net: int) -> nn.Module:
+def train_dense(experiment: Experiment, net: int) -> nn.Module | None:
     """Dense net `net` trained (resuming a partial run) unless a loadable checkpoint of it exists; its
-    metrics row written if missing. Returns the net."""
+    metrics row written if missing. Returns the net; None if its training fails (it gets a failed row
+    and no checkpoint)."""
     run, seed = experiment.run, experiment.config["seed"]
     key = dict(mode="train", method="dense", net=net, repetition=0, step=0, target_prune_ratio=0.0)
     name = model_name(key)
@@ -286,9 +302,13 @@ def train_dense(experiment: Experiment, net: int) -> nn.Module:
         torch.manual_seed(derive_seed(seed, "init", net))
         model = experiment.new_model()
         log.info("training %s", name)
-        outcome = train(model, experiment.config["training"], experiment.data_for("training"), experiment.loss("training"),
-                        seed=derive_seed(seed, "train", net), progress_file=run.progress(name), description=name,
-                        progress_bars=experiment.progress_bars, ranks=experiment.ranks)
+        try:
+            outcome = train(model, experiment.config["training"], experiment.data_for("training"), experiment.loss("training"),
+                            seed=derive_seed(seed, "train", net), progress_file=run.progress(name), description=name,
+                            progress_bars=experiment.progress_bars, ranks=experiment.ranks)
+        except TrainingFailed as failure:
+            record_failure(experiment, key, f"training {failure}")
+            return
         save_trained(experiment, name, model, outcome, {}, {}, name)
         seconds, epochs = outcome.seconds, len(outcome.curve)
     if not run.has_metrics(key):
@@ -302,14 +322,15 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
     A step whose checkpoint exists for the same ratio history is loaded instead of recomputed. The
     control method prunes nothing: its rows say prune ratio 0 and carry the step's ratio as
     `step_prune_ratio`. Models of a structured method (FT) are retrained and evaluated as their
-    compact twins (see `retrain`); checkpoints and rows keep the full layout all the same."""
+    compact twins (see `retrain`); checkpoints and rows keep the full layout all the same. The chain
+    stops at a step whose retraining or evaluation fails (its row says why)."""
     plan, run, seed = experiment.plan, experiment.run, experiment.config["seed"]
     start, start_masks, history = dense, {}, ()
     for step, keep in enumerate(plan.keep_ratios, start=1):
         history = history + (keep,) if plan.mode == "cascade" else (keep,)
         target = 0.0 if method == CONTROL_METHOD else 1.0 - keep
         key = dict(mode=plan.mode, method=method, net=net, repetition=repetition, step=step, target_prune_ratio=target)
-        name = model_name(key)
+        name, columns = model_name(key), dict(step_prune_ratio=1.0 - keep)
         model = experiment.new_model()
         saved = load_trained(experiment, name)
         if saved is not None and saved["keep_ratios"] == list(history):
@@ -322,15 +343,20 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
             outcome, progress = TrainOutcome(curve=[], seconds=0.0, kept_epoch=-1), None
             if step <= plan.retrain_steps:
                 log.info("retraining %s", name)
-                # The progress file is tied to the ratio history, so a changed ratio list never resumes a stale step.
-                outcome, progress, masks = retrain(experiment, method, model, masks, f"{name}_{derive_seed(0, history):08x}",
-                                                   seed=derive_seed(seed, "retrain", *key.values()),
-                                                   description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {target:.3f}")
+                try:
+                    # The progress file is tied to the ratio history, so a changed ratio list never resumes a stale step.
+                    outcome, progress, masks = retrain(experiment, method, model, masks, f"{name}_{derive_seed(0, history):08x}",
+                                                       seed=derive_seed(seed, "retrain", *key.values()),
+                                                       description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {target:.3f}")
+                except TrainingFailed as failure:
+                    record_failure(experiment, key, f"retraining {failure}", **columns)
+                    return
             save_trained(experiment, name, model, outcome, masks, {"keep_ratios": list(history), "method": method}, progress)
             seconds, epochs, fresh = outcome.seconds, len(outcome.curve), True
         if fresh or not run.has_metrics(key):
             evaluated = compact(model, masks).model if method in STRUCTURED_METHODS else model
-            record(experiment, model, key, "retraining", seconds, epochs, evaluated=evaluated, step_prune_ratio=1.0 - keep)
+            if not record(experiment, model, key, "retraining", seconds, epochs, evaluated=evaluated, **columns):
+                return
         if plan.mode == "cascade":
             start, start_masks = model, masks
 
@@ -372,21 +398,39 @@ def planned_rows(rows: list[dict], plan: Plan) -> list[dict]:
     return [row for row in rows if planned(row)]
 
 
+def failures(plan: Plan, run: RunDir) -> list[str]:
+    """'{run folder} {model}: {reason}' for each failed model of the plan."""
+    return [f"{run.path} {model_name(row)}: {row['error']}" for row in planned_rows(run.read_metrics(), plan) if is_failed(row)]
+
+
+def summarize_failures(plans: Sequence[Plan]) -> int:
+    """Prints every failed model of `plans` (run folder, model, reason) on stderr; returns
+    MODELS_FAILED if there is one, else 0: the exit code of a command that did all its jobs."""
+    failed = [failure for plan in plans for failure in failures(plan, RunDir(plan.run_folder))]
+    if failed:
+        print(f"{len(failed)} model(s) failed; the other models finished (a rerun does not retry these, see README):",
+              *failed, sep="\n  ", file=sys.stderr, flush=True)
+    return MODELS_FAILED if failed else 0
+
+
 def report(plan: Plan, run: RunDir, replot: bool = True) -> None:
-    """Prints prune ratio vs the main metric per method and plots it into the run folder (under
-    report.lock, which also clears a killed plot's leftover temporary file); with `replot=False`
-    (a finished run, only read) only if the plot is missing."""
+    """Prints prune ratio vs the main metric per method (failed models left out, and listed below)
+    and plots it into the run folder (under report.lock, which also clears a killed plot's leftover
+    temporary file); with `replot=False` (a finished run, only read) only if the plot is missing."""
     metric = main_metric(plan.config["training"])
-    rows = planned_rows(run.read_metrics(), plan)
+    rows = [row for row in planned_rows(run.read_metrics(), plan) if not is_failed(row)]
     dense, lines = dense_point(rows, metric), pruned_points(rows, metric)
     title = f"{plan.config['network']['name']} on {plan.config['network']['dataset']}"
     print(f"\n{title} ({run.path}), test {metric}, mean ± std over nets:")
-    print(format_table(dense, lines, metric))
-    path = run.path / "prune_curve.png"
-    if replot or not path.exists():
-        with run.lock("report"):
-            remove_temporaries(run.path, lambda name: name == path.name)
-            plot_prune_curve(dense, lines, metric, title, path)
+    if dense is not None or lines:
+        print(format_table(dense, lines, metric))
+        path = run.path / "prune_curve.png"
+        if replot or not path.exists():
+            with run.lock("report"):
+                remove_temporaries(run.path, lambda name: name == path.name)
+                plot_prune_curve(dense, lines, metric, title, path)
+    for failure in failures(plan, run):
+        print(f"FAILED {failure}")
 
 
 def save_trained(experiment: Experiment, name: str, model: nn.Module, outcome: TrainOutcome,
@@ -421,17 +465,27 @@ def load_trained(experiment: Experiment, name: str) -> dict | None:
 
 
 def record(experiment: Experiment, model: nn.Module, key: dict, section: str, train_seconds: float, epochs: int,
-           evaluated: nn.Module | None = None, **columns) -> None:
+           evaluated: nn.Module | None = None, **columns) -> bool:
     """Evaluates `model` on the test set and upserts its metrics row (key, `columns`, measurements);
     rank 0's job alone. `evaluated`, if given, is what runs on the test set instead: a model with the
-    same outputs (`model`'s compact twin), while the sparsity columns count `model` itself."""
+    same outputs (`model`'s compact twin), while the sparsity columns count `model` itself. A
+    non-finite test loss or metric, or a failed solve, makes the row a failed one; False then."""
     if not experiment.ranks.leader:
-        return
+        return True
     schedule = experiment.config[section]
     torch.manual_seed(derive_seed(experiment.config["seed"], "test", *key.values()))
-    result = evaluate(model if evaluated is None else evaluated, experiment.x_test, experiment.y_test,
-                      schedule["testBatchSize"], experiment.loss(section), schedule["metricsTest"], experiment.data.data_dim,
-                      experiment.data_for(section).eval_transform)
+    try:
+        result = evaluate(model if evaluated is None else evaluated, experiment.x_test, experiment.y_test,
+                          schedule["testBatchSize"], experiment.loss(section), schedule["metricsTest"],
+                          experiment.data.data_dim, experiment.data_for(section).eval_transform)
+    except SolverError as error:
+        record_failure(experiment, key, f"evaluation: solver failed: {error}", **columns)
+        return False
+    bad = {name: value for name, value in {"test_loss": result.loss, **result.metrics}.items() if not math.isfinite(value)}
+    if bad:
+        record_failure(experiment, key, f"evaluation: non-finite {', '.join(f'{name} ({value})' for name, value in bad.items())}",
+                       **columns)
+        return False
     sparsity = measure_sparsity(model)
     row = {
         **key,
@@ -447,7 +501,19 @@ def record(experiment: Experiment, model: nn.Module, key: dict, section: str, tr
         "flops": sparsity.nonzero_weights * result.nfe_forward,
         "train_seconds": train_seconds,
         "epochs": epochs,
+        "status": "ok",
+        "error": "",
     }
     experiment.run.upsert_metrics(row)
     log.info("%s net %d rep %d step %d: prune ratio %.3f, test loss %.4f", key["method"], key["net"], key["repetition"],
              key["step"], sparsity.prune_ratio, result.loss)
+    return True
+
+
+def record_failure(experiment: Experiment, key: dict, reason: str, **columns) -> None:
+    """Upserts the metrics row of a model that failed: its key, `columns`, status "failed" and
+    `reason` as its error; no measurements. Rank 0's job alone."""
+    if not experiment.ranks.leader:
+        return
+    experiment.run.upsert_metrics({**key, **columns, "status": "failed", "error": reason})
+    log.error("FAILED %s: %s", model_name(key), reason)

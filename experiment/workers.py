@@ -59,9 +59,9 @@ def run_workers(configs: Sequence[dict], jobs: Sequence[Job], workers: int, thre
                  for worker, device in enumerate(devices)]
     failed = []
     try:
-        for process in processes:
-            process.start()
-        running = {process.sentinel: worker for worker, process in enumerate(processes)}
+        for child in processes:
+            child.start()
+        running = {child.sentinel: worker for worker, child in enumerate(processes)}
         while running:
             for sentinel in wait(list(running)):
                 worker = running.pop(sentinel)
@@ -72,10 +72,10 @@ def run_workers(configs: Sequence[dict], jobs: Sequence[Job], workers: int, thre
                     how = f"was killed by signal {-code}" if code < 0 else f"failed (exit code {code})"
                     print(f"worker {worker} {how}; the other workers go on", file=sys.stderr, flush=True)
     finally:
-        for process in processes:  # only if the parent itself is interrupted
-            if process.is_alive():
-                process.terminate()
-                process.join()
+        for child in processes:  # only if the parent itself is interrupted
+            if child.is_alive():
+                child.terminate()
+                child.join()
     return failed
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from experiment.models import build_model, count_nfe
-from experiment.models.dopri5 import dopri5
+from experiment.models.dopri5 import SolverError, dopri5
 from experiment.models.mlp import mlp
 from experiment.models.mlp_tangents import MLP, as_mlp, forward, vjp
 from experiment.models.ode import ODEBlock
@@ -77,10 +77,13 @@ def test_dopri5_solves_a_linear_ode_forwards_and_backwards():
 
 def test_dopri5_fails_clearly_where_no_step_is_small_enough():
     # y' = y² from y(0) = 1 blows up at t = 1
-    with pytest.raises(FloatingPointError, match=r"dopri5: (step size underflow|non-finite error estimate) at t = (0\.99|1\.00)"):
+    with pytest.raises(SolverError, match=r"dopri5: (step size underflow|non-finite error estimate) at t = (0\.99|1\.00)"):
         dopri5(lambda t, y: y * y, torch.ones(2, dtype=torch.float64), 0.0, 2.0, atol=1e-6, rtol=1e-6)
-    with pytest.raises(FloatingPointError, match="non-finite"):
+    with pytest.raises(SolverError, match="non-finite"):
         dopri5(lambda t, y: y * float("nan"), torch.ones(2, dtype=torch.float64), 0.0, 1.0, atol=1e-6, rtol=1e-6)
+    with pytest.raises(SolverError, match=r"more than 5 steps \(network.maxSteps\)"):
+        dopri5(lambda t, y: math.cos(50 * t) * y, torch.ones(2, dtype=torch.float64), 0.0, 1.0, atol=1e-10, rtol=1e-10,
+               max_steps=5)
 
 
 def twins(name: str, tolerance: float, seed: int = 0) -> tuple[nn.Module, nn.Module]:

@@ -22,6 +22,7 @@ from torch.optim import lr_scheduler
 
 from experiment.data import DATASET_NAMES, DATASETS
 from experiment.data.transforms import TRANSFORM_NAMES, TRANSFORMS
+from experiment.models.dopri5 import DEFAULT_MAX_STEPS
 from experiment.models.names import parse_model_name
 from experiment.training.losses import FLOW_LOSSES, LOSSES
 from experiment.training.metrics import METRICS
@@ -290,6 +291,7 @@ NETWORK_FIELDS = {
     "dataset": Field(_choice(DATASET_NAMES, "dataset")),
     "outputSize": Field(_integer(1)),
     "tolerances": Field(_section(TOLERANCE_FIELDS), {}),
+    "maxSteps": Field(_integer(1), DEFAULT_MAX_STEPS),
 }
 
 METRIC_FIELDS = {"type": Field(_choice(tuple(METRICS), "metric")), "kwargs": Field(_kwargs, {})}

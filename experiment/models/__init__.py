@@ -6,17 +6,21 @@ from __future__ import annotations
 from torch import nn
 
 from experiment.models.cnf import CNF
+from experiment.models.dopri5 import DEFAULT_MAX_STEPS, SolverError
 from experiment.models.mlp import AutonomousField, mlp
 from experiment.models.names import ModelSpec, parse_model_name
 from experiment.models.node import NeuralODEClassifier
-from experiment.models.ode import ODEBlock, SolverOptions, count_nfe
+from experiment.models.ode import ODEBlock, SolverOptions, count_nfe, solver_errors, solver_options
 
-__all__ = ["build_model", "parse_model_name", "ModelSpec", "CNF", "NeuralODEClassifier", "ODEBlock", "count_nfe"]
+__all__ = ["build_model", "parse_model_name", "ModelSpec", "CNF", "NeuralODEClassifier", "ODEBlock", "DEFAULT_MAX_STEPS", "SolverError", "count_nfe",
+           "solver_errors", "solver_options"]
 
 
-def build_model(name: str, output_size: int, atol: float | None = None, rtol: float | None = None) -> nn.Module:
+def build_model(name: str, output_size: int, atol: float | None = None, rtol: float | None = None,
+                max_steps: int = DEFAULT_MAX_STEPS) -> nn.Module:
     """The model called `name` for data of dimension (flows) or number of classes (classifiers)
-    `output_size`; `atol`/`rtol` override the tolerances the name implies."""
+    `output_size`; `atol`/`rtol` override the tolerances the name implies; an adaptive solve of more
+    than `max_steps` steps raises SolverError."""
     spec = parse_model_name(name)
     options = SolverOptions(
         method=spec.solver,
@@ -24,6 +28,7 @@ def build_model(name: str, output_size: int, atol: float | None = None, rtol: fl
         atol=spec.atol if atol is None else atol,
         rtol=spec.rtol if rtol is None else rtol,
         num_steps=spec.num_steps,
+        max_steps=max_steps,
     )
     if spec.family in ("node", "cnf"):
         field = AutonomousField(mlp(output_size, spec.hidden, spec.num_layers, spec.activation))

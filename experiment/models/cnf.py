@@ -113,7 +113,8 @@ class CNF(nn.Module):
             if mlp is not None:
                 tangents = _unit_vectors(z) if noise is None else noise.unsqueeze(0)
                 options = block.options
-                z, delta = fused.solve(mlp, z, tangents, float(block.end_time), options.atol, options.rtol, block.count)
+                z, delta = fused.solve(mlp, z, tangents, float(block.end_time), options.atol, options.rtol, block.count,
+                                        options.max_steps)
             else:
                 block.field.noise = noise
                 z, delta = block.solve((z, torch.zeros_like(log_det)))

@@ -37,6 +37,14 @@ SAFETY, MAX_GROWTH, MAX_SHRINK = 0.9, 10.0, 0.2
 Field = Callable[[float, torch.Tensor], torch.Tensor]
 Norm = Callable[[torch.Tensor], torch.Tensor]
 
+DEFAULT_MAX_STEPS = 10_000  # steps per solve (`network.maxSteps`): far above what a trained model needs
+
+
+class SolverError(ArithmeticError):
+    """A solve that cannot finish: the step size underflowed, the state or the error estimate became
+    non-finite, or it took more than the allowed steps. Raised (not retried) so that a diverging
+    model fails at once instead of hanging in ever smaller steps."""
+
 
 def rms_norm(ratio: torch.Tensor) -> torch.Tensor:
     return ratio.pow(2).mean().sqrt()
@@ -59,9 +67,9 @@ def parts_norm(sizes: list[int]) -> Norm:
 
 
 def dopri5(func: Field, y0: torch.Tensor, t0: float, t1: float, atol: float, rtol: float,
-           norm: Norm = rms_norm, max_steps: int = 100_000) -> tuple[torch.Tensor, int]:
+           norm: Norm = rms_norm, max_steps: int = DEFAULT_MAX_STEPS) -> tuple[torch.Tensor, int]:
     """y(t1) for dy/dt = func(t, y), y(t0) = y0 (t1 < t0 integrates backwards), and the number of
-    evaluations of `func`."""
+    evaluations of `func`; a SolverError past `max_steps` steps (accepted or rejected)."""
     direction = 1.0 if t1 >= t0 else -1.0
     k = torch.empty((7, y0.numel()), dtype=y0.dtype, device=y0.device)
     stage_weights = [torch.tensor(row, dtype=y0.dtype, device=y0.device) for row in STAGE_WEIGHTS]
@@ -75,7 +83,7 @@ def dopri5(func: Field, y0: torch.Tensor, t0: float, t1: float, atol: float, rto
             return y, nfe
         step = direction * min(abs(step), abs(t1 - t))
         if t + step == t:
-            raise FloatingPointError(f"dopri5: step size underflow at t = {t} (atol {atol}, rtol {rtol})")
+            raise SolverError(f"dopri5: step size underflow at t = {t} (atol {atol}, rtol {rtol})")
         for stage, (fraction, weights) in enumerate(zip(STAGE_TIMES, stage_weights), start=1):
             y_stage = torch.addmv(y, k[:stage].t(), weights, alpha=step)
             k[stage] = func(t + fraction * step, y_stage)
@@ -85,12 +93,13 @@ def dopri5(func: Field, y0: torch.Tensor, t0: float, t1: float, atol: float, rto
         tolerance = torch.maximum(y.abs(), y_next.abs()).mul_(rtol).add_(atol)
         error_ratio = float(norm(error.div_(tolerance)))
         if error_ratio != error_ratio:  # NaN
-            raise FloatingPointError(f"dopri5: non-finite error estimate at t = {t}")
+            raise SolverError(f"dopri5: non-finite error estimate at t = {t} (atol {atol}, rtol {rtol})")
         if error_ratio <= 1:
             y, t = y_next, t + step
             k[0] = k[6]
         step = step * _step_factor(error_ratio)
-    raise RuntimeError(f"dopri5: more than {max_steps} steps between t = {t0} and {t1}")
+    raise SolverError(f"dopri5: more than {max_steps} steps (network.maxSteps) between t = {t0} and {t1}, "
+                      f"stopped at t = {t} (atol {atol}, rtol {rtol})")
 
 
 def _step_factor(error_ratio: float) -> float:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from experiment.models import mlp_tangents
-from experiment.models.dopri5 import dopri5, rms_norm
+from experiment.models.dopri5 import DEFAULT_MAX_STEPS, dopri5, rms_norm
 from experiment.models.mlp import AutonomousField
 from experiment.models.mlp_tangents import MLP, as_mlp
 
@@ -39,7 +39,8 @@ def fusable_mlp(field: nn.Module) -> MLP | None:
 @dataclass(frozen=True)
 class Problem:
     """One solve: the field, the tangents of the trace (shape [K, B, D], K = 0 for no trace), the
-    interval [0, end_time], tolerances, and where to count evaluations."""
+    interval [0, end_time], tolerances, where to count evaluations, and the most steps a solve
+    (forward or backward) may take."""
 
     mlp: MLP
     tangents: torch.Tensor
@@ -47,6 +48,7 @@ class Problem:
     atol: float
     rtol: float
     count_nfe: Callable[[int], None]
+    max_steps: int = DEFAULT_MAX_STEPS
 
     @property
     def with_trace(self) -> bool:
@@ -84,7 +86,8 @@ class _AdjointSolve(torch.autograd.Function):
         start = x.reshape(-1)
         if problem.with_trace:
             start = torch.cat([start, x.new_zeros(batch)])
-        end, nfe = dopri5(problem.field, start, 0.0, problem.end_time, problem.atol, problem.rtol)
+        end, nfe = dopri5(problem.field, start, 0.0, problem.end_time, problem.atol, problem.rtol,
+                          max_steps=problem.max_steps)
         problem.count_nfe(nfe)
         z, log_det = end[:batch * dim].view(batch, dim), end[batch * dim:]
         ctx.problem = problem
@@ -101,7 +104,7 @@ class _AdjointSolve(torch.autograd.Function):
         start = torch.cat([z.reshape(-1), grad_z.reshape(-1), z.new_zeros(sum(p.numel() for p in parameters))])
         seminorm = lambda ratio: rms_norm(ratio[:2 * size])  # noqa: E731 (z and a steer the steps)
         end, nfe = dopri5(problem.adjoint_field(log_det_grad), start, problem.end_time, 0.0, problem.atol,
-                          problem.rtol, seminorm)
+                          problem.rtol, seminorm, problem.max_steps)
         problem.count_nfe(nfe)
         grad_x = end[size:2 * size].view_as(z)
         grads, offset = [], 2 * size
@@ -112,9 +115,10 @@ class _AdjointSolve(torch.autograd.Function):
 
 
 def solve(mlp: MLP, x: torch.Tensor, tangents: torch.Tensor, end_time: float, atol: float, rtol: float,
-          count_nfe: Callable[[int], None]) -> tuple[torch.Tensor, torch.Tensor]:
+          count_nfe: Callable[[int], None], max_steps: int = DEFAULT_MAX_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
     """z(T) and ℓ(T) = ∫_0^T Σ_k v_kᵀ J v_k dt for dz/dt = mlp(z), z(0) = x [B, D], with tangents v
-    [K, B, D] (K = 0: no trace, ℓ is empty). Differentiable in x and the MLP's parameters (adjoint)."""
+    [K, B, D] (K = 0: no trace, ℓ is empty). Differentiable in x and the MLP's parameters (adjoint).
+    A solve of more than `max_steps` steps raises SolverError."""
     detached = MLP(tuple(w.detach() for w in mlp.weights), tuple(b.detach() for b in mlp.biases), mlp.activation)
-    problem = Problem(detached, tangents.detach(), end_time, atol, rtol, count_nfe)
+    problem = Problem(detached, tangents.detach(), end_time, atol, rtol, count_nfe, max_steps)
     return _AdjointSolve.apply(problem, x, *mlp.parameters)

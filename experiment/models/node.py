@@ -22,4 +22,5 @@ class NeuralODEClassifier(nn.Module):
             return self.block.solve(x)
         no_tangents = x.new_zeros((0, *x.shape))
         options = self.block.options
-        return fused.solve(mlp, x, no_tangents, float(self.block.end_time), options.atol, options.rtol, self.block.count)[0]
+        return fused.solve(mlp, x, no_tangents, float(self.block.end_time), options.atol, options.rtol, self.block.count,
+                           options.max_steps)[0]

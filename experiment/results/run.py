@@ -10,20 +10,24 @@ from torch import nn
 
 from experiment.data import load_dataset
 from experiment.data.splits import split_tensors
-from experiment.models import build_model
+from experiment.models import DEFAULT_MAX_STEPS, build_model
 from experiment.pruning.rules import apply_masks
 from experiment.files import load_checkpoint
-from experiment.results.tree import RunDir, model_name, read_csv, read_split
+from experiment.results.tree import RunDir, is_failed, model_name, read_csv, read_split
 from experiment.seeds import derive_seed
 
 
 class Run:
-    """A run folder: `config`, `rows` (metrics.csv), and loaders for models, curves and data."""
+    """A run folder: `config`, `rows` (metrics.csv, the models that finished), `failures` (the rows
+    of models that failed: no measurements, the reason in `error`), and loaders for models, curves
+    and data."""
 
     def __init__(self, path: str | Path):
         self.folder = RunDir(Path(path))
         self.config = self.folder.load_config()
-        self.rows = self.folder.read_metrics()
+        rows = self.folder.read_metrics()
+        self.rows = [row for row in rows if not is_failed(row)]
+        self.failures = [row for row in rows if is_failed(row)]
 
     @property
     def path(self) -> Path:
@@ -34,7 +38,8 @@ class Run:
         applied, in eval mode."""
         name = row_or_name if isinstance(row_or_name, str) else model_name(row_or_name)
         network = self.config["network"]
-        model = build_model(network["name"], network["outputSize"], network["tolerances"]["atol"], network["tolerances"]["rtol"])
+        model = build_model(network["name"], network["outputSize"], network["tolerances"]["atol"], network["tolerances"]["rtol"],
+                            network.get("maxSteps", DEFAULT_MAX_STEPS))  # (runs made before the key lack it)
         checkpoint = load_checkpoint(self.folder.checkpoint(name), device)
         model.load_state_dict(checkpoint["model"])
         apply_masks(model, checkpoint["masks"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiment.results.tree import RunDir, read_csv
+from experiment.results.tree import RunDir, is_failed, read_csv
 
 
 class ResultsTable:
@@ -48,11 +48,15 @@ def run_dirs(path: str | Path) -> list[RunDir]:
 
 
 def load_results(path: str | Path) -> ResultsTable:
-    """All metrics rows of the run folder `path`, or of every run folder below a results root."""
+    """The metrics rows of the models that finished in the run folder `path`, or in every run folder
+    below a results root (rows of failed models, which hold no measurements, are left out; see
+    `Run.failures`)."""
     rows = []
     for run in run_dirs(path):
         config = run.load_config()
         for row in read_csv(run.metrics_file):
+            if is_failed(row):
+                continue
             rows.append({"dataset": config["network"]["dataset"], "network": config["network"]["name"],
                          "run_id": run.path.name, **row})
     return ResultsTable(rows)

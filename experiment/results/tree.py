@@ -4,7 +4,8 @@
         config.yaml             the resolved config of the run (see "Many writers" for `experiments`)
         requests.yaml           every request made of the run, oldest first (see "Many writers")
         data_split.npz          train/validation indices (kept so resumed runs use the same split)
-        metrics.csv             one row per evaluated model (see METRIC_KEY for what identifies a row)
+        metrics.csv             one row per evaluated or failed model (see METRIC_KEY for what identifies
+                                a row; `status` "ok" or "failed", and for a failed one the reason in `error`)
         curves/{model}.csv      per-epoch training curves
         checkpoints/{model}.pt  final weights (+ masks for pruned models)
         progress/{model}.pt     the in-progress training state of a model (deleted when it finishes)
@@ -78,6 +79,7 @@ from filelock import FileLock
 
 from experiment.data import DATASETS
 from experiment.files import DamagedFileError, atomic_write_bytes, atomic_write_text, remove_temporaries
+from experiment.models.dopri5 import DEFAULT_MAX_STEPS
 
 log = logging.getLogger("experiment")
 
@@ -93,6 +95,12 @@ def model_name(key: dict) -> str:
     return f"{chain_name(key['mode'], key['method'], key['net'], key['repetition'])}_step{key['step']}"
 
 
+def is_failed(row: dict) -> bool:
+    """Does a metrics row stand for a model that failed (`status` "failed": it holds the reason in
+    `error` and no measurements)? Rows written before the column existed are models that finished."""
+    return row.get("status") == "failed"
+
+
 def dense_name(net: int) -> str:
     return f"dense_net{net}"
 
@@ -105,8 +113,11 @@ def chain_name(mode: str, method: str, net: int, repetition: int) -> str:
 def run_id(config: dict) -> str:
     """A short stable hash of the parts of the resolved config that determine the trained models,
     and of the dataset's revision where it is above 1 (so runs on data that has since changed are
-    never reused)."""
+    never reused). `network.maxSteps` counts only when it differs from its default, so the run ids
+    of results made before the key existed stay what they were."""
     relevant = {key: value for key, value in config.items() if key not in RUN_ID_EXCLUDED_KEYS}
+    if relevant["network"].get("maxSteps") == DEFAULT_MAX_STEPS:  # added later: runs made before it keep their id
+        relevant["network"] = {key: value for key, value in relevant["network"].items() if key != "maxSteps"}
     revision = DATASETS[config["network"]["dataset"]].revision
     if revision > 1:
         relevant["datasetRevision"] = revision

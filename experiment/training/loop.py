@@ -1,9 +1,12 @@
 """The training loop: epochs of mini-batch steps, validation every epoch, a crash-safe checkpoint
-after every epoch so that an interrupted run resumes where it stopped and ends bit-identically."""
+after every epoch so that an interrupted run resumes where it stopped and ends bit-identically.
+A model that diverges (non-finite parameters or losses, or a solve that cannot finish) stops with
+TrainingFailed; its progress file keeps the last finite epoch."""
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -14,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from experiment.distributed import SINGLE, Ranks
-from experiment.models import count_nfe
+from experiment.models import SolverError, count_nfe, solver_errors, solver_options
 from experiment.pruning.rules import apply_masks
 from experiment.files import atomic_torch_save, load_or_set_aside
 from experiment.seeds import derive_seed
@@ -41,6 +44,20 @@ class TrainData:
     eval_transform: Callable[[torch.Tensor], torch.Tensor] = identity
 
 
+class TrainingFailed(RuntimeError):
+    """Training cannot go on: at `epoch` (0-based) the model diverged or a solve failed (`reason`)."""
+
+    def __init__(self, epoch: int, reason: str):
+        super().__init__(f"epoch {epoch}: {reason}")
+        self.epoch = epoch
+        self.reason = reason
+
+
+def finite_parameters(model: nn.Module) -> bool:
+    """Are all parameters finite? One device sync, whatever the number of parameter tensors."""
+    return bool(torch.stack([torch.isfinite(parameter).all() for parameter in model.parameters()]).all())
+
+
 @dataclass(frozen=True)
 class TrainOutcome:
     curve: list[dict]  # one row per epoch
@@ -63,6 +80,12 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
     With several `ranks` (experiment/distributed.py) every rank calls this with the same arguments:
     each batch is split over the ranks, validation runs on rank 0 only and its loss is shared, and
     only rank 0 writes the progress file; all ranks end with the same model.
+
+    Raises TrainingFailed when the parameters become non-finite after a step, an epoch's training
+    or validation loss is non-finite, or a solve fails (SolverError, e.g. step-size underflow or
+    more than `network.maxSteps` steps); the progress file then still holds the last finite epoch.
+    The checks read what all ranks share (the parameters, the summed and shared losses), so every
+    rank fails at the same step; a solve that fails on one rank only stops that rank alone.
     """
     masks = masks or {}
     optimizer = build_optimizer(model.parameters(), schedule["optimizer"], schedule["optimizerKwargs"])
@@ -90,11 +113,17 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
         order = torch.randperm(len(data.x_train), device=data.x_train.device)  # the same on every rank
         if ranks.parallel:  # but each rank's own noise (e.g. Hutchinson's) for its own samples
             torch.manual_seed(derive_seed(seed, "epoch", epoch, "rank", ranks.rank))
-        train_loss, nfe_forward, nfe_backward = _train_epoch(model, trained, optimizer, data, order, loss_fn,
-                                                             schedule["batchSize"], masks, epoch,
-                                                             progress_bars and ranks.leader, ranks)
-        valid_loss = ranks.from_leader(evaluate(model, data.x_valid, data.y_valid, schedule["testBatchSize"], loss_fn, [],
-                                                data.data_dim, data.eval_transform).loss if ranks.leader else None)
+        try:
+            train_loss, nfe_forward, nfe_backward = _train_epoch(model, trained, optimizer, data, order, loss_fn,
+                                                                 schedule["batchSize"], masks, epoch,
+                                                                 progress_bars and ranks.leader, ranks)
+            valid_loss = ranks.from_leader(evaluate(model, data.x_valid, data.y_valid, schedule["testBatchSize"], loss_fn,
+                                                    [], data.data_dim, data.eval_transform).loss if ranks.leader else None)
+        except SolverError as error:
+            raise TrainingFailed(epoch, f"solver failed: {error}") from error
+        for what, value in (("training", train_loss), ("validation", valid_loss)):
+            if not math.isfinite(value):
+                raise TrainingFailed(epoch, f"non-finite {what} loss ({value})")
         learning_rate = optimizer.param_groups[0]["lr"]
         for scheduler in schedulers:
             scheduler.step()
@@ -133,6 +162,7 @@ def _train_epoch(model: nn.Module, trained: nn.Module, optimizer: torch.optim.Op
     size, so the ranks' gradients average (DistributedDataParallel) to the gradient of the whole
     batch's mean loss. A rank whose share is empty (a last batch smaller than the number of ranks)
     still runs one sample, with weight 0, because every rank must take part in every step.
+    Non-finite parameters after a step raise TrainingFailed (see `train`).
     """
     trained.train()
     total_loss = total_forward = total_backward = 0.0
@@ -148,9 +178,12 @@ def _train_epoch(model: nn.Module, trained: nn.Module, optimizer: torch.optim.Op
         loss = loss_fn(trained(data.train_transform(data.x_train[index])), data.y_train[index])
         nfe_after_forward = count_nfe(model)
         optimizer.zero_grad(set_to_none=True)
-        (loss * (share * ranks.world_size)).backward()
+        with solver_errors(solver_options(model)):  # the adjoint's backward solves run here
+            (loss * (share * ranks.world_size)).backward()
         optimizer.step()
         apply_masks(model, masks)
+        if not finite_parameters(model):
+            raise TrainingFailed(epoch, f"non-finite parameters after batch {count} (its training loss {loss.item():.4g})")
         forward, backward = nfe_after_forward - nfe_start, count_nfe(model) - nfe_after_forward
         total_loss += loss.item() * share
         total_forward += forward
