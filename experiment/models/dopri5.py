@@ -8,8 +8,8 @@ that its last step is shortened to land on t1 instead of interpolating past it.
 
     y1, nfe = dopri5(func, y0, t0, t1, atol, rtol, norm)
 
-Time is a Python float; `norm(ratio)` maps the per-entry error ratio to a 0-d tensor (the RMS over
-the state, or the max over parts of it, as torchdiffeq's mixed norm).
+Time is a Python float; `norm(ratio)` maps the per-entry error ratio to a 0-d tensor (by default the
+RMS over the state; a seminorm looks at part of it).
 """
 
 from __future__ import annotations
@@ -48,22 +48,6 @@ class SolverError(ArithmeticError):
 
 def rms_norm(ratio: torch.Tensor) -> torch.Tensor:
     return ratio.pow(2).mean().sqrt()
-
-
-def parts_norm(sizes: list[int]) -> Norm:
-    """The max over consecutive parts of the state (of these sizes) of each part's RMS: the norm
-    torchdiffeq uses for a tuple state."""
-    device_parts = {}
-
-    def norm(ratio: torch.Tensor) -> torch.Tensor:
-        key = ratio.device
-        if key not in device_parts:
-            part = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(ratio.device)
-            device_parts[key] = (part, torch.tensor(sizes, dtype=ratio.dtype, device=ratio.device))
-        part, size = device_parts[key]
-        return (torch.bincount(part, weights=ratio.pow(2), minlength=len(sizes)) / size).max().sqrt()
-
-    return norm
 
 
 def dopri5(func: Field, y0: torch.Tensor, t0: float, t1: float, atol: float, rtol: float,
