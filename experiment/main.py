@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from experiment import launcher, process
-from experiment.config import ConfigError, load_configs
+from experiment.config import ConfigError, add_overrides_argument, load_configs
 from experiment.files import DamagedFileError
 from experiment.distributed import SINGLE, Ranks, join, leave, ranks_from_environment
 from experiment.jobs import Job, Shard, jobs_of
@@ -66,7 +66,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiment.main", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config file, e.g. param/quickstart.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a config value (parsed as YAML)")
+    add_overrides_argument(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="print each resolved config, its plan and the jobs this command would do; write nothing")
     parser.add_argument("--threads", type=positive_integer, default=1,

@@ -1,6 +1,6 @@
 """Every figure and table the runs of TARGET support, in one command.
 
-    python -m paper.all TARGET [--out DIR]
+    python -m paper.all TARGET [key.path=value ...] [--out DIR]
 
 TARGET is a run folder, a results root or a config file. Per run (into --out, default
 `<run folder>/paper`):
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "--flow-flatness-ratios": dict(type=float, nargs="*", default=[],
                                        help="prune ratios whose Hessian is analysed for 2-D flows (default: none; "
                                             "the iterative Hessian of a toy flow takes several minutes per model on a CPU)")})
-    runs = find_runs(arguments.target)
+    runs = find_runs(arguments.target, arguments.overrides)
     steps = Steps()
 
     for run in runs:

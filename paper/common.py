@@ -7,15 +7,15 @@ import argparse
 import io
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 
-from experiment.config import load_configs
+from experiment.config import ConfigError, add_overrides_argument, load_configs
 from experiment.files import atomic_write_bytes, atomic_write_text
 from experiment.results import Run, run_dirs, run_folder
 from experiment.report import main_metric
@@ -28,16 +28,24 @@ QUANTITIES = {
 }
 
 
-def find_runs(target: str | Path) -> list[Run]:
+def find_runs(target: str | Path, overrides: Sequence[str] = ()) -> list[Run]:
     """The runs of `target`: a run folder, a folder of run folders (e.g. a results root), or a
-    config file (its run folders, one per customization, as `experiment.main` would create them)."""
+    config file (its run folders, one per customization, as `experiment.main` would create them with
+    the same `key.path=value` `overrides`, which change the run id)."""
     target = Path(target)
     if target.suffix in (".yaml", ".yml"):
-        folders = [run_folder(config) for config in load_configs(target)]
+        try:
+            configs = load_configs(target, overrides)
+        except ConfigError as error:
+            raise SystemExit(f"config error: {error}") from None
+        folders = [run_folder(config) for config in configs]
         missing = [str(folder) for folder in folders if not (folder / "config.yaml").exists()]
         if missing:
-            raise SystemExit(f"{target}: no results yet at {', '.join(missing)}; run python -m experiment.main {target}")
+            command = " ".join(["python -m experiment.main", str(target), *overrides])
+            raise SystemExit(f"{target}: no results yet at {', '.join(missing)}; run {command}")
         return [Run(folder) for folder in folders]
+    if overrides:
+        raise SystemExit(f"{target}: key.path=value overrides apply only to a config file target, got {' '.join(overrides)}")
     runs = [Run(folder.path) for folder in run_dirs(target)]
     if not runs:
         raise SystemExit(f"{target}: no run folders (folders with config.yaml) found")
@@ -62,13 +70,15 @@ def quantity_of(column: str) -> tuple[str, callable]:
 
 
 def parse_arguments(description: str, argv: list[str] | None = None, **extra: dict) -> argparse.Namespace:
-    """`TARGET [--out DIR]` plus `extra` options ({flag: argparse kwargs})."""
+    """`TARGET [key.path=value ...] [--out DIR]` plus `extra` options ({flag: argparse kwargs}); the
+    overrides (for a config file TARGET, those it was run with) go to `find_runs`."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("target", help="run folder, results root or config file")
+    add_overrides_argument(parser)
     parser.add_argument("--out", default=None, help="output folder (default: <run folder>/paper)")
     for flag, kwargs in extra.items():
         parser.add_argument(flag, **kwargs)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # options may come after the overrides too
 
 
 def output_folder(out: str | None, run: Run) -> Path:

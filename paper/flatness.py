@@ -1,7 +1,7 @@
 """Loss-surface flatness of dense and pruned nets (SPEC §8): the Hessian of the *training* loss
 restricted to the surviving (non-zero) parameters, on a fixed 10 % subset of the training data.
 
-    python -m paper.flatness TARGET [--out DIR] [--subset 0.1] [--ratios 0.25 0.5 ...] [--all-steps] [--control-subsets 3]
+    python -m paper.flatness TARGET [key.path=value ...] [--out DIR] [--subset 0.1] [--ratios 0.25 0.5 ...] [--all-steps] [--control-subsets 3]
 
 For the dense net and, per (mode, method), the pruned nets of net 0 at the steps whose achieved prune
 ratio is closest to each of `--ratios` (or every step with `--all-steps`; the NoPrune control, which
@@ -816,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "Hessian restricted to as many parameters as the model keeps (default 3; 0: none)"),
         },
     )
-    for run in find_runs(arguments.target):
+    for run in find_runs(arguments.target, arguments.overrides):
         label = run_label(run)
         table, spectra = analyse_run(run, arguments)
         for path in write_outputs(output_folder(arguments.out, run), label, table, spectra, arguments.sigma):

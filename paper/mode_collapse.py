@@ -1,6 +1,6 @@
 """Mode collapse of pruned 2-D flows (SPEC §8), measured against the true mixture.
 
-    python -m paper.mode_collapse TARGET [--out DIR] [--num-samples 20000] [--hit-fraction 0.75] [--max-tv 0.1]
+    python -m paper.mode_collapse TARGET [key.path=value ...] [--out DIR] [--num-samples 20000] [--hit-fraction 0.75] [--max-tv 0.1]
 
 For flows on ToyGaussians / ToyGaussiansSpiral (other runs are skipped with a note):
 
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     torch.set_num_threads(arguments.threads)
-    for run in find_runs(arguments.target):
+    for run in find_runs(arguments.target, arguments.overrides):
         reason = fits(run)
         if reason:
             print(f"{run.path}: {reason}; skipped")

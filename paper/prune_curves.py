@@ -4,7 +4,7 @@ over nets as a band, the dense nets' mean as the point at prune ratio 0 and a da
 The NoPrune control (same chain, nothing pruned) is drawn at the prune ratio of each step, so each
 pruned point sits beside an unpruned model with the same training budget.
 
-    python -m paper.prune_curves TARGET [--out DIR]
+    python -m paper.prune_curves TARGET [key.path=value ...] [--out DIR]
 
 TARGET is a run folder, a results root or a config file. For each run it writes
 `prune_curve_<run label>.png/.pdf` and `prune_curve_<run label>.csv`, the plotted points:
@@ -95,7 +95,7 @@ def write_prune_curve(run: Run, folder: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(__doc__.split("\n\n")[0], argv)
-    for run in find_runs(arguments.target):
+    for run in find_runs(arguments.target, arguments.overrides):
         for path in write_prune_curve(run, output_folder(arguments.out, run)):
             print(path)
     return 0

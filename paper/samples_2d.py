@@ -1,6 +1,6 @@
 """2-D figures per prune ratio (SPEC §8): what the toy models look like as they are pruned.
 
-    python -m paper.samples_2d TARGET [--out DIR] [--ratios PR ...] [--num-ratios 4] [--net 0]
+    python -m paper.samples_2d TARGET [key.path=value ...] [--out DIR] [--ratios PR ...] [--num-ratios 4] [--net 0]
 
 For every 2-D run under TARGET (a run folder, a results root or a config file), one grid per
 figure, rows = pruning methods, columns = the dense net then a few prune ratios:
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     torch.set_num_threads(arguments.threads)
-    for run in find_runs(arguments.target):
+    for run in find_runs(arguments.target, arguments.overrides):
         family = is_2d_run(run)
         if family is None:
             print(f"{run.path}: not a 2-D toy flow or classifier ({run.config['network']['name']}); skipped")

@@ -1,7 +1,7 @@
 """Sweeps over architectures, activations, solvers or optimizer settings (SPEC §8): the prune
 potential of each run and the error against the absolute number of non-zero parameters.
 
-    python -m paper.sweeps TARGET [--out DIR]
+    python -m paper.sweeps TARGET [key.path=value ...] [--out DIR]
 
 TARGET is a results root, a folder of run folders or a sweep config file (its run folders, one per
 customization). Runs are compared within a dataset; each is labelled by what its config does
@@ -281,7 +281,7 @@ def write_sweeps(runs: list[Run], folder: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(__doc__.split("\n\n")[0], argv)
-    runs = find_runs(arguments.target)
+    runs = find_runs(arguments.target, arguments.overrides)
     for path in write_sweeps(runs, collection_folder(arguments.out, arguments.target, runs)):
         print(path)
     return 0

@@ -1,7 +1,7 @@
 """Result tables (SPEC §8): test NLL in nats (tabular sets) or bits/dim (images) with parameter
 counts, the dense nets and the best pruned nets of every run, next to the published baselines.
 
-    python -m paper.tables TARGET [--out DIR]
+    python -m paper.tables TARGET [key.path=value ...] [--out DIR]
 
 TARGET is a run folder, a results root or a config file. Writes `results_table.md` and
 `results_table.tex` into --out (default: `<TARGET>/paper` for a folder, else `paper/` next to the
@@ -254,7 +254,7 @@ def write_tables(runs: list[Run], folder: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(__doc__.split("\n\n")[0], argv)
-    runs = find_runs(arguments.target)
+    runs = find_runs(arguments.target, arguments.overrides)
     for path in write_tables(runs, collection_folder(arguments.out, arguments.target, runs)):
         print(path)
     return 0

@@ -8,6 +8,7 @@ a bad value came from rather than the top file.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 from collections.abc import Sequence
@@ -29,6 +30,14 @@ class _Sourced:
 
     value: Any
     source: str
+
+
+def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
+    """Adds the `key.path=value ...` positional whose values `load_configs` takes as `overrides`: one
+    definition for every command that loads a config (experiment.main and the paper scripts), so a
+    paper script given a run's overrides finds the run folder that command wrote. Parse with
+    `parse_intermixed_args`, so options may come after the overrides too."""
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a config value (parsed as YAML)")
 
 
 def load_configs(path: str | os.PathLike, overrides: Sequence[str] = ()) -> list[dict]:
