@@ -4,8 +4,12 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+# requirements.txt pins the CPU torch that the README and CI install first; the package itself runs on
+# any torch 2.x, so an installed build (e.g. a CUDA one) is kept rather than replaced by pip.
+TORCH = "torch>=2.0,<3"
+
 requirements = [
-    line.strip()
+    TORCH if line.strip().startswith("torch==") else line.strip()
     for line in Path(__file__).with_name("requirements.txt").read_text().splitlines()
     if line.strip() and not line.startswith("#")
 ]
@@ -19,6 +23,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["experiment", "experiment.*", "paper", "paper.*"]),
     install_requires=requirements,
+    entry_points={"console_scripts": ["sparse-flows = experiment.main:main"]},  # = python -m experiment.main
     # GAS is a pandas DataFrame pickle and BSDS300 is HDF5 (experiment/data/tabular.py); submitit
     # submits `--launcher slurm` job arrays (experiment/launcher.py), and the tests run it locally.
     extras_require={"tabular": ["pandas>=1.5", "h5py>=3.8"], "cluster": ["submitit>=1.5"],

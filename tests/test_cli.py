@@ -1,15 +1,20 @@
 """The command lines around a run: the paper scripts find a run made with `key.path=value`
-overrides when given the same overrides."""
+overrides when given the same overrides; the installed `sparse-flows` command is experiment.main,
+and the install accepts any torch 2.x while requirements.txt keeps the tested pin."""
 
 from __future__ import annotations
 
+import importlib
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import setuptools
 
 from conftest import REPO, cli_env, describe, run_cli, tiny_config
+from experiment import main as experiment_main
 from paper import tables
 
 OVERRIDE = "training.numEpochs=1"
@@ -51,3 +56,29 @@ def test_paper_scripts_refuse_overrides_for_a_folder_and_bad_overrides(overridde
         tables.main([str(overridden_run.parent / "results"), OVERRIDE])
     with pytest.raises(SystemExit, match="config error: .*malformed override"):
         tables.main([str(overridden_run), "training.numEpochs"])
+
+
+def setup_arguments(monkeypatch) -> dict:
+    """The keyword arguments setup.py passes to setuptools.setup, read by running it with setup()
+    replaced (the installed package is another checkout, so its metadata would not tell)."""
+    captured = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **arguments: captured.update(arguments))
+    runpy.run_path(str(REPO / "setup.py"))
+    return captured
+
+
+def test_sparse_flows_command_is_experiment_main(monkeypatch):
+    scripts = setup_arguments(monkeypatch)["entry_points"]["console_scripts"]
+    name, target = (part.strip() for part in scripts[0].split("="))
+    module, function = target.split(":")
+    assert name == "sparse-flows" and len(scripts) == 1
+    assert getattr(importlib.import_module(module), function) is experiment_main.main
+
+
+def test_install_accepts_any_torch_2_while_requirements_pin_it(monkeypatch):
+    requires = setup_arguments(monkeypatch)["install_requires"]
+    assert "torch>=2.0,<3" in requires and not any(line.startswith("torch==") for line in requires)
+    pinned = (REPO / "requirements.txt").read_text()
+    assert "\ntorch==2.13.0\n" in pinned
+    assert "pip install torch==2.13.0" in (REPO / "README.md").read_text()
+    assert "pip install --quiet torch==2.13.0" in (REPO / ".ci" / "run").read_text()
