@@ -39,6 +39,14 @@ from experiment.results.tree import RunDir
 from experiment.runner import JobRunner, is_finished, report, resolve_device, run_experiment, summarize_failures
 from experiment.workers import run_workers, worker_devices
 
+# Shown after the options by --help: a first command to copy, and where the config keys are explained.
+EXAMPLES = """examples:
+  python -m experiment.main param/quickstart.yaml                          # the demo: train, prune, report
+  python -m experiment.main param/quickstart.yaml training.numEpochs=2 --dry-run   # see an override, write nothing
+  python -m experiment.main param/toy/ffjord/gaussians/sweep_solver.yaml --workers 4   # a sweep on 4 processes
+
+Every config key, its default and what it does: docs/CONFIG.md. `sparse-flows` is the same command."""
+
 
 def positive_integer(text: str) -> int:
     """An argparse type for counts (--threads, --workers): 0 or fewer is a usage error, not a crash later."""
@@ -63,7 +71,7 @@ def shard(text: str) -> Shard:
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m experiment.main", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m experiment.main", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config file, e.g. param/quickstart.yaml")
     add_overrides_argument(parser)

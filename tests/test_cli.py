@@ -1,6 +1,7 @@
 """The command lines around a run: the paper scripts find a run made with `key.path=value`
 overrides when given the same overrides; the installed `sparse-flows` command is experiment.main,
-and the install accepts any torch 2.x while requirements.txt keeps the tested pin."""
+the install accepts any torch 2.x while requirements.txt keeps the tested pin, and --help shows
+examples and where the config keys are documented."""
 
 from __future__ import annotations
 
@@ -82,3 +83,12 @@ def test_install_accepts_any_torch_2_while_requirements_pin_it(monkeypatch):
     assert "\ntorch==2.13.0\n" in pinned
     assert "pip install torch==2.13.0" in (REPO / "README.md").read_text()
     assert "pip install --quiet torch==2.13.0" in (REPO / ".ci" / "run").read_text()
+
+
+def test_help_shows_examples_and_the_config_reference(capsys):
+    with pytest.raises(SystemExit) as stop:
+        experiment_main.parse_arguments(["--help"])
+    assert stop.value.code == 0
+    shown = capsys.readouterr().out
+    assert "docs/CONFIG.md" in shown and (REPO / "docs" / "CONFIG.md").exists()
+    assert "python -m experiment.main param/quickstart.yaml training.numEpochs=2 --dry-run" in shown
