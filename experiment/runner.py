@@ -305,7 +305,7 @@ def train_dense(experiment: Experiment, net: int) -> nn.Module | None:
         try:
             outcome = train(model, experiment.config["training"], experiment.data_for("training"), experiment.loss("training"),
                             seed=derive_seed(seed, "train", net), progress_file=run.progress(name), description=name,
-                            progress_bars=experiment.progress_bars, ranks=experiment.ranks)
+                            progress_bars=experiment.progress_bars, ranks=experiment.ranks, curve_file=run.curve(name))
         except TrainingFailed as failure:
             record_failure(experiment, key, f"training {failure}")
             return
@@ -347,7 +347,8 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
                     # The progress file is tied to the ratio history, so a changed ratio list never resumes a stale step.
                     outcome, progress, masks = retrain(experiment, method, model, masks, f"{name}_{derive_seed(0, history):08x}",
                                                        seed=derive_seed(seed, "retrain", *key.values()),
-                                                       description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {target:.3f}")
+                                                       description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {target:.3f}",
+                                                       curve=name)
                 except TrainingFailed as failure:
                     record_failure(experiment, key, f"retraining {failure}", **columns)
                     return
@@ -362,10 +363,10 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
 
 
 def retrain(experiment: Experiment, method: str, model: nn.Module, masks: Masks, progress: str, *, seed: int,
-            description: str) -> tuple[TrainOutcome, str, Masks]:
+            description: str, curve: str | None = None) -> tuple[TrainOutcome, str, Masks]:
     """Retrains the pruned `model` in place under `masks` with the `retraining` schedule, resuming
-    from the progress file `progress` (a name); returns the outcome, the name of the progress file
-    used and the masks.
+    from the progress file `progress` (a name) and keeping the curve file of model `curve` (a name)
+    up to date epoch by epoch; returns the outcome, the name of the progress file used and the masks.
 
     A model of a structured method is trained as its compact twin, the masked model's training in a
     fraction of the time (`experiment.pruning.compaction`), then expanded back into `model`, its
@@ -378,7 +379,8 @@ def retrain(experiment: Experiment, method: str, model: nn.Module, masks: Masks,
         trained, trained_masks, progress = compacted.model, compacted.masks, f"{progress}_compact"
     outcome = train(trained, experiment.config["retraining"], experiment.data_for("retraining"), experiment.loss("retraining"),
                     seed=seed, progress_file=run.progress(progress), masks=trained_masks, description=description,
-                    progress_bars=experiment.progress_bars, ranks=experiment.ranks)
+                    progress_bars=experiment.progress_bars, ranks=experiment.ranks,
+                    curve_file=None if curve is None else run.curve(curve))
     if compacted is not None:
         masks = expand(compacted, model)
     return outcome, progress, masks
@@ -435,8 +437,9 @@ def report(plan: Plan, run: RunDir, replot: bool = True) -> None:
 
 def save_trained(experiment: Experiment, name: str, model: nn.Module, outcome: TrainOutcome,
                  masks: dict[str, torch.Tensor], extra: dict, progress: str | None) -> None:
-    """The final checkpoint (holding the curve too), then the curve file, then the progress file
-    goes; `load_trained` finishes the last two if a kill came in between. Rank 0's job alone."""
+    """The final checkpoint (holding the curve too), then the curve file (which training kept up to
+    date; written again for a model that was not retrained), then the progress file goes;
+    `load_trained` finishes the last two if a kill came in between. Rank 0's job alone."""
     if not experiment.ranks.leader:
         return
     run = experiment.run

@@ -5,7 +5,7 @@ The flow is a small exact-trace CNF on a fixed-step solver, so the two computati
 the order of float sums: same metrics rows (every column but the times), the same weights within
 float tolerance. The batch size leaves a last batch of odd size, so the ranks' shares differ and
 their weighting is checked too. Only rank 0 writes: one request recorded, one writer in the log, one
-"training"/"retraining" line per model.
+"training"/"retraining" line per model, one line per epoch.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from experiment.results import RunDir
 TRAIN_SIZE = 14742  # ToyGaussians' training split
 BATCH = 1229  # 14742 = 11 × 1229 + 1223: the last batch splits 612 / 611 over two ranks
 TRAINED = re.compile(r"^(?:training|retraining) (\S+)$", re.MULTILINE)
+EPOCH = re.compile(r" epoch [12]/2: train .* lr \S+$", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,7 @@ def test_two_ranks_give_the_rows_and_weights_of_one_process_with_the_full_batch(
 def test_only_rank_zero_writes_and_each_model_is_trained_once(runs):
     ranks, output = runs["ranks"]
     assert sorted(TRAINED.findall(output)) == ["cascade_ThresNet_net0_rep0_step1", "dense_net0"]
+    assert len(EPOCH.findall(output)) == 4  # one plain line per epoch (output redirected), rank 0's alone
     assert "on 2 data-parallel ranks" in output
     requests = yaml.safe_load((ranks / "requests.yaml").read_text())
     assert len(requests) == 1

@@ -5,6 +5,8 @@ subprocesses, checked through the results tree they leave behind.
 * re-running trains nothing, adding nets trains only the new ones, and the run id ignores which/how
   many models are computed and where results go;
 * a run killed with SIGKILL mid-training resumes and ends bit-identical to an uninterrupted one;
+* with output redirected, each epoch is one plain log line (no tqdm frames), and the curve file grows
+  epoch by epoch, a resumed run's without duplicate epochs;
 * every config under param/ passes --dry-run from any working directory and writes nothing;
 * bad configs fail with a `config error` naming the file and key path, before anything is written.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,8 +37,11 @@ from experiment.data import load_dataset
 from experiment.main import main
 from experiment.models import build_model
 from experiment.results import run_id
+from experiment.results.tree import rows_to_csv
 from experiment.seeds import derive_seed
+from experiment.training import loop
 from experiment.training.evaluate import evaluate
+from experiment.training.loop import TrainData, train
 from experiment.training.losses import build_loss
 
 EPOCHS = 3
@@ -206,6 +212,71 @@ def test_run_id_ignores_what_and_where_but_not_how(dense_run):
         assert identity(*overrides) != base, overrides
 
 
+# ------------------------------------------------------------------------ plain logs, growing curves
+
+EPOCH_LINE = re.compile(r"^(?:.* )?(dense_net\d) epoch (\d+)/(\d+): train [-\d.]+ valid [-\d.]+ nfe \d+/\d+ "
+                        r"[\d.]+ s lr [\d.e+-]+$")
+
+
+def epoch_lines(text: str) -> list[tuple[str, int, int]]:
+    """(model, epoch, of) of each plain epoch line in `text` (stdout, or log.txt with its prefixes)."""
+    return [(match[1], int(match[2]), int(match[3])) for match in map(EPOCH_LINE.match, text.splitlines()) if match]
+
+
+def test_redirected_output_logs_one_plain_line_per_epoch(dense_run):
+    _, results, process = dense_run
+    expected = [(f"dense_net{net}", epoch, EPOCHS) for net in (0, 1) for epoch in range(1, EPOCHS + 1)]
+    assert epoch_lines(process.stdout) == expected, describe(process)
+    assert epoch_lines((the_run_folder(results) / "log.txt").read_text()) == expected
+    for output in (process.stdout, process.stderr):
+        assert "\r" not in output and "\x1b" not in output, "tqdm frames in redirected output"
+
+
+def test_the_curve_file_grows_every_epoch_and_a_resume_rewrites_it(tmp_path, monkeypatch):
+    (config,) = load_configs(tiny_config(tmp_path / "tiny.yaml", tmp_path / "results"))
+    torch.manual_seed(0)
+    x = torch.randn(320, 2)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    data = TrainData(x[:256], y[:256], x[256:], y[256:], 2)
+    loss = build_loss(config["training"]["loss"], config["training"]["lossKwargs"], 2)
+    schedule = {**config["training"], "numEpochs": 4}
+    curve_file = tmp_path / "curves" / "net.csv"
+    seen = []  # the curve file's epochs whenever a progress file is saved
+
+    def save_and_look(path, state):
+        seen.append([int(row["epoch"]) for row in read_rows(curve_file)])
+        save(path, state)
+
+    save = loop.atomic_torch_save
+    monkeypatch.setattr(loop, "atomic_torch_save", save_and_look)
+
+    def run(name: str, num_epochs: int) -> list[dict]:
+        torch.manual_seed(1)
+        model = build_model(TINY_NETWORK, 2)
+        return train(model, {**schedule, "numEpochs": num_epochs}, data, loss, seed=3, progress_file=tmp_path / name,
+                     progress_bars=False, curve_file=curve_file).curve
+
+    curve_file.parent.mkdir()
+    curve_file.write_text("stale\n")  # e.g. of an earlier ratio history: training afresh removes it
+    run("interrupted.pt", 2)
+    assert seen == [[0], [0, 1]]
+    # as if killed after epoch 2's curve row but before its progress file: the resume drops that row
+    curve_file.write_text(curve_file.read_text() + curve_file.read_text().splitlines()[-1].replace("1,", "2,", 1) + "\n")
+    seen.clear()
+    resumed = run("interrupted.pt", 4)
+    assert seen == [[0, 1, 2], [0, 1, 2, 3]]
+    resumed_text = curve_file.read_text()
+
+    uninterrupted = run("whole.pt", 4)
+    assert without(read_rows(curve_file), "seconds") == without(rows_of(resumed_text), "seconds")
+    assert [row["epoch"] for row in resumed] == [row["epoch"] for row in uninterrupted] == [0, 1, 2, 3]
+    assert resumed_text == rows_to_csv(resumed)  # what the runner's final write would write too
+
+
+def rows_of(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(text.splitlines()))
+
+
 # ------------------------------------------------------------------------------------ SIGKILL resume
 
 RESUME_EPOCHS = 8
@@ -260,6 +331,9 @@ def test_a_killed_run_resumes_bit_identically(tmp_path):
     saved = load_weights(progress)  # the crash left a complete, loadable progress file
     assert 2 <= saved["epoch"] < RESUME_EPOCHS
     assert [row["epoch"] for row in saved["curve"]] == list(range(saved["epoch"]))
+    # the curve file kept up: the progress file's epochs, or one more (its row is written just before)
+    assert [int(row["epoch"]) for row in read_rows(run_b / "curves" / "dense_net0.csv")] in (
+        list(range(saved["epoch"])), list(range(saved["epoch"] + 1)))
     model = build_model("node_l2_h16_tanh_da", 2)
     model.load_state_dict(saved["model"])
 

@@ -273,6 +273,9 @@ def test_two_workers_match_one_and_take_over_a_killed_workers_job(config, refere
     # the other worker took the job over and resumed it from the epoch the killed one had finished
     survivor = 1 - killed_worker
     assert re.search(rf"^worker {survivor}: retraining {victim}$", output, re.MULTILINE), output[-3000:]
+    # workers log their epochs: the killed one the victim's first, the survivor its last (after resuming)
+    assert re.search(rf"^worker {killed_worker}: ThresNet net0 step 2/\d+ PR \S+ epoch 1/2: train ", output, re.MULTILINE)
+    assert re.search(rf"^worker {survivor}: ThresNet net0 step 2/\d+ PR \S+ epoch 2/2: train ", output, re.MULTILINE)
     run_folder = the_run_folder(results)
     curve = list(csv.DictReader(open(run_folder / "curves" / f"{victim}.csv")))
     assert float(curve[0]["seconds"]) == saved["curve"][0]["seconds"]

@@ -6,7 +6,7 @@
         data_split.npz          train/validation indices (kept so resumed runs use the same split)
         metrics.csv             one row per evaluated or failed model (see METRIC_KEY for what identifies
                                 a row; `status` "ok" or "failed", and for a failed one the reason in `error`)
-        curves/{model}.csv      per-epoch training curves
+        curves/{model}.csv      per-epoch training curves (rewritten after every epoch while training)
         checkpoints/{model}.pt  final weights (+ masks for pruned models)
         progress/{model}.pt     the in-progress training state of a model (deleted when it finishes)
         log.txt                 what the run did, one line per event: time, host:pid, message

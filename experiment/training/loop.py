@@ -1,12 +1,17 @@
 """The training loop: epochs of mini-batch steps, validation every epoch, a crash-safe checkpoint
 after every epoch so that an interrupted run resumes where it stopped and ends bit-identically.
 A model that diverges (non-finite parameters or losses, or a solve that cannot finish) stops with
-TrainingFailed; its progress file keeps the last finite epoch."""
+TrainingFailed; its progress file keeps the last finite epoch.
+
+On a terminal, tqdm bars show the epochs and batches; with output redirected (cluster jobs, logs)
+their redraw frames would fill the file with cursor codes, so each epoch is one plain log line instead."""
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -19,11 +24,14 @@ from tqdm.auto import tqdm
 from experiment.distributed import SINGLE, Ranks
 from experiment.models import SolverError, count_nfe, solver_errors, solver_options
 from experiment.pruning.rules import apply_masks
-from experiment.files import atomic_torch_save, load_or_set_aside
+from experiment.files import atomic_torch_save, atomic_write_text, load_or_set_aside
+from experiment.results.tree import rows_to_csv
 from experiment.seeds import derive_seed
 from experiment.training.evaluate import evaluate
 from experiment.training.losses import Loss
 from experiment.training.optim import build_optimizer, build_schedulers
+
+log = logging.getLogger("experiment")
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -67,19 +75,26 @@ class TrainOutcome:
 
 def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, seed: int, progress_file: Path,
           masks: dict[str, torch.Tensor] | None = None, description: str = "train", progress_bars: bool = True,
-          ranks: Ranks = SINGLE) -> TrainOutcome:
+          ranks: Ranks = SINGLE, curve_file: Path | None = None) -> TrainOutcome:
     """Trains `model` in place with the `training`/`retraining` config section `schedule`.
 
     Epochs run from `schedule["startEpoch"]` to `numEpochs`; every epoch's batches and random numbers
     (e.g. Hutchinson noise) come from seeds derived from `seed` and the epoch, so resuming from
     `progress_file` (written after each epoch) reproduces an uninterrupted run exactly. `masks`
     (parameter name → 0/1 tensor) are enforced after every optimizer step: pruned entries stay zero.
-    `progress_bars=False` hides the tqdm bars (of epochs and of batches). A progress file that cannot
-    be loaded is set aside (logged) and training starts from the first epoch.
+    The tqdm bars (of epochs and of batches) are drawn only with `progress_bars` and a terminal on
+    stderr; otherwise each epoch is logged as one line (`epoch_line`) on the `experiment` logger. A
+    progress file that cannot be loaded is set aside (logged) and training starts from the first epoch.
+
+    `curve_file`, if given, holds the curve so far, rewritten atomically after every epoch (before the
+    progress file, so it is never behind it), for watching a running job. At the start it is made to
+    match the progress file's curve (removed when training starts afresh): rows a killed process
+    wrote after its last progress file are dropped, so a resumed run's curve has every epoch once.
 
     With several `ranks` (experiment/distributed.py) every rank calls this with the same arguments:
     each batch is split over the ranks, validation runs on rank 0 only and its loss is shared, and
-    only rank 0 writes the progress file; all ranks end with the same model.
+    only rank 0 writes the progress file and the curve file and logs epochs; all ranks end with the
+    same model.
 
     Raises TrainingFailed when the parameters become non-finite after a step, an epoch's training
     or validation loss is non-finite, or a solve fails (SolverError, e.g. step-size underflow or
@@ -103,10 +118,13 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
         state = {key: saved[key] for key in state}
     apply_masks(model, masks)
     trained = ranks.wrap(model)
+    if curve_file is not None and ranks.leader:
+        write_curve(curve_file, state["curve"])
 
     early_stop = schedule["earlyStopEpoch"]
+    bars = progress_bars and ranks.leader and sys.stderr.isatty()
     epochs = tqdm(range(state["epoch"], schedule["numEpochs"]), desc=description, initial=state["epoch"],
-                  total=schedule["numEpochs"], unit="epoch", dynamic_ncols=True, disable=not progress_bars or not ranks.leader)
+                  total=schedule["numEpochs"], unit="epoch", dynamic_ncols=True, disable=not bars)
     for epoch in epochs:
         started = time.perf_counter()
         torch.manual_seed(derive_seed(seed, "epoch", epoch))
@@ -115,8 +133,7 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
             torch.manual_seed(derive_seed(seed, "epoch", epoch, "rank", ranks.rank))
         try:
             train_loss, nfe_forward, nfe_backward = _train_epoch(model, trained, optimizer, data, order, loss_fn,
-                                                                 schedule["batchSize"], masks, epoch,
-                                                                 progress_bars and ranks.leader, ranks)
+                                                                 schedule["batchSize"], masks, epoch, bars, ranks)
             valid_loss = ranks.from_leader(evaluate(model, data.x_valid, data.y_valid, schedule["testBatchSize"], loss_fn,
                                                     [], data.data_dim, data.eval_transform).loss if ranks.leader else None)
         except SolverError as error:
@@ -138,6 +155,10 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
         state["epoch"] = epoch + 1
         epochs.set_postfix(loss=f"{train_loss:.4f}", valid=f"{valid_loss:.4f}", nfe=f"{nfe_forward:.0f}/{nfe_backward:.0f}")
         if ranks.leader:
+            if not bars:
+                log.info("%s", epoch_line(description, state["curve"][-1], schedule["numEpochs"]))
+            if curve_file is not None:
+                write_curve(curve_file, state["curve"])
             atomic_torch_save(progress_file, {
                 **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedulers": [scheduler.state_dict() for scheduler in schedulers],
@@ -149,6 +170,23 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
         model.load_state_dict(state["best"]["model"])
         kept_epoch = state["best"]["epoch"]
     return TrainOutcome(curve=state["curve"], seconds=state["seconds"], kept_epoch=kept_epoch)
+
+
+def epoch_line(description: str, row: dict, num_epochs: int) -> str:
+    """One epoch's curve `row` as a log line, e.g.
+    `dense_net0 epoch 3/100: train 1.2345 valid 1.2210 nfe 44/26 2.31 s lr 0.005` (epochs counted from 1)."""
+    return (f"{description} epoch {row['epoch'] + 1}/{num_epochs}: train {row['train_loss']:.4f} "
+            f"valid {row['valid_loss']:.4f} nfe {row['nfe_forward']:.0f}/{row['nfe_backward']:.0f} "
+            f"{row['seconds']:.2f} s lr {row['lr']:.3g}")
+
+
+def write_curve(path: Path, rows: list[dict]) -> None:
+    """The curve file `path` holding exactly `rows` (none: no file). Rewritten whole and atomically, so
+    that a reader never sees a torn row; a curve is small (one short row per epoch)."""
+    if rows:
+        atomic_write_text(path, rows_to_csv(rows))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _train_epoch(model: nn.Module, trained: nn.Module, optimizer: torch.optim.Optimizer, data: TrainData,
