@@ -109,8 +109,9 @@ def pruned_points(rows: list[dict], column: str, transform=lambda value: value) 
 
 
 def format_table(dense: Point | None, lines: dict[tuple[str, str], list[Point]], metric: str) -> str:
-    """Rows of target prune ratio (dense first), one column per method: 'mean ± std (achieved PR)'."""
-    methods = [method for _, method in lines]
+    """Rows of target prune ratio (dense first), one column per method: 'mean ± std (achieved PR)'; a
+    dense-only run (mode train) gets one column, 'dense'."""
+    methods = [method for _, method in lines] or ["dense"]
     by_target = {key: {point.target_prune_ratio: point for point in points} for key, points in lines.items()}
     targets = sorted({target for points in by_target.values() for target in points})
     header = f"{'prune ratio':>11}  " + "  ".join(f"{method + ' ' + metric:>30}" for method in methods)

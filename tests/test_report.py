@@ -48,3 +48,10 @@ def test_summary_averages_over_nets_with_dense_as_step_zero(plan):
     assert first.num_nets == 2
     table = format_table(dense, lines, "nll")
     assert "1.2000 ± 0.1000" in table and "ThresNet nll" in table
+
+
+def test_a_dense_only_run_gets_a_dense_column():
+    rows = [row("train", "dense", 0, 0, 0.0, 1.0), row("train", "dense", 1, 0, 0.0, 1.2)]
+    table = format_table(dense_point(rows, "nll"), pruned_points(rows, "nll"), "nll").splitlines()
+    assert len(table) == 2 and "dense nll" in table[0]
+    assert "1.1000 ± 0.1000" in table[1]
