@@ -92,3 +92,12 @@ def test_help_shows_examples_and_the_config_reference(capsys):
     shown = capsys.readouterr().out
     assert "docs/CONFIG.md" in shown and (REPO / "docs" / "CONFIG.md").exists()
     assert "python -m experiment.main param/quickstart.yaml training.numEpochs=2 --dry-run" in shown
+
+
+def test_a_grid_of_overrides_is_one_experiment_per_combination_in_dry_run(tmp_path, capsys):
+    config = tiny_config(tmp_path / "tiny.yaml", tmp_path / "results", nets=1)
+    assert experiment_main.main([str(config), "training.optimizerKwargs.lr=0.01,0.05",
+                                 "training.optimizerKwargs.weight_decay=0,1e-4,1e-3", "--dry-run"]) == 0
+    folders = [line.split(":", 1)[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("run folder:")]
+    assert len(folders) == len(set(folders)) == 6
+    assert not (tmp_path / "results").exists()

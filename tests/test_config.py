@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from experiment.config import ConfigError, load_configs
+from experiment.results import run_folder
 
 VALID: dict[str, Any] = {
     "network": {"name": "node_l2_h64_tanh_da", "dataset": "ToyMoons", "outputSize": 2},
@@ -176,6 +177,29 @@ def test_overrides_apply_to_every_config_and_parse_yaml(tmp_path: Path) -> None:
         assert config["training"]["numEpochs"] == 2 and config["retraining"]["numEpochs"] == 2
         assert config["experiments"]["methods"] == ["ThresNet"]
         assert config["device"] == "cpu"
+
+
+def test_grid_customization_is_the_product_of_its_value_lists(tmp_path: Path) -> None:
+    grid = {"training.optimizerKwargs.lr": [0.01, 0.05], "training.optimizerKwargs.weight_decay": [0.0, 1e-4, 1e-3]}
+    customizations = [{"grid": grid}, {"key": ["seed"], "value": 7}]
+    configs = load_configs(write(tmp_path, "sweep.yaml", {**VALID, "customizations": customizations}))
+    pairs = [(config["training"]["optimizerKwargs"]["lr"], config["training"]["optimizerKwargs"]["weight_decay"]) for config in configs]
+    assert pairs == [(0.01, 0.0), (0.01, 1e-4), (0.01, 1e-3), (0.05, 0.0), (0.05, 1e-4), (0.05, 1e-3), (0.01, 1e-4)]
+    assert [config["seed"] for config in configs] == [0] * 6 + [7]
+    assert len({run_folder(config) for config in configs}) == 7
+
+
+def test_comma_separated_overrides_give_one_config_per_combination(tmp_path: Path) -> None:
+    customizations = [{"key": ["seed"], "value": seed} for seed in (1, 2)]
+    path = write(tmp_path, "sweep.yaml", {**VALID, "customizations": customizations})
+    configs = load_configs(path, ["training.optimizerKwargs.lr=0.01,0.05", "experiments.methods=[ThresNet, FilterThresNet]",
+                                  "training.numEpochs=2,3,4"])
+    combinations = [(config["seed"], config["training"]["optimizerKwargs"]["lr"], config["training"]["numEpochs"]) for config in configs]
+    assert combinations == [(seed, lr, epochs) for seed in (1, 2) for lr in (0.01, 0.05) for epochs in (2, 3, 4)]
+    assert all(config["experiments"]["methods"] == ["ThresNet", "FilterThresNet"] for config in configs)  # commas in brackets
+    assert len({run_folder(config) for config in configs}) == 12
+    quoted = load_one(write(tmp_path, "one.yaml", VALID), ("training.lossKwargs.name='a,b'",))
+    assert quoted["training"]["lossKwargs"] == {"name": "a,b"}
 
 
 def test_float_literals_left_as_strings_become_numbers(tmp_path: Path) -> None:
@@ -364,6 +388,27 @@ BAD_CONFIGS = {
     ),
     "customization without key": Bad(
         {"main.yaml": {**VALID, "customizations": [{"value": 1}]}}, "main.yaml", "customizations[0].key", "missing"
+    ),
+    "bad value in a grid": Bad(
+        {"main.yaml": {**VALID, "customizations": [{"grid": {"seed": [1, 2], "training.numEpochs": [3, "x"]}}]}},
+        "main.yaml",
+        "training.numEpochs",
+        "made by customizations[0] (seed=1, training.numEpochs='x')",
+    ),
+    "grid values not a list": Bad(
+        {"main.yaml": {**VALID, "customizations": [{"grid": {"seed": 1}}]}}, "main.yaml", "customizations[0].grid.seed", "non-empty list"
+    ),
+    "grid entry with another key": Bad(
+        {"main.yaml": {**VALID, "customizations": [{"grid": {"seed": [1]}, "value": 2}]}},
+        "main.yaml",
+        "customizations[0].value",
+        "only 'grid'",
+    ),
+    "bad value in a comma-separated override": Bad(
+        {"main.yaml": VALID}, "command line", "training.numEpochs", "made by training.numEpochs=lots", ("training.numEpochs=2,lots",)
+    ),
+    "empty value in a comma-separated override": Bad(
+        {"main.yaml": VALID}, "command line", "training.numEpochs", "empty value", ("training.numEpochs=2,",)
     ),
     "yaml syntax error": Bad({"main.yaml": "network: {name: [\n"}, "main.yaml", "<root>", "line"),
     "non-mapping top level": Bad({"main.yaml": "- just\n- a list\n"}, "main.yaml", "<root>", "mapping"),

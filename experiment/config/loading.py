@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,26 +42,35 @@ def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def load_configs(path: str | os.PathLike, overrides: Sequence[str] = ()) -> list[dict]:
-    """Loads a YAML config: includes, customizations expansion (one config per entry; a file without
-    customizations gives one), then `a.b.c=VALUE` overrides (VALUE parsed as YAML) applied to every
-    expanded config, then validation + defaults. Returns fully resolved plain dicts (JSON/YAML-
-    serialisable, every key present with its default, `retraining` merged over a copy of `training`).
-    Raises ConfigError."""
+    """Loads a YAML config: includes, customizations expansion (one config per entry, one per
+    combination of a `grid` entry; a file without customizations gives one), then `a.b.c=VALUE`
+    overrides (VALUE parsed as YAML) applied to every expanded config — an override with
+    comma-separated values `a.b.c=V1,V2` makes one config per value, several such overrides one per
+    combination — then validation + defaults. Returns fully resolved plain dicts (JSON/YAML-
+    serialisable, every key present with its default, `retraining` merged over a copy of `training`),
+    customizations outermost, the last override's values innermost. Raises ConfigError."""
     parsed_overrides = [_parse_override(text) for text in overrides]
+    override_combinations = list(itertools.product(*parsed_overrides))
     top_file = str(path)
     document = _load_document(Path(path), top_file, ())
     configs = []
-    for label, variant in _expand_customizations(document):
-        try:
-            for keys, value in parsed_overrides:
-                _set_at(variant, keys, copy.deepcopy(value), COMMAND_LINE)
-            provenance: dict[KeyPath, str] = {}
-            plain = _strip(variant, (), provenance)
-            configs.append(validate_config(plain, Sources(provenance, top_file)))
-        except ConfigError as error:
-            if label is None:
-                raise
-            raise ConfigError(error.file, error.key, f"{error.message} (in the config made by {label})") from None
+    for label, customized in _expand_customizations(document):
+        for combination in override_combinations:
+            variant = copy.deepcopy(customized)
+            labels = [label] if label else []
+            if any(len(alternatives) > 1 for alternatives in parsed_overrides):
+                labels.append(", ".join(override.text for override in combination))
+            try:
+                for override in combination:
+                    _set_at(variant, override.keys, copy.deepcopy(override.value), COMMAND_LINE)
+                provenance: dict[KeyPath, str] = {}
+                plain = _strip(variant, (), provenance)
+                configs.append(validate_config(plain, Sources(provenance, top_file)))
+            except ConfigError as error:
+                if not labels:
+                    raise
+                made_by = "; ".join(labels)
+                raise ConfigError(error.file, error.key, f"{error.message} (in the config made by {made_by})") from None
     return configs
 
 
@@ -141,32 +151,39 @@ def _merge(base: _Sourced, top: _Sourced) -> _Sourced:
 
 
 def _expand_customizations(document: _Sourced) -> list[tuple[str | None, _Sourced]]:
-    """One copy of `document` per `customizations` entry {key: [a, b, c], value: V}, each with
-    a.b.c = V and labelled 'customizations[i]' for error messages; the document itself (without the
-    key, labelled None) when there are no customizations."""
+    """One copy of `document` per `customizations` entry {key: [a, b, c], value: V}, with a.b.c = V,
+    and per combination of a `grid` entry {grid: {a.b.c: [V1, V2], d.e: [W1, W2, W3]}} (the product
+    of the value lists, the first key outermost), each labelled for error messages
+    ('customizations[i]', 'customizations[i] (a.b.c=V1, d.e=W2)'); the document itself (without
+    the key, labelled None) when there are no customizations."""
     base = _Sourced({key: child for key, child in document.value.items() if key != "customizations"}, document.source)
     entries = document.value.get("customizations")
     if entries is None or entries.value == []:
         return [(None, base)]
     if not isinstance(entries.value, list):
-        raise ConfigError(entries.source, "customizations", "expected a list of {key, value} mappings")
+        raise ConfigError(entries.source, "customizations", "expected a list of {key, value} or {grid} mappings")
     variants = []
     for index, entry in enumerate(entries.value):
-        keys, value = _customization(entry, ("customizations", index))
-        variant = copy.deepcopy(base)
-        _set_at(variant, keys, copy.deepcopy(value), entry.source)
-        variants.append((format_key_path(("customizations", index)), variant))
+        where = format_key_path(("customizations", index))
+        if not isinstance(entry.value, dict):
+            raise ConfigError(entry.source, where, "expected a mapping {key: [a, b, c], value: V} or {grid: {a.b.c: [V1, V2]}}")
+        if "grid" in entry.value:
+            settings = _grid(entry, where)
+        else:
+            settings = [("", [_customization(entry, where)])]
+        for suffix, assignments in settings:
+            variant = copy.deepcopy(base)
+            for keys, value in assignments:
+                _set_at(variant, keys, copy.deepcopy(value), entry.source)
+            variants.append((where + suffix, variant))
     return variants
 
 
-def _customization(entry: _Sourced, path: KeyPath) -> tuple[list[str], _Sourced]:
-    """The key path and value node of one customizations entry."""
-    where = format_key_path(path)
-    if not isinstance(entry.value, dict):
-        raise ConfigError(entry.source, where, "expected a mapping {key: [a, b, c], value: V}")
+def _customization(entry: _Sourced, where: str) -> tuple[list[str], _Sourced]:
+    """The key path and value node of one customizations entry {key: [a, b, c], value: V}."""
     unknown = sorted(set(entry.value) - {"key", "value"}, key=str)
     if unknown:
-        raise ConfigError(entry.source, f"{where}.{unknown[0]}", "unknown key; expected 'key' and 'value'")
+        raise ConfigError(entry.source, f"{where}.{unknown[0]}", "unknown key; expected 'key' and 'value', or 'grid'")
     for required in ("key", "value"):
         if required not in entry.value:
             raise ConfigError(entry.source, f"{where}.{required}", "required key is missing")
@@ -176,19 +193,78 @@ def _customization(entry: _Sourced, path: KeyPath) -> tuple[list[str], _Sourced]
     return keys, entry.value["value"]
 
 
-def _parse_override(text: str) -> tuple[list[str], _Sourced]:
-    """`a.b.c=VALUE` as (['a', 'b', 'c'], VALUE parsed as YAML)."""
+def _grid(entry: _Sourced, where: str) -> list[tuple[str, list[tuple[list[str], _Sourced]]]]:
+    """The combinations of a customizations entry {grid: {a.b.c: [V1, V2], ...}}: per combination a
+    label suffix ' (a.b.c=V1, ...)' and its (key path, value node) assignments."""
+    extra = sorted(set(entry.value) - {"grid"}, key=str)
+    if extra:
+        raise ConfigError(entry.source, f"{where}.{extra[0]}", "a grid entry holds only 'grid'")
+    grid = entry.value["grid"]
+    if not isinstance(grid.value, dict) or not grid.value:
+        raise ConfigError(grid.source, f"{where}.grid", "expected a non-empty mapping {key.path: [values]}")
+    axes = []
+    for dotted, values in grid.value.items():
+        keys = dotted.split(".") if isinstance(dotted, str) else []
+        if not keys or not all(keys):
+            raise ConfigError(grid.source, f"{where}.grid", f"expected dotted key paths such as training.numEpochs, got {dotted!r}")
+        if not isinstance(values.value, list) or not values.value:
+            raise ConfigError(values.source, f"{where}.grid.{dotted}", "expected a non-empty list of values")
+        axes.append([(keys, value) for value in values.value])
+    combinations = []
+    for assignments in itertools.product(*axes):
+        shown = ", ".join(f"{'.'.join(keys)}={_strip(value, (), {})!r}" for keys, value in assignments)
+        combinations.append((f" ({shown})", list(assignments)))
+    return combinations
+
+
+@dataclass
+class _Override:
+    """One value of a command-line override `a.b.c=VALUE` (VALUE parsed as YAML), with its text."""
+
+    keys: list[str]
+    value: _Sourced
+    text: str
+
+
+def _parse_override(text: str) -> list[_Override]:
+    """`a.b.c=VALUE` as one override, `a.b.c=V1,V2` as one per value (commas inside brackets, braces
+    or quotes do not split: `a=[1, 2]` and `a='x,y'` are single values)."""
     dotted, equals, value_text = text.partition("=")
     keys = dotted.strip().split(".")
     if not equals or not all(keys):
         raise ConfigError(COMMAND_LINE, text, "malformed override, expected KEY.PATH=VALUE (e.g. training.numEpochs=2)")
-    try:
-        value = parse_yaml(value_text)
-    except RefusedYAML as error:
-        raise ConfigError(COMMAND_LINE, dotted, error.message) from None
-    except yaml.YAMLError as error:
-        raise ConfigError(COMMAND_LINE, dotted, f"cannot parse value {value_text!r} as YAML: {error}") from None
-    return keys, _annotate(value, COMMAND_LINE)
+    alternatives = _split_top_level_commas(value_text)
+    if len(alternatives) > 1 and not all(piece.strip() for piece in alternatives):
+        raise ConfigError(COMMAND_LINE, dotted, f"empty value in the comma-separated list {value_text!r}")
+    overrides = []
+    for piece in alternatives:
+        try:
+            value = parse_yaml(piece)
+        except RefusedYAML as error:
+            raise ConfigError(COMMAND_LINE, dotted, error.message) from None
+        except yaml.YAMLError as error:
+            raise ConfigError(COMMAND_LINE, dotted, f"cannot parse value {piece!r} as YAML: {error}") from None
+        overrides.append(_Override(keys, _annotate(value, COMMAND_LINE), f"{dotted}={piece.strip()}"))
+    return overrides
+
+
+def _split_top_level_commas(text: str) -> list[str]:
+    """`text` split at the commas that are outside brackets, braces and quotes."""
+    pieces, depth, quote, start = [], 0, None, 0
+    for position, character in enumerate(text):
+        if quote:
+            quote = None if character == quote else quote
+        elif character in "'\"":
+            quote = character
+        elif character in "[{":
+            depth += 1
+        elif character in "]}":
+            depth -= 1
+        elif character == "," and depth == 0:
+            pieces.append(text[start:position])
+            start = position + 1
+    pieces.append(text[start:])
+    return pieces
 
 
 def _set_at(document: _Sourced, keys: list[str], value: _Sourced, source: str) -> None:
