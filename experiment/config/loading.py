@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ from typing import Any
 
 import yaml
 
-from experiment.config.schema import ConfigError, KeyPath, Sources, format_key_path, validate_config
+from experiment.config.schema import (
+    ConfigError, KeyPath, Sources, format_key_path, remove_ignored_original_keys, validate_config,
+)
 from experiment.config.yaml_safety import RefusedYAML, parse_yaml
 
 COMMAND_LINE = "command line"  # the source named for overrides
@@ -45,18 +48,26 @@ def load_configs(path: str | os.PathLike, overrides: Sequence[str] = ()) -> list
     customizations gives one), then `a.b.c=VALUE` overrides (VALUE parsed as YAML) applied to every
     expanded config, then validation + defaults. Returns fully resolved plain dicts (JSON/YAML-
     serialisable, every key present with its default, `retraining` merged over a copy of `training`).
+    Keys of the original framework's configs that mean nothing here (schema.IGNORED_ORIGINAL_KEYS)
+    are dropped, each reported once as a 'config warning: FILE: KEY: ...' line on stderr.
     Raises ConfigError."""
     parsed_overrides = [_parse_override(text) for text in overrides]
     top_file = str(path)
     document = _load_document(Path(path), top_file, ())
     configs = []
+    shown_warnings: set[str] = set()  # a key every expanded config inherits is reported once
     for label, variant in _expand_customizations(document):
         try:
             for keys, value in parsed_overrides:
                 _set_at(variant, keys, copy.deepcopy(value), COMMAND_LINE)
             provenance: dict[KeyPath, str] = {}
             plain = _strip(variant, (), provenance)
-            configs.append(validate_config(plain, Sources(provenance, top_file)))
+            sources = Sources(provenance, top_file)
+            for warning in remove_ignored_original_keys(plain, sources):
+                if warning not in shown_warnings:
+                    shown_warnings.add(warning)
+                    print(f"config warning: {warning}", file=sys.stderr)  # one line, like main's config errors
+            configs.append(validate_config(plain, sources))
         except ConfigError as error:
             if label is None:
                 raise
