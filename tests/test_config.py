@@ -12,8 +12,11 @@ from typing import Any, NamedTuple
 import pytest
 import yaml
 
+from conftest import REPO
 from experiment.config import ConfigError, load_configs
-from experiment.results import run_folder
+from experiment.config.schema import IGNORED_ORIGINAL_KEYS, UNSUPPORTED_ORIGINAL_KEYS, format_key_path
+from experiment.main import main
+from experiment.results import run_folder, run_id
 
 VALID: dict[str, Any] = {
     "network": {"name": "node_l2_h64_tanh_da", "dataset": "ToyMoons", "outputSize": 2},
@@ -514,6 +517,21 @@ BAD_CONFIGS = {
     "alias inside its own anchor": Bad(
         {"main.yaml": VALID_TEXT + "loop: &loop [1, *loop]\n"}, "main.yaml", "<root>", "itself"
     ),
+    "the original's separate test dataset": Bad(
+        {"main.yaml": config_with({"experiments.datasetTest": "ToyMoons"})},
+        "main.yaml",
+        "experiments.datasetTest",
+        "not supported: a test dataset other than network.dataset",
+    ),
+    "misspelt original key (a typo, not ignored)": Bad(
+        {"main.yaml": config_with({"coreset": {"deltaS": 1.0e-16}})}, "main.yaml", "coreset", "unknown key"
+    ),
+    "original key in the wrong section": Bad(
+        {"main.yaml": config_with({"training.coresets": {"deltaS": 1.0e-16}})},
+        "main.yaml",
+        "training.coresets",
+        "unknown key",
+    ),
 }
 
 
@@ -599,3 +617,79 @@ def test_alias_bomb_in_an_override_is_refused(tmp_path: Path) -> None:
     bomb = "{" + alias_bomb(8).replace("\n", ", ").rstrip(", ") + "}"
     with pytest.raises(ConfigError, match="command line: training.lossKwargs: the node at .* stands for more than 100000"):
         load_configs(write(tmp_path, "main.yaml", VALID), [f"training.lossKwargs={bomb}"])
+
+
+# ------------------------------------------------------------------ configs from the original framework
+
+# The original's keys that mean nothing here, where its configs put them: default.yaml (merged under
+# every config) held blacklist, network_names, network_colors and coresets; paper/pfp/param/mnist/
+# lenet300_100.yaml has description and experiments.datasetsToEvaluate.
+ORIGINAL_DEFAULTS = {
+    "blacklist": ["methods", "numRepetitions", "numNets", "directories", "plotting"],
+    "coresets": {"deltaS": 1.0e-16, "deltaBest": 1.0e-11, "sizeOfT": 0.1},
+    "network_names": {"ThresNet": "WT", "FilterThresNet": "FT"},
+    "network_colors": {"ThresNet": "red", "FilterThresNet": "lawngreen"},
+}
+ORIGINAL_SWEEP = {
+    "file": "default.yaml",
+    **config_with({"description": "node on moons", "experiments.datasetsToEvaluate": ["ToyMoons"]}),
+    "customizations": [
+        {"key": ["network", "name"], "value": "node_l2_h32_tanh_da"},
+        {"key": ["network", "name"], "value": "node_l2_h64_tanh_da"},
+    ],
+}
+PLAIN_SWEEP = {**VALID, "customizations": ORIGINAL_SWEEP["customizations"]}
+
+
+def warning_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("config warning: ")]
+
+
+def test_original_keys_load_with_one_warning_each_and_change_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path, "default.yaml", ORIGINAL_DEFAULTS)
+    original = load_configs(write(tmp_path, "original.yaml", ORIGINAL_SWEEP))
+    lines = warning_lines(capsys.readouterr().err)
+    plain = load_configs(write(tmp_path, "plain.yaml", PLAIN_SWEEP))
+    assert capsys.readouterr().err == ""
+    assert original == plain
+    assert [run_id(config) for config in original] == [run_id(config) for config in plain]
+    named = {(file, key) for file, key, *_ in (line.removeprefix("config warning: ").split(": ") for line in lines)}
+    defaults, sweep = str(tmp_path / "default.yaml"), str(tmp_path / "original.yaml")
+    assert named == {(defaults, "blacklist"), (defaults, "coresets"), (defaults, "network_names"),
+                     (defaults, "network_colors"), (sweep, "description"), (sweep, "experiments.datasetsToEvaluate")}
+    assert len(lines) == len(named), "each key is reported once, not once per customization"
+    assert all(": ignored: " in line for line in lines)
+
+
+def test_ignored_original_keys_do_not_reach_the_resolved_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Set by an override too (named 'command line'), or by a customization, as the original's sweeps did."""
+    sweep = {**VALID, "customizations": [{"key": ["coresets", "deltaS"], "value": 1.0e-2}]}
+    (config,) = load_configs(write(tmp_path, "main.yaml", sweep), ["experiments.datasetsToEvaluate=[ToyMoons]"])
+    assert "coresets" not in config and "datasetsToEvaluate" not in config["experiments"]
+    assert warning_lines(capsys.readouterr().err) == [
+        f"config warning: {tmp_path / 'main.yaml'}: coresets: ignored: settings of the original's coreset-based "
+        "pruning methods (SiPP, PFP, ...), not implemented here",
+        "config warning: command line: experiments.datasetsToEvaluate: ignored: never read by the original either",
+    ]
+
+
+def test_dry_run_of_an_original_config_warns_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path, "default.yaml", ORIGINAL_DEFAULTS)
+    config = write(tmp_path, "original.yaml", ORIGINAL_SWEEP)
+    assert main([str(config), "--dry-run", f"directories.results={tmp_path / 'results'}"]) == 0
+    captured = capsys.readouterr()
+    assert len(warning_lines(captured.err)) == 6
+    assert f"config warning: {tmp_path / 'default.yaml'}: network_colors: ignored: " in captured.err
+    resolved = yaml.safe_load(captured.out.split("# plan")[0])  # the first config, as --dry-run prints it
+    assert "coresets" not in resolved and "datasetsToEvaluate" not in resolved["experiments"]
+    assert not (tmp_path / "results").exists()
+
+
+def test_every_original_key_is_documented() -> None:
+    section = (REPO / "docs" / "CONFIG.md").read_text().split("## Configs from the original framework")[1].split("\n## ")[0]
+    for path in [*IGNORED_ORIGINAL_KEYS, *UNSUPPORTED_ORIGINAL_KEYS]:
+        assert f"| `{format_key_path(path)}`" in section

@@ -12,6 +12,7 @@ import argparse
 import copy
 import itertools
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,9 @@ from typing import Any
 
 import yaml
 
-from experiment.config.schema import ConfigError, KeyPath, Sources, format_key_path, validate_config
+from experiment.config.schema import (
+    ConfigError, KeyPath, Sources, format_key_path, remove_ignored_original_keys, validate_config,
+)
 from experiment.config.yaml_safety import RefusedYAML, parse_yaml
 
 COMMAND_LINE = "command line"  # the source named for overrides
@@ -48,12 +51,15 @@ def load_configs(path: str | os.PathLike, overrides: Sequence[str] = ()) -> list
     comma-separated values `a.b.c=V1,V2` makes one config per value, several such overrides one per
     combination — then validation + defaults. Returns fully resolved plain dicts (JSON/YAML-
     serialisable, every key present with its default, `retraining` merged over a copy of `training`),
-    customizations outermost, the last override's values innermost. Raises ConfigError."""
+    customizations outermost, the last override's values innermost. Keys of the original
+    framework's configs that mean nothing here (schema.IGNORED_ORIGINAL_KEYS) are dropped, each
+    reported once as a 'config warning: FILE: KEY: ...' line on stderr. Raises ConfigError."""
     parsed_overrides = [_parse_override(text) for text in overrides]
     override_combinations = list(itertools.product(*parsed_overrides))
     top_file = str(path)
     document = _load_document(Path(path), top_file, ())
     configs = []
+    shown_warnings: set[str] = set()  # a key every expanded config inherits is reported once
     for label, customized in _expand_customizations(document):
         for combination in override_combinations:
             variant = copy.deepcopy(customized)
@@ -65,7 +71,12 @@ def load_configs(path: str | os.PathLike, overrides: Sequence[str] = ()) -> list
                     _set_at(variant, override.keys, copy.deepcopy(override.value), COMMAND_LINE)
                 provenance: dict[KeyPath, str] = {}
                 plain = _strip(variant, (), provenance)
-                configs.append(validate_config(plain, Sources(provenance, top_file)))
+                sources = Sources(provenance, top_file)
+                for warning in remove_ignored_original_keys(plain, sources):
+                    if warning not in shown_warnings:
+                        shown_warnings.add(warning)
+                        print(f"config warning: {warning}", file=sys.stderr)  # one line, like main's config errors
+                configs.append(validate_config(plain, sources))
             except ConfigError as error:
                 if not labels:
                     raise

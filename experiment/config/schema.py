@@ -4,6 +4,8 @@
 a fully resolved config: every key present with its default, values normalised (ints accepted where
 floats are expected, numeric strings such as "5e-3" turned into floats), `retraining` resolved over a
 copy of `training`. Any problem raises a ConfigError naming the file that set the offending key.
+Keys of the original framework's configs that mean nothing here are removed before validation by
+`remove_ignored_original_keys`, which returns a warning for each.
 """
 
 from __future__ import annotations
@@ -77,6 +79,10 @@ class Sources:
 
     def error(self, path: KeyPath, message: str) -> ConfigError:
         return ConfigError(self.file_of(path), format_key_path(path), message)
+
+    def warning(self, path: KeyPath, message: str) -> str:
+        """A warning's text, 'FILE: KEY.PATH: message', naming the file as `error` does."""
+        return f"{self.file_of(path)}: {format_key_path(path)}: {message}"
 
 
 Checker = Callable[[Any, KeyPath, Sources], Any]
@@ -505,6 +511,53 @@ TOP_FIELDS = {
     "device": Field(_device, "auto"),
     "launcher": Field(_section(LAUNCHER_FIELDS), {}),
 }
+
+# Keys of the original framework's configs (its src/experiment/experiment/param/default.yaml, which it
+# merged under every config, and its paper/*/param files) that no model here reads, each with why.
+# They are accepted, so such a file loads unchanged, but reported and dropped before validation, so
+# they reach neither the resolved config nor the run id (docs/CONFIG.md, "Configs from the original
+# framework"). A mapping's whole subtree goes with it.
+IGNORED_ORIGINAL_KEYS: dict[KeyPath, str] = {
+    ("blacklist",): "the original's keys to skip when it matched a results folder; run ids here cover the whole config",
+    ("network_names",): "the original's plot labels for its methods",
+    ("network_colors",): "the original's plot colours for its methods",
+    ("coresets",): "settings of the original's coreset-based pruning methods (SiPP, PFP, ...), not implemented here",
+    ("description",): "free text, never read by the original either",
+    ("experiments", "datasetsToEvaluate"): "never read by the original either",
+}
+
+# Keys of the original's configs that would change what a run measures: errors, not warnings.
+UNSUPPORTED_ORIGINAL_KEYS: dict[KeyPath, str] = {
+    ("experiments", "datasetTest"): "a test dataset other than network.dataset; the test metrics here "
+                                    "always come from network.dataset",
+}
+
+
+def remove_ignored_original_keys(raw: Any, sources: Sources) -> list[str]:
+    """Deletes from `raw` (a plain mapping, before validation) every key of IGNORED_ORIGINAL_KEYS and
+    returns one warning ('FILE: KEY: ignored: why') per key deleted; a key of
+    UNSUPPORTED_ORIGINAL_KEYS raises ConfigError."""
+    for path, reason in UNSUPPORTED_ORIGINAL_KEYS.items():
+        if _mapping_holding(raw, path) is not None:
+            raise sources.error(path, f"not supported: {reason}")
+    warnings = []
+    for path, reason in IGNORED_ORIGINAL_KEYS.items():
+        mapping = _mapping_holding(raw, path)
+        if mapping is not None:
+            del mapping[path[-1]]
+            warnings.append(sources.warning(path, f"ignored: {reason}"))
+    return warnings
+
+
+def _mapping_holding(raw: Any, path: KeyPath) -> dict | None:
+    """The mapping at path[:-1] in `raw` when it holds the key path[-1]; None otherwise (a wrong
+    type on the way is left for validation to report)."""
+    node = raw
+    for key in path[:-1]:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node if isinstance(node, dict) and path[-1] in node else None
 
 
 def validate_config(raw: Any, sources: Sources) -> dict:
