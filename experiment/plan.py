@@ -7,18 +7,25 @@ from pathlib import Path
 
 import numpy as np
 
+from experiment.pruning.rules import CONTROL_METHOD
 from experiment.results.tree import run_folder, run_id
+from experiment.stopping import StopRule
 
 
 def keep_ratios(spacing: list[dict]) -> list[float]:
     """The keep ratios of `experiments.spacing`, its entries concatenated in order:
-    geometric → geomspace(maxVal, minVal, numIntervals), linear → linspace(...), manual → values."""
+    geometric → geomspace(maxVal, minVal, numIntervals), linear → linspace(...), manual → values,
+    relative → each of maxSteps steps prunes `ratio` of what the previous keep ratio k left:
+    k·(1 − ratio), starting from the last ratio before the entry (1 at first)."""
     ratios: list[float] = []
     for entry in spacing:
         if entry["type"] == "geometric":
             ratios += np.geomspace(entry["maxVal"], entry["minVal"], entry["numIntervals"]).tolist()
         elif entry["type"] == "linear":
             ratios += np.linspace(entry["maxVal"], entry["minVal"], entry["numIntervals"]).tolist()
+        elif entry["type"] == "relative":
+            start = ratios[-1] if ratios else 1.0
+            ratios += [start * (1.0 - entry["ratio"]) ** step for step in range(1, entry["maxSteps"] + 1)]
         else:
             ratios += [float(value) for value in entry["values"]]
     return ratios
@@ -37,6 +44,7 @@ class Plan:
     methods: tuple[str, ...]
     keep_ratios: tuple[float, ...]
     retrain_steps: int  # prune steps that are followed by retraining (the first ones)
+    stop_rule: StopRule | None  # None: every chain runs all its steps
 
     @property
     def prune_ratios(self) -> tuple[float, ...]:
@@ -59,6 +67,10 @@ class Plan:
                 f"retraining: {self.config['retraining']['numEpochs']} epochs after each of the first "
                 f"{self.retrain_steps} prune step(s)",
             ]
+            if self.stop_rule is not None:
+                lines.append(f"stop rule:  a pruning chain may stop early ({self.stop_rule.describe()}; "
+                             f"{CONTROL_METHOD} runs every step)" if CONTROL_METHOD in self.methods else
+                             f"stop rule:  a pruning chain may stop early ({self.stop_rule.describe()})")
         return "\n".join(lines)
 
 
@@ -77,4 +89,5 @@ def make_plan(config: dict) -> Plan:
         methods=methods,
         keep_ratios=tuple(ratios) if methods else (),
         retrain_steps=len(ratios) if retrain_iterations == -1 else min(retrain_iterations, len(ratios)),
+        stop_rule=StopRule.of(config),
     )

@@ -52,8 +52,9 @@ from experiment.pruning.rules import CONTROL_METHOD, STRUCTURED_METHODS, prune
 from experiment.pruning.sparsity import measure_sparsity
 from experiment.report import dense_point, format_table, main_metric, plot_prune_curve, pruned_points, step_prune_ratio
 from experiment.files import atomic_torch_save, load_or_set_aside, remove_temporaries
-from experiment.results.tree import RunDir, is_failed, model_name
+from experiment.results.tree import METRIC_KEY, RunDir, is_failed, model_name
 from experiment.seeds import derive_seed
+from experiment.stopping import ChainDecision, chain_decision
 from experiment.training.evaluate import evaluate
 from experiment.training.losses import build_loss
 from experiment.training.loop import TrainData, TrainingFailed, TrainOutcome, train
@@ -266,7 +267,33 @@ def finished_jobs(plan: Plan, run: RunDir) -> set[str]:
     failed = {Job.of_row(plan.run_id, row).name for row in rows if is_failed(row)}
     return {job.name for job in jobs_of(plan)
             if job.name in failed or (job.dense is not None and job.dense.name in failed)
-            or rows_per_job[job.name] == (1 if job.kind == "dense" else len(plan.keep_ratios))}
+            or (rows_per_job[job.name] == 1 if job.kind == "dense" else chain_done(plan, rows, job, rows_per_job[job.name]))}
+
+
+def chain_done(plan: Plan, rows: list[dict], job: Job, num_rows: int) -> bool:
+    """Is the prune chain `job` finished? All its rows are there or, under a stop rule, the rule has
+    judged it (it stopped early, or ran every step) and its rows carry the `selected` column; an
+    existing run rerun with a rule is gone over again (no training) until they do."""
+    if plan.stop_rule is None or not plan.stop_rule.applies_to(job.method):
+        return num_rows == len(plan.keep_ratios)
+    decision = stop_decision(plan, rows, job.method, job.net, job.repetition)
+    if decision is None or not (decision.stopped or decision.judged == len(plan.keep_ratios)):
+        return False
+    judged = [row for row in rows if (row["mode"], row["method"], row["net"], row["repetition"]) == (plan.mode, job.method, job.net, job.repetition)
+              and row["step"] <= decision.last_step]
+    return all(row.get("selected") not in (None, "") for row in judged)
+
+
+def stop_decision(plan: Plan, rows: list[dict], method: str, net: int, repetition: int) -> ChainDecision | None:
+    """The plan's stop rule on one chain's recorded rows (`rows`: the run's planned rows); None without
+    a rule for this method, or while the dense net's validation value is not recorded."""
+    rule = plan.stop_rule
+    if rule is None or not rule.applies_to(method):
+        return None
+    chain = [row for row in rows if row["method"] == method and row["net"] == net and row["repetition"] == repetition
+             and row["mode"] == plan.mode]
+    dense_row = next((row for row in rows if row["method"] == "dense" and row["net"] == net and not is_failed(row)), None)
+    return chain_decision(rule, chain, dense_row, main_metric(plan.config["retraining"]), len(plan.keep_ratios))
 
 
 def run_job(experiment: Experiment, job: Job) -> None:
@@ -311,9 +338,18 @@ def train_dense(experiment: Experiment, net: int) -> nn.Module | None:
             return
         save_trained(experiment, name, model, outcome, {}, {}, name)
         seconds, epochs = outcome.seconds, len(outcome.curve)
-    if not run.has_metrics(key):
+    if needs_row(experiment, key):
         record(experiment, model, key, "training", seconds, epochs)
     return model
+
+
+def needs_row(experiment: Experiment, key: dict) -> bool:
+    """Is the model's metrics row missing, or, where a stop rule judges by them, its validation
+    columns (rows made before they existed get them from the model's checkpoint)?"""
+    row = experiment.run.metrics_row(key)
+    if row is None:
+        return True
+    return experiment.plan.stop_rule is not None and not is_failed(row) and row.get("valid_loss") in (None, "")
 
 
 def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, dense: nn.Module) -> None:
@@ -323,8 +359,10 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
     control method prunes nothing: its rows say prune ratio 0 and carry the step's ratio as
     `step_prune_ratio`. Models of a structured method (FT) are retrained and evaluated as their
     compact twins (see `retrain`); checkpoints and rows keep the full layout all the same. The chain
-    stops at a step whose retraining or evaluation fails (its row says why)."""
-    plan, run, seed = experiment.plan, experiment.run, experiment.config["seed"]
+    stops at a step whose retraining or evaluation fails (its row says why), and where the plan's stop
+    rule says so (experiment/stopping.py); under a stop rule its rows get a `selected` column (1 for
+    the sparsest net within tolerance) once the chain ends."""
+    plan, seed = experiment.plan, experiment.config["seed"]
     start, start_masks, history = dense, {}, ()
     for step, keep in enumerate(plan.keep_ratios, start=1):
         history = history + (keep,) if plan.mode == "cascade" else (keep,)
@@ -354,12 +392,37 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
                     return
             save_trained(experiment, name, model, outcome, masks, {"keep_ratios": list(history), "method": method}, progress)
             seconds, epochs, fresh = outcome.seconds, len(outcome.curve), True
-        if fresh or not run.has_metrics(key):
+        if fresh or needs_row(experiment, key):
             evaluated = compact(model, masks).model if method in STRUCTURED_METHODS else model
             if not record(experiment, model, key, "retraining", seconds, epochs, evaluated=evaluated, **columns):
                 return
+        if experiment.ranks.from_leader(end_of_chain(experiment, method, net, repetition, final=False)):
+            return  # (every rank stops with rank 0, which alone reads the rows)
         if plan.mode == "cascade":
             start, start_masks = model, masks
+    end_of_chain(experiment, method, net, repetition, final=True)
+
+
+def end_of_chain(experiment: Experiment, method: str, net: int, repetition: int, final: bool) -> bool:
+    """Under a stop rule, whether the chain ends here: it has stopped early, or this is its `final`
+    step. Then its rows' `selected` column is set (1: the last step within tolerance) and the choice
+    logged. Rank 0's job (the others get False)."""
+    plan, run = experiment.plan, experiment.run
+    if not experiment.ranks.leader or plan.stop_rule is None or not plan.stop_rule.applies_to(method):
+        return False
+    rows = planned_rows(run.read_metrics(), plan)
+    decision = stop_decision(plan, rows, method, net, repetition)
+    if decision is None or not (decision.stopped or final):
+        return False
+    chain = [row for row in rows if (row["mode"], row["method"], row["net"], row["repetition"]) == (plan.mode, method, net, repetition)]
+    if any(row.get("selected") != int(row["step"] == decision.selected) for row in chain):
+        run.update_metrics({tuple(str(row[name]) for name in METRIC_KEY): {"selected": int(row["step"] == decision.selected)}
+                            for row in chain})
+    ratio = plan.prune_ratios[decision.selected - 1] if decision.selected else 0.0
+    ended = f"stopped after step {decision.last_step} of {len(plan.keep_ratios)}" if decision.stopped else "ran every step"
+    log.info("%s net %d rep %d: %s; selected step %d (PR %.3f), the sparsest within tolerance", method, net, repetition,
+             ended, decision.selected, ratio)
+    return True
 
 
 def retrain(experiment: Experiment, method: str, model: nn.Module, masks: Masks, progress: str, *, seed: int,
@@ -469,22 +532,29 @@ def load_trained(experiment: Experiment, name: str) -> dict | None:
 
 def record(experiment: Experiment, model: nn.Module, key: dict, section: str, train_seconds: float, epochs: int,
            evaluated: nn.Module | None = None, **columns) -> bool:
-    """Evaluates `model` on the test set and upserts its metrics row (key, `columns`, measurements);
-    rank 0's job alone. `evaluated`, if given, is what runs on the test set instead: a model with the
+    """Evaluates `model` on the test set, and on the validation set (the `valid_*` columns, what a
+    stop rule may judge by: experiment.stopping), and upserts its metrics row (key, `columns`,
+    measurements); rank 0's job alone. `evaluated`, if given, is what runs instead: a model with the
     same outputs (`model`'s compact twin), while the sparsity columns count `model` itself. A
-    non-finite test loss or metric, or a failed solve, makes the row a failed one; False then."""
+    non-finite loss or metric, or a failed solve, makes the row a failed one; False then."""
     if not experiment.ranks.leader:
         return True
-    schedule = experiment.config[section]
-    torch.manual_seed(derive_seed(experiment.config["seed"], "test", *key.values()))
+    schedule, seed = experiment.config[section], experiment.config["seed"]
+    measured = model if evaluated is None else evaluated
+    data = experiment.data_for(section)
     try:
-        result = evaluate(model if evaluated is None else evaluated, experiment.x_test, experiment.y_test,
-                          schedule["testBatchSize"], experiment.loss(section), schedule["metricsTest"],
-                          experiment.data.data_dim, experiment.data_for(section).eval_transform)
+        torch.manual_seed(derive_seed(seed, "test", *key.values()))
+        result = evaluate(measured, experiment.x_test, experiment.y_test, schedule["testBatchSize"], experiment.loss(section),
+                          schedule["metricsTest"], data.data_dim, data.eval_transform)
+        torch.manual_seed(derive_seed(seed, "valid", *key.values()))
+        validation = evaluate(measured, data.x_valid, data.y_valid, schedule["testBatchSize"], experiment.loss(section),
+                              schedule["metricsTest"], data.data_dim, data.eval_transform)
     except SolverError as error:
         record_failure(experiment, key, f"evaluation: solver failed: {error}", **columns)
         return False
-    bad = {name: value for name, value in {"test_loss": result.loss, **result.metrics}.items() if not math.isfinite(value)}
+    valid_columns = {"valid_loss": validation.loss, **{f"valid_{name}": value for name, value in validation.metrics.items()}}
+    bad = {name: value for name, value in {"test_loss": result.loss, **result.metrics, **valid_columns}.items()
+           if not math.isfinite(value)}
     if bad:
         record_failure(experiment, key, f"evaluation: non-finite {', '.join(f'{name} ({value})' for name, value in bad.items())}",
                        **columns)
@@ -504,6 +574,7 @@ def record(experiment: Experiment, model: nn.Module, key: dict, section: str, tr
         "flops": sparsity.nonzero_weights * result.nfe_forward,
         "train_seconds": train_seconds,
         "epochs": epochs,
+        **valid_columns,
         "status": "ok",
         "error": "",
     }

@@ -35,7 +35,9 @@ METHODS = ("ThresNet", "FilterThresNet", "NoPrune")
 MODES = ("cascade", "retrain", "train")
 DEVICES = ("cpu", "cuda", "auto")  # and "cuda:N", GPU number N
 _CUDA_INDEX = re.compile(r"cuda:\d+")
-SPACING_TYPES = ("geometric", "linear", "manual")
+SPACING_TYPES = ("geometric", "linear", "manual", "relative")
+STOP_REFERENCES = ("dense", "best")
+STOP_MEASURES = ("loss", "error")
 
 # A float literal PyYAML leaves as a string: an exponent without a dot ("5e-3") or without a sign ("1.0e3").
 _FLOAT_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)[eE][+-]?\d+|[+-]?(?:\d+\.\d*|\.\d+)")
@@ -423,12 +425,23 @@ MANUAL_SPACING_FIELDS = {
 }
 
 
+RELATIVE_SPACING_FIELDS = {
+    "type": Field(_choice(SPACING_TYPES, "spacing type")),
+    "ratio": Field(_number(lambda number: 0 < number < 1, "must lie in (0, 1), got {value}")),
+    "maxSteps": Field(_integer(1)),
+}
+
+
 def _spacing(value: Any, path: KeyPath, sources: Sources) -> dict:
-    """One `spacing` entry: a geometric/linear range of keep ratios or a manual list."""
+    """One `spacing` entry: a geometric/linear range of keep ratios, a manual list, or relative steps
+    (each prunes `ratio` of what is left)."""
     if "type" not in _mapping(value, path, sources):
         raise sources.error(path + ("type",), "required key is missing")
-    if _choice(SPACING_TYPES, "spacing type")(value["type"], path + ("type",), sources) == "manual":
+    kind = _choice(SPACING_TYPES, "spacing type")(value["type"], path + ("type",), sources)
+    if kind == "manual":
         return _fields(value, path, sources, MANUAL_SPACING_FIELDS)
+    if kind == "relative":
+        return _fields(value, path, sources, RELATIVE_SPACING_FIELDS)
     entry = _fields(value, path, sources, RANGE_SPACING_FIELDS)
     _check_order(entry, "minVal", "maxVal", path, sources)
     return entry
@@ -453,6 +466,13 @@ def _methods(value: Any, path: KeyPath, sources: Sources) -> list:
     return methods
 
 
+STOP_RULE_FIELDS = {
+    "tolerance": Field(_number(lambda number: number >= 0, "must be >= 0, got {value}")),
+    "reference": Field(_choice(STOP_REFERENCES, "stop-rule reference"), "dense"),
+    "measure": Field(_choice(STOP_MEASURES, "stop-rule measure"), "loss"),
+    "patience": Field(_integer(0), 0),
+}
+
 EXPERIMENT_FIELDS = {
     "methods": Field(_methods, []),
     "mode": Field(_choice(MODES, "mode"), "cascade"),
@@ -461,6 +481,7 @@ EXPERIMENT_FIELDS = {
     "spacing": Field(_list_of(_spacing), []),
     "retrainIterations": Field(_integer(-1), -1),
     "plotting": Field(_plotting, {}),
+    "stopRule": Field(_optional(_section(STOP_RULE_FIELDS)), None),
 }
 
 
@@ -567,7 +588,19 @@ def validate_config(raw: Any, sources: Sources) -> dict:
     retraining = copy.deepcopy(config["training"]) | config["retraining"]
     config["retraining"] = _complete_training(retraining, ("retraining",), sources)
     _check_network_fits_data(config, sources)
+    _check_stop_rule(config, sources)
     return config
+
+
+def _check_stop_rule(config: dict, sources: Sources) -> None:
+    """A stop rule judging by validation error needs a classifier whose first metric is a top-k accuracy."""
+    rule = config["experiments"]["stopRule"]
+    if rule is None or rule["measure"] != "error":
+        return
+    first = [spec["type"] for spec in config["retraining"]["metricsTest"] if spec["type"] != "Dummy"][:1]
+    if first != ["TopK"]:
+        raise sources.error(("experiments", "stopRule", "measure"),
+                            f"'error' needs a classifier whose first test metric is TopK (got {first or 'none'}); use 'loss'")
 
 
 def _check_network_fits_data(config: dict, sources: Sources) -> None:

@@ -234,18 +234,35 @@ class RunDir:
     def upsert_metrics(self, row: dict) -> None:
         """Adds `row` to metrics.csv, replacing a row with the same METRIC_KEY (under metrics.lock, so
         that concurrent writers never lose each other's rows)."""
-        key = tuple(str(row[name]) for name in METRIC_KEY)
+        key = _metric_key(row)
         with self.lock("metrics"):
             remove_temporaries(self.path, lambda name: name == self.metrics_file.name)
-            rows = [old for old in self.read_metrics() if tuple(str(old[name]) for name in METRIC_KEY) != key]
+            rows = [old for old in self.read_metrics() if _metric_key(old) != key]
             rows.append(row)
             rows.sort(key=lambda r: (r["method"] != "dense", r["mode"], r["method"], int(r["net"]), int(r["repetition"]), int(r["step"])))
             atomic_write_text(self.metrics_file, rows_to_csv(rows))
 
     def has_metrics(self, key: dict) -> bool:
         """Is there a row with these METRIC_KEY values?"""
-        wanted = tuple(str(key[name]) for name in METRIC_KEY)
-        return any(tuple(str(row[name]) for name in METRIC_KEY) == wanted for row in self.read_metrics())
+        return self.metrics_row(key) is not None
+
+    def metrics_row(self, key: dict) -> dict | None:
+        """The row with these METRIC_KEY values, if there is one."""
+        wanted = _metric_key(key)
+        return next((row for row in self.read_metrics() if _metric_key(row) == wanted), None)
+
+    def update_metrics(self, changes: dict[tuple[str, ...], dict]) -> None:
+        """Sets columns of existing rows in one write (under metrics.lock): `changes` maps a row's
+        METRIC_KEY values (as strings) to the columns to set."""
+        with self.lock("metrics"):
+            remove_temporaries(self.path, lambda name: name == self.metrics_file.name)
+            rows = [{**row, **changes.get(_metric_key(row), {})} for row in self.read_metrics()]
+            atomic_write_text(self.metrics_file, rows_to_csv(rows))
+
+
+def _metric_key(row: dict) -> tuple[str, ...]:
+    """The METRIC_KEY values of a row (or key), as strings: what identifies its model."""
+    return tuple(str(row[name]) for name in METRIC_KEY)
 
 
 def merged_config(recorded: dict | None, asked: dict) -> dict:
