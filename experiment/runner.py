@@ -38,6 +38,7 @@ import torch
 from filelock import Timeout
 from torch import nn
 
+from experiment import process
 from experiment.config import ConfigError
 from experiment.data import load_dataset
 from experiment.data.splits import split_tensors, train_valid_indices
@@ -275,6 +276,7 @@ def run_job(experiment: Experiment, job: Job) -> None:
     its dense net. The chain takes its dense net under the dense job's lock (rank 0; the other ranks
     follow it), since a damaged dense checkpoint is trained again then, and this process writes its
     files; a dense job is never held while waiting for a chain, so this cannot deadlock."""
+    process.set_tf32(experiment.config["tf32"])  # every rank, worker and main process trains through here
     if job.kind == "dense":
         train_dense(experiment, job.net)
         return
