@@ -148,8 +148,8 @@ def format_table(dense: Point | None, lines: dict[tuple[str, str], list[Point]],
 
 def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Point]], label: str, title: str,
                      path: Path) -> None:
-    """The points' quantity (`label`) vs achieved prune ratio, one line per method starting at the dense point (the
-    NoPrune control drawn at its steps' prune ratios)."""
+    """The points' quantity (`label`) vs achieved prune ratio, one line per method starting at the
+    dense point (the NoPrune control drawn at its steps' prune ratios)."""
     figure, axes = plt.subplots(figsize=(6, 4))
     for (_, method), points in lines.items():
         points = ([dense] if dense else []) + points
