@@ -25,7 +25,8 @@ setup(
     install_requires=requirements,
     entry_points={"console_scripts": ["sparse-flows = experiment.main:main"]},  # = python -m experiment.main
     # GAS is a pandas DataFrame pickle and BSDS300 is HDF5 (experiment/data/tabular.py); submitit
-    # submits `--launcher slurm` job arrays (experiment/launcher.py), and the tests run it locally.
-    extras_require={"tabular": ["pandas>=1.5", "h5py>=3.8"], "cluster": ["submitit>=1.5"],
+    # submits `--launcher slurm` job arrays (experiment/launcher.py), and the tests run it locally;
+    # pandas also serves `ResultsTable.to_pandas` (experiment/results/table.py).
+    extras_require={"tabular": ["pandas>=1.5", "h5py>=3.8"], "cluster": ["submitit>=1.5"], "pandas": ["pandas>=1.5"],
                     "test": ["pytest>=7.0", "pandas>=1.5", "h5py>=3.8", "submitit>=1.5"]},
 )

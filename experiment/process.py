@@ -1,4 +1,5 @@
-"""What every process that trains sets first: its torch threads and how the C allocator keeps memory."""
+"""What every process that trains sets first: its torch threads and how the C allocator keeps memory;
+and, before each job, the float32 precision of GPU matmuls and convolutions its config asks for."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ def configure(threads: int) -> None:
     """`threads` torch threads; freed memory kept for reuse (below)."""
     torch.set_num_threads(threads)
     keep_freed_memory()
+
+
+def set_tf32(allowed: bool) -> None:
+    """TF32 (a 10-bit mantissa) for float32 matmuls and cuDNN convolutions on GPUs that have it, as the
+    config's `tf32` says. Both flags are set explicitly because torch's defaults differ (matmul off,
+    cuDNN on) and have changed between releases. Global to the process, so set per job: a process
+    may do jobs of several configs. No effect on the CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = allowed
 
 
 def keep_freed_memory() -> None:

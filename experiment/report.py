@@ -1,13 +1,16 @@
 """The end-of-run summary and the point summary the `paper/` scripts share: the main test metric
 per (mode, method, prune ratio), averaged over each net's repetitions, then mean ± std over nets;
-printed as a table and plotted (`prune_curve.png` in the run folder) at the end of every run."""
+printed as a table and plotted (`prune_curve.png` in the run folder) at the end of every run, in the
+quantity the `paper/` figures show (`quantity_of`: test NLL, bits/dim, or top-k error in %)."""
 
 from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -27,6 +30,24 @@ def main_metric(schedule: dict) -> str:
         if column:
             return column
     return "test_loss"
+
+
+# How each main-metric column is shown: (label, transform of the stored value).
+QUANTITIES: dict[str, tuple[str, Callable[[float], float]]] = {
+    "nll": ("test NLL (nats)", lambda value: value),
+    "bits_per_dim": ("test bits/dim", lambda value: value),
+    "top1_acc": ("test top-1 error (%)", lambda value: 100.0 * (1.0 - value)),
+}
+
+
+def quantity_of(column: str) -> tuple[str, Callable[[float], float]]:
+    """(label, value transform) of a metrics column; top-k accuracies become error in %."""
+    if column in QUANTITIES:
+        return QUANTITIES[column]
+    top = re.fullmatch(r"top(\d+)_acc", column)
+    if top:
+        return f"test top-{top.group(1)} error (%)", QUANTITIES["top1_acc"][1]
+    return f"test {column}", lambda value: value
 
 
 def _number(value) -> float | None:
@@ -108,32 +129,34 @@ def pruned_points(rows: list[dict], column: str, transform=lambda value: value) 
     return lines
 
 
-def format_table(dense: Point | None, lines: dict[tuple[str, str], list[Point]], metric: str) -> str:
-    """Rows of target prune ratio (dense first), one column per method: 'mean ± std (achieved PR)'; a
-    dense-only run (mode train) gets one column, 'dense'."""
+def format_table(dense: Point | None, lines: dict[tuple[str, str], list[Point]], label: str) -> str:
+    """Rows of target prune ratio (dense first), one column per method headed 'method label' (the
+    points' quantity, e.g. 'ThresNet test top-1 error (%)'): 'mean ± std (achieved PR)'; a dense-only
+    run (mode train) gets one column, 'dense'."""
     methods = [method for _, method in lines] or ["dense"]
     by_target = {key: {point.target_prune_ratio: point for point in points} for key, points in lines.items()}
     targets = sorted({target for points in by_target.values() for target in points})
-    header = f"{'prune ratio':>11}  " + "  ".join(f"{method + ' ' + metric:>30}" for method in methods)
-    cell = lambda point: f"{point.value_mean:>12.4f} ± {point.value_std:<7.4f} ({point.prune_ratio_mean:.3f})"
-    rows = [f"{0.0:>11.3f}  " + "  ".join(cell(dense) for _ in methods)] if dense else []
+    widths = [max(30, len(f"{method} {label}")) for method in methods]  # 30: a cell's width
+    header = f"{'prune ratio':>11}  " + "  ".join(f"{method + ' ' + label:>{width}}" for method, width in zip(methods, widths))
+    cell = lambda point: f"{point.value_mean:.4f} ± {point.value_std:<7.4f} ({point.prune_ratio_mean:.3f})"
+    rows = [f"{0.0:>11.3f}  " + "  ".join(f"{cell(dense):>{width}}" for width in widths)] if dense else []
     for target in targets:
-        rows.append(f"{target:>11.3f}  " + "  ".join(cell(points[target]) if target in points else f"{'':>30}"
-                                                     for points in by_target.values()))
+        rows.append(f"{target:>11.3f}  " + "  ".join(f"{cell(points[target]) if target in points else '':>{width}}"
+                                                     for points, width in zip(by_target.values(), widths)))
     return "\n".join([header, *rows])
 
 
-def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Point]], metric: str, title: str,
+def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Point]], label: str, title: str,
                      path: Path) -> None:
-    """The main metric vs achieved prune ratio, one line per method starting at the dense point (the
-    NoPrune control drawn at its steps' prune ratios)."""
+    """The points' quantity (`label`) vs achieved prune ratio, one line per method starting at the
+    dense point (the NoPrune control drawn at its steps' prune ratios)."""
     figure, axes = plt.subplots(figsize=(6, 4))
     for (_, method), points in lines.items():
         points = ([dense] if dense else []) + points
         axes.errorbar([point.plotted_prune_ratio for point in points], [point.value_mean for point in points],
                       yerr=[point.value_std for point in points], marker="o", markersize=3, capsize=2, label=method)
     axes.set_xlabel("prune ratio (share of all parameters removed)")
-    axes.set_ylabel(f"test {metric}")
+    axes.set_ylabel(label)
     if dense and not lines:  # a dense-only run (mode train)
         axes.errorbar([0.0], [dense.value_mean], yerr=[dense.value_std], marker="o", capsize=2, label="dense")
     axes.set_title(title)

@@ -38,6 +38,7 @@ import torch
 from filelock import Timeout
 from torch import nn
 
+from experiment import process
 from experiment.config import ConfigError
 from experiment.data import load_dataset
 from experiment.data.splits import split_tensors, train_valid_indices
@@ -50,7 +51,8 @@ from experiment.pruning.compaction import compact, expand
 from experiment.pruning.liveness import Masks
 from experiment.pruning.rules import CONTROL_METHOD, STRUCTURED_METHODS, prune
 from experiment.pruning.sparsity import measure_sparsity
-from experiment.report import dense_point, format_table, main_metric, plot_prune_curve, pruned_points, step_prune_ratio
+from experiment.report import (dense_point, format_table, main_metric, plot_prune_curve, pruned_points, quantity_of,
+                               step_prune_ratio)
 from experiment.files import atomic_torch_save, load_or_set_aside, remove_temporaries
 from experiment.results.tree import METRIC_KEY, RunDir, is_failed, model_name
 from experiment.seeds import derive_seed
@@ -301,6 +303,7 @@ def run_job(experiment: Experiment, job: Job) -> None:
     its dense net. The chain takes its dense net under the dense job's lock (rank 0; the other ranks
     follow it), since a damaged dense checkpoint is trained again then, and this process writes its
     files; a dense job is never held while waiting for a chain, so this cannot deadlock."""
+    process.set_tf32(experiment.config["tf32"])  # every rank, worker and main process trains through here
     if job.kind == "dense":
         train_dense(experiment, job.net)
         return
@@ -479,21 +482,23 @@ def summarize_failures(plans: Sequence[Plan]) -> int:
 
 
 def report(plan: Plan, run: RunDir, replot: bool = True) -> None:
-    """Prints prune ratio vs the main metric per method (failed models left out, and listed below)
+    """Prints prune ratio vs the main metric per method, in the quantity the paper/ figures show
+    (`quantity_of`: top-k error in %, NLL, bits/dim; failed models left out, and listed below)
     and plots it into the run folder (under report.lock, which also clears a killed plot's leftover
     temporary file); with `replot=False` (a finished run, only read) only if the plot is missing."""
     metric = main_metric(plan.config["training"])
+    label, transform = quantity_of(metric)  # what the paper/ figures show: top-k error in %, NLL, bits/dim
     rows = [row for row in planned_rows(run.read_metrics(), plan) if not is_failed(row)]
-    dense, lines = dense_point(rows, metric), pruned_points(rows, metric)
+    dense, lines = dense_point(rows, metric, transform), pruned_points(rows, metric, transform)
     title = f"{plan.config['network']['name']} on {plan.config['network']['dataset']}"
-    print(f"\n{title} ({run.path}), test {metric}, mean ± std over nets:")
+    print(f"\n{title} ({run.path}), {label}, mean ± std over nets:")
     if dense is not None or lines:
-        print(format_table(dense, lines, metric))
+        print(format_table(dense, lines, label))
         path = run.path / "prune_curve.png"
         if replot or not path.exists():
             with run.lock("report"):
                 remove_temporaries(run.path, lambda name: name == path.name)
-                plot_prune_curve(dense, lines, metric, title, path)
+                plot_prune_curve(dense, lines, label, title, path)
     for failure in failures(plan, run):
         print(f"FAILED {failure}")
 

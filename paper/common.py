@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -18,14 +17,7 @@ import matplotlib.pyplot as plt
 from experiment.config import ConfigError, add_overrides_argument, load_configs
 from experiment.files import atomic_write_bytes, atomic_write_text
 from experiment.results import Run, run_dirs, run_folder
-from experiment.report import main_metric
-
-# How each main-metric column is shown: (label, transform of the stored value).
-QUANTITIES = {
-    "nll": ("test NLL (nats)", lambda value: value),
-    "bits_per_dim": ("test bits/dim", lambda value: value),
-    "top1_acc": ("test top-1 error (%)", lambda value: 100.0 * (1.0 - value)),
-}
+from experiment.report import main_metric, quantity_of
 
 
 def find_runs(target: str | Path, overrides: Sequence[str] = ()) -> list[Run]:
@@ -52,21 +44,12 @@ def find_runs(target: str | Path, overrides: Sequence[str] = ()) -> list[Run]:
     return runs
 
 
-def quantity(run: Run) -> tuple[str, str, callable]:
+def quantity(run: Run) -> tuple[str, str, Callable[[float], float]]:
     """(metrics column, axis label, value transform) of the run's main metric: test NLL for flows,
-    bits/dim for images, top-1 error for classifiers."""
+    bits/dim for images, top-1 error for classifiers (`experiment.report.quantity_of`, which the
+    end-of-run table shows too)."""
     column = main_metric(run.config["training"])
     return (column, *quantity_of(column))
-
-
-def quantity_of(column: str) -> tuple[str, callable]:
-    """(axis label, value transform) of a metrics column; top-k accuracies become error in %."""
-    if column in QUANTITIES:
-        return QUANTITIES[column]
-    top = re.fullmatch(r"top(\d+)_acc", column)
-    if top:
-        return f"test top-{top.group(1)} error (%)", QUANTITIES["top1_acc"][1]
-    return f"test {column}", lambda value: value
 
 
 def parse_arguments(description: str, argv: list[str] | None = None, **extra: dict) -> argparse.Namespace:

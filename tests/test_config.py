@@ -95,7 +95,7 @@ def test_defaults_are_filled(tmp_path: Path) -> None:
         "local_data": "./local",
         "trained_networks": None,
     }
-    assert (config["seed"], config["device"]) == (0, "auto")
+    assert (config["seed"], config["device"], config["tf32"]) == (0, "auto", False)
     assert config["retraining"] == training
 
 
@@ -416,6 +416,7 @@ BAD_CONFIGS = {
     "yaml syntax error": Bad({"main.yaml": "network: {name: [\n"}, "main.yaml", "<root>", "line"),
     "non-mapping top level": Bad({"main.yaml": "- just\n- a list\n"}, "main.yaml", "<root>", "mapping"),
     "bad device": Bad({"main.yaml": config_with({"device": "tpu"})}, "main.yaml", "device", "unknown device"),
+    "tf32 not a boolean": Bad({"main.yaml": config_with({"tf32": "yes"})}, "main.yaml", "tf32", "expected true or false"),
     "negative lr": Bad(
         {"main.yaml": config_with({"training.optimizerKwargs.lr": -1})},
         "main.yaml",

@@ -1,4 +1,5 @@
-"""The end-of-run summary only shows the models the current plan asks for, averaged over nets."""
+"""The end-of-run summary only shows the models the current plan asks for, averaged over nets, in the
+quantity the paper/ figures show (top-1 error in % for classifiers, NLL for flows)."""
 
 from pathlib import Path
 
@@ -6,8 +7,10 @@ import pytest
 
 from experiment.config import load_configs
 from experiment.plan import make_plan
-from experiment.report import dense_point, format_table, pruned_points
-from experiment.runner import planned_rows
+from conftest import tiny_config
+from experiment.report import dense_point, format_table, pruned_points, quantity_of
+from experiment.results import RunDir
+from experiment.runner import planned_rows, report
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "param" / "quickstart.yaml"
 
@@ -46,12 +49,32 @@ def test_summary_averages_over_nets_with_dense_as_step_zero(plan):
     (first,) = lines[("cascade", "ThresNet")]
     assert (first.target_prune_ratio, first.prune_ratio_mean, first.value_mean, first.value_std) == pytest.approx((0.5, 0.5, 1.2, 0.1))
     assert first.num_nets == 2
-    table = format_table(dense, lines, "nll")
-    assert "1.2000 ± 0.1000" in table and "ThresNet nll" in table
+    table = format_table(dense, lines, quantity_of("nll")[0])
+    assert "1.2000 ± 0.1000" in table and "ThresNet test NLL (nats)" in table
 
 
 def test_a_dense_only_run_gets_a_dense_column():
     rows = [row("train", "dense", 0, 0, 0.0, 1.0), row("train", "dense", 1, 0, 0.0, 1.2)]
-    table = format_table(dense_point(rows, "nll"), pruned_points(rows, "nll"), "nll").splitlines()
-    assert len(table) == 2 and "dense nll" in table[0]
+    table = format_table(dense_point(rows, "nll"), pruned_points(rows, "nll"), quantity_of("nll")[0]).splitlines()
+    assert len(table) == 2 and "dense test NLL (nats)" in table[0]
     assert "1.1000 ± 0.1000" in table[1]
+
+
+def test_a_classifiers_end_of_run_table_shows_top1_error_in_percent(tmp_path, capsys):
+    """As the figures do (paper.common.quantity): 100 · (1 − top1_acc), the columns aligned under a
+    header naming the quantity."""
+    config = load_configs(tiny_config(tmp_path / "moons.yaml", tmp_path / "results", nets=2),
+                          ["experiments.mode=cascade", "experiments.methods=[ThresNet, FilterThresNet]",
+                           "experiments.spacing=[{type: manual, values: [0.5]}]"])[0]
+    plan = make_plan(config)
+    run = RunDir(plan.run_folder)
+    for net, accuracy in enumerate((0.9, 0.8)):
+        run.upsert_metrics(row("train", "dense", net, 0, 0.0, None) | {"top1_acc": accuracy})
+        for method in ("ThresNet", "FilterThresNet"):
+            run.upsert_metrics(row("cascade", method, net, 1, 0.5, None) | {"top1_acc": accuracy - 0.2})
+    report(plan, run)
+    title, header, dense, pruned = capsys.readouterr().out.strip().splitlines()
+    assert "test top-1 error (%), mean ± std over nets" in title
+    assert header.split() == ["prune", "ratio", *"FilterThresNet test top-1 error (%) ThresNet test top-1 error (%)".split()]
+    assert dense.count("15.0000 ± 5.0000") == 2 and pruned.count("35.0000 ± 5.0000") == 2
+    assert len({len(header), len(dense), len(pruned)}) == 1  # columns aligned

@@ -1,20 +1,23 @@
-"""Tests of the results tree API (SPEC §7): `load_results` over real runs, `ResultsTable` queries,
-`RunDir.upsert_metrics`, and the crash-safe (atomic) writes everything in a run folder goes through."""
+"""Tests of the results tree API (SPEC §7): `load_results` over real runs, `ResultsTable` queries and
+its pandas DataFrame, `RunDir.upsert_metrics`, and the crash-safe (atomic) writes everything in a run folder goes through."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from conftest import TINY_NETWORK, tiny_config
+from conftest import TINY_NETWORK, tiny_config, write_yaml
 from experiment.config import load_configs
-from experiment.results import RunDir, load_results, run_id
+from experiment.results import ResultsTable, RunDir, load_results, run_id
 from experiment.files import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from experiment.results.tree import METRIC_KEY
 from experiment.runner import run_experiment
@@ -73,7 +76,36 @@ def test_load_results_of_one_run_folder_and_of_nothing(results_tree, tmp_path):
     single = load_results(runs[0].path)
     assert len(single) == 2
     assert single.unique("run_id") == [run_id(configs[0])]
+    assert single.unique("run_folder") == [str(runs[0].path)] and single.config_of(single.rows[0]) == runs[0].load_config()
     assert len(load_results(tmp_path)) == 0
+
+
+def test_a_sweep_read_into_pandas_has_its_swept_key_as_a_column(tmp_path):
+    """Two runs of a sweep over the learning rate: `to_pandas` gives one row per model, the run's
+    config in dotted columns (lists as JSON text), and the metrics columns as numbers."""
+    pandas = pytest.importorskip("pandas")
+    root = tmp_path / "results"
+    config = tiny_config(tmp_path / "sweep.yaml", root, epochs=1, nets=1)
+    sweep = yaml.safe_load(config.read_text()) | {"customizations": [
+        {"key": ["training", "optimizerKwargs", "lr"], "value": lr} for lr in (0.01, 0.002)]}
+    runs = [run_experiment(swept) for swept in load_configs(write_yaml(config, sweep))]
+
+    frame = load_results(root).to_pandas()
+    assert len(frame) == 2
+    by_folder = frame.set_index("run_folder")
+    assert [by_folder.loc[str(run.path), "training.optimizerKwargs.lr"] for run in runs] == [0.01, 0.002]
+    assert sorted(frame["run_id"]) == sorted(run.path.name for run in runs)
+    assert (frame["network.name"] == TINY_NETWORK).all() and (frame["experiments.numNets"] == 1).all()
+    assert json.loads(frame["experiments.methods"].iloc[0]) == load_configs(config)[0]["experiments"]["methods"]
+    for column in ("net", "test_loss", "top1_acc", "prune_ratio", "num_params", "train_seconds"):
+        assert pandas.api.types.is_numeric_dtype(frame[column]), column
+    assert frame.groupby("training.optimizerKwargs.lr")["top1_acc"].mean().index.tolist() == [0.002, 0.01]
+
+
+def test_to_pandas_without_pandas_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if pandas were not installed
+    with pytest.raises(ImportError, match=re.escape('pip install -e ".[pandas]"')):
+        ResultsTable([]).to_pandas()
 
 
 # ------------------------------------------------------------------------------ upsert_metrics
@@ -187,9 +219,9 @@ def test_run_ids_of_regenerated_toy_data_differ_from_those_of_the_old_data(tmp_p
     """Toy sets whose generator changed (dataset revision 2) get new run ids, so a results tree made
     with the old data is never resumed with the new; unchanged datasets keep their ids."""
 
-    def revision_one_id(config: dict) -> str:  # (the launcher section and network.maxSteps came later, outside the run id too)
+    def revision_one_id(config: dict) -> str:  # (the launcher section, network.maxSteps and tf32 came later, outside the run id too)
         relevant = {key: value for key, value in config.items()
-                    if key not in ("experiments", "directories", "device", "launcher")}
+                    if key not in ("experiments", "directories", "device", "launcher", "tf32")}
         relevant["network"] = {key: value for key, value in relevant["network"].items() if key != "maxSteps"}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 

@@ -530,6 +530,7 @@ TOP_FIELDS = {
     "directories": Field(_section(DIRECTORY_FIELDS), {}),
     "seed": Field(_integer(0), 0),
     "device": Field(_device, "auto"),
+    "tf32": Field(_boolean, False),  # False: full float32 on GPUs, as on the CPU (experiment/process.py set_tf32)
     "launcher": Field(_section(LAUNCHER_FIELDS), {}),
 }
 

@@ -113,11 +113,13 @@ def chain_name(mode: str, method: str, net: int, repetition: int) -> str:
 def run_id(config: dict) -> str:
     """A short stable hash of the parts of the resolved config that determine the trained models,
     and of the dataset's revision where it is above 1 (so runs on data that has since changed are
-    never reused). `network.maxSteps` counts only when it differs from its default, so the run ids
-    of results made before the key existed stay what they were."""
+    never reused). `network.maxSteps` and `tf32` count only when they differ from their defaults, so
+    the run ids of results made before these keys existed stay what they were."""
     relevant = {key: value for key, value in config.items() if key not in RUN_ID_EXCLUDED_KEYS}
     if relevant["network"].get("maxSteps") == DEFAULT_MAX_STEPS:  # added later: runs made before it keep their id
         relevant["network"] = {key: value for key, value in relevant["network"].items() if key != "maxSteps"}
+    if relevant.get("tf32") is False:  # added later, likewise; TF32 changes GPU numerics, so `true` is another run
+        del relevant["tf32"]
     revision = DATASETS[config["network"]["dataset"]].revision
     if revision > 1:
         relevant["datasetRevision"] = revision
