@@ -129,6 +129,32 @@ def pruned_points(rows: list[dict], column: str, transform=lambda value: value) 
     return lines
 
 
+def selected_points(rows: list[dict], column: str, transform=lambda value: value) -> dict[tuple[str, str], Point]:
+    """{(mode, method): the nets' selected models as one point} of the chains a stop rule judged
+    (their rows carry `selected`, experiment/stopping.py): per net the row marked 1, or the dense net
+    where no pruned step was within tolerance. `target_prune_ratio` is NaN: the nets may differ."""
+    chosen: dict[tuple[str, str], list[dict]] = {}
+    dense = {row["net"]: row for row in rows if row["method"] == "dense"}
+    judged: dict[tuple[str, str, int, int], list[dict]] = {}
+    for row in rows:
+        if row["method"] != "dense" and row.get("selected") in (0, 1):
+            judged.setdefault((row["mode"], row["method"], row["net"], row["repetition"]), []).append(row)
+    for (mode, method, net, _), chain in sorted(judged.items()):
+        marked = [row for row in chain if row["selected"] == 1]
+        choice = marked[0] if marked else dense.get(net)
+        if choice is not None:
+            chosen.setdefault((mode, method), []).append(choice)
+    points = {key: _point(members, column, transform, *key, math.nan) for key, members in chosen.items()}
+    return {key: point for key, point in points.items() if point is not None}
+
+
+def format_selection(points: dict[tuple[str, str], Point], label: str) -> str:
+    """One line per (mode, method) of a stop rule's choice: the sparsest nets within tolerance."""
+    return "\n".join(f"stop rule, {method} ({mode}): the sparsest nets within tolerance have PR {point.prune_ratio_mean:.3f}, "
+                     f"{label} {point.value_mean:.4f} ± {point.value_std:.4f} (mean ± std over {point.num_nets} nets)"
+                     for (mode, method), point in points.items())
+
+
 def format_table(dense: Point | None, lines: dict[tuple[str, str], list[Point]], label: str) -> str:
     """Rows of target prune ratio (dense first), one column per method headed 'method label' (the
     points' quantity, e.g. 'ThresNet test top-1 error (%)'): 'mean ± std (achieved PR)'; a dense-only
@@ -147,14 +173,19 @@ def format_table(dense: Point | None, lines: dict[tuple[str, str], list[Point]],
 
 
 def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Point]], label: str, title: str,
-                     path: Path) -> None:
+                     path: Path, selected: dict[tuple[str, str], Point] | None = None) -> None:
     """The points' quantity (`label`) vs achieved prune ratio, one line per method starting at the
-    dense point (the NoPrune control drawn at its steps' prune ratios)."""
+    dense point (the NoPrune control drawn at its steps' prune ratios); a stop rule's `selected`
+    points as stars in their line's colour."""
     figure, axes = plt.subplots(figsize=(6, 4))
-    for (_, method), points in lines.items():
+    for key, points in lines.items():
         points = ([dense] if dense else []) + points
-        axes.errorbar([point.plotted_prune_ratio for point in points], [point.value_mean for point in points],
-                      yerr=[point.value_std for point in points], marker="o", markersize=3, capsize=2, label=method)
+        drawn = axes.errorbar([point.plotted_prune_ratio for point in points], [point.value_mean for point in points],
+                              yerr=[point.value_std for point in points], marker="o", markersize=3, capsize=2, label=key[1])
+        if selected and key in selected:
+            axes.plot([selected[key].prune_ratio_mean], [selected[key].value_mean], marker="*", markersize=14,
+                      color=drawn.lines[0].get_color(), markeredgecolor="black", linestyle="none",
+                      label=f"{key[1]}: selected by the stop rule")
     axes.set_xlabel("prune ratio (share of all parameters removed)")
     axes.set_ylabel(label)
     if dense and not lines:  # a dense-only run (mode train)

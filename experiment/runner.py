@@ -51,8 +51,8 @@ from experiment.pruning.compaction import compact, expand
 from experiment.pruning.liveness import Masks
 from experiment.pruning.rules import CONTROL_METHOD, STRUCTURED_METHODS, prune
 from experiment.pruning.sparsity import measure_sparsity
-from experiment.report import (dense_point, format_table, main_metric, plot_prune_curve, pruned_points, quantity_of,
-                               step_prune_ratio)
+from experiment.report import (dense_point, format_selection, format_table, main_metric, plot_prune_curve, pruned_points,
+                               quantity_of, selected_points, step_prune_ratio)
 from experiment.files import atomic_torch_save, load_or_set_aside, remove_temporaries
 from experiment.results.tree import METRIC_KEY, RunDir, is_failed, model_name
 from experiment.seeds import derive_seed
@@ -490,15 +490,18 @@ def report(plan: Plan, run: RunDir, replot: bool = True) -> None:
     label, transform = quantity_of(metric)  # what the paper/ figures show: top-k error in %, NLL, bits/dim
     rows = [row for row in planned_rows(run.read_metrics(), plan) if not is_failed(row)]
     dense, lines = dense_point(rows, metric, transform), pruned_points(rows, metric, transform)
+    selected = selected_points(rows, metric, transform) if plan.stop_rule is not None else {}
     title = f"{plan.config['network']['name']} on {plan.config['network']['dataset']}"
     print(f"\n{title} ({run.path}), {label}, mean ± std over nets:")
     if dense is not None or lines:
         print(format_table(dense, lines, label))
+        if selected:
+            print(format_selection(selected, label))
         path = run.path / "prune_curve.png"
         if replot or not path.exists():
             with run.lock("report"):
                 remove_temporaries(run.path, lambda name: name == path.name)
-                plot_prune_curve(dense, lines, label, title, path)
+                plot_prune_curve(dense, lines, label, title, path, selected)
     for failure in failures(plan, run):
         print(f"FAILED {failure}")
 
