@@ -6,7 +6,7 @@ import pytest
 
 from experiment.config import load_configs
 from experiment.plan import make_plan
-from experiment.report import dense_point, format_table, pruned_points
+from experiment.report import dense_point, format_table, plotted_lines, plotted_prune_ratios, pruned_points
 from experiment.runner import planned_rows
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "param" / "quickstart.yaml"
@@ -55,3 +55,13 @@ def test_a_dense_only_run_gets_a_dense_column():
     table = format_table(dense_point(rows, "nll"), pruned_points(rows, "nll"), "nll").splitlines()
     assert len(table) == 2 and "dense nll" in table[0]
     assert "1.1000 ± 0.1000" in table[1]
+
+
+def test_plotting_bounds_keep_ratios_of_the_figures():
+    """`experiments.plotting` bounds keep ratios, like `spacing`: keep 0.02 … 0.85 shows prune ratios 15 % … 98 %."""
+    experiments = {"plotting": {"minVal": 0.02, "maxVal": 0.85}}
+    assert plotted_prune_ratios(experiments) == pytest.approx((0.15, 0.98))
+    rows = [row("cascade", "ThresNet", 0, step, target, 1.0) for step, target in enumerate([0.1, 0.15, 0.5, 0.98, 0.99], 1)]
+    lines = plotted_lines(experiments, pruned_points(rows, "nll"))
+    assert [point.target_prune_ratio for point in lines[("cascade", "ThresNet")]] == [0.15, 0.5, 0.98]
+    assert plotted_lines({"plotting": {"minVal": 0.6, "maxVal": 0.7}}, pruned_points(rows, "nll")) == {}  # PR 30–40 %
