@@ -17,10 +17,21 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import PercentFormatter
 
 from experiment.files import atomic_write_bytes
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.training.metrics import metric_column
+
+
+# How methods are named in every figure and table: the paper's FT / WT, and the control.
+METHOD_NAMES = {"ThresNet": "WT", "FilterThresNet": "FT", CONTROL_METHOD: "NoPrune", "dense": "dense"}
+
+
+def line_label(mode: str, method: str, modes: set[str]) -> str:
+    """'WT' or, where a run holds several modes, 'WT (retrain)'."""
+    name = METHOD_NAMES.get(method, method)
+    return name if len(modes) <= 1 else f"{name} ({mode})"
 
 
 def main_metric(schedule: dict) -> str:
@@ -172,28 +183,81 @@ def format_table(dense: Point | None, lines: dict[tuple[str, str], list[Point]],
     return "\n".join([header, *rows])
 
 
+def plotted_prune_ratios(experiments: dict) -> tuple[float, float]:
+    """(lowest, highest) prune ratio that figures show: `experiments.plotting` bounds the *keep*
+    ratios, like `spacing` and the original framework, so prune ratios 1 − maxVal to 1 − minVal."""
+    plotting = experiments.get("plotting") or {}
+    return 1.0 - float(plotting.get("maxVal", 1.0)), 1.0 - float(plotting.get("minVal", 0.0))
+
+
+def is_plotted(experiments: dict, prune_ratio: float) -> bool:
+    """Whether a step scheduled at `prune_ratio` is in the plotted range (`plotted_prune_ratios`)."""
+    low, high = plotted_prune_ratios(experiments)
+    return low - 1e-9 <= prune_ratio <= high + 1e-9
+
+
+def plotted_lines(experiments: dict, lines: dict[tuple[str, str], list[Point]]) -> dict[tuple[str, str], list[Point]]:
+    """`lines` without the points whose step lies outside the plotted range (lines left empty dropped)."""
+    kept = {key: [point for point in points if is_plotted(experiments, point.target_prune_ratio)] for key, points in lines.items()}
+    return {key: points for key, points in kept.items() if points}
+
+
+def prune_ratio_axis(axes: plt.Axes) -> None:
+    """The x axis as prune ratio in %: label 'prune ratio (%)', ticks 0 … 100 (the ratios are stored as shares)."""
+    axes.set_xlabel("prune ratio (%)")
+    axes.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0, symbol=""))
+
+
+METHOD_COLORS = {"FilterThresNet": "tab:blue", "ThresNet": "tab:orange", CONTROL_METHOD: "tab:gray", "dense": "black"}
+MODE_STYLES = {"cascade": "-", "retrain": "--"}
+
+
+def method_color(method: str, index: int = 0) -> str:
+    """The colour of a method in every figure (FT blue, WT orange, NoPrune grey); others by `index`."""
+    return METHOD_COLORS.get(method, f"C{index + 2}")
+
+
+def draw_prune_curves(axes: plt.Axes, dense: Point | None, lines: dict[tuple[str, str], list[Point]]) -> None:
+    """The main metric vs achieved prune ratio: one line per (mode, method) starting at the dense
+    point, mean ± std over nets as a band (the NoPrune control at its steps' prune ratios), the dense
+    mean as a dashed reference line; the prune-ratio axis in %."""
+    modes = {mode for mode, _ in lines}
+    if dense is not None:
+        axes.axhline(dense.value_mean, color="black", linestyle="--", linewidth=0.8,
+                     label=f"dense ({dense.num_nets} net{'s' if dense.num_nets != 1 else ''})")
+        axes.errorbar([0.0], [dense.value_mean], yerr=[dense.value_std], color="black", marker="s", markersize=3,
+                      capsize=2, zorder=3)
+    for index, ((mode, method), points) in enumerate(sorted(lines.items(), key=lambda item: (item[0][1], item[0][0]))):
+        line = ([dense] if dense else []) + points  # every line starts at the dense nets
+        x = [point.plotted_prune_ratio for point in line]
+        mean = np.array([point.value_mean for point in line])
+        std = np.array([point.value_std for point in line])
+        color = method_color(method, index)
+        axes.plot(x, mean, color=color, linestyle=MODE_STYLES.get(mode, ":"), marker="o", markersize=3,
+                  label=line_label(mode, method, modes))
+        axes.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+    prune_ratio_axis(axes)
+    axes.grid(alpha=0.3)
+
+
+def draw_selected(axes: plt.Axes, selected: dict[tuple[str, str], Point]) -> None:
+    """A stop rule's selected nets (`selected_points`) as stars in their method's colour."""
+    for index, ((_, method), point) in enumerate(sorted(selected.items(), key=lambda item: (item[0][1], item[0][0]))):
+        axes.plot([point.prune_ratio_mean], [point.value_mean], marker="*", markersize=12, color=method_color(method, index),
+                  markeredgecolor="black", linestyle="none", label=f"{METHOD_NAMES.get(method, method)}: selected by the stop rule")
+
+
 def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Point]], label: str, title: str,
                      path: Path, selected: dict[tuple[str, str], Point] | None = None) -> None:
-    """The points' quantity (`label`) vs achieved prune ratio, one line per method starting at the
-    dense point (the NoPrune control drawn at its steps' prune ratios); a stop rule's `selected`
-    points as stars in their line's colour."""
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for key, points in lines.items():
-        points = ([dense] if dense else []) + points
-        drawn = axes.errorbar([point.plotted_prune_ratio for point in points], [point.value_mean for point in points],
-                              yerr=[point.value_std for point in points], marker="o", markersize=3, capsize=2, label=key[1])
-        if selected and key in selected:
-            axes.plot([selected[key].prune_ratio_mean], [selected[key].value_mean], marker="*", markersize=14,
-                      color=drawn.lines[0].get_color(), markeredgecolor="black", linestyle="none",
-                      label=f"{key[1]}: selected by the stop rule")
-    axes.set_xlabel("prune ratio (share of all parameters removed)")
+    """The run's own end-of-run plot (`draw_prune_curves`, the same drawing as `paper.prune_curves`)
+    of the main metric as the figures show it (`label`), a stop rule's `selected` nets starred."""
+    figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
+    draw_prune_curves(axes, dense, lines)
+    if selected:
+        draw_selected(axes, selected)
     axes.set_ylabel(label)
-    if dense and not lines:  # a dense-only run (mode train)
-        axes.errorbar([0.0], [dense.value_mean], yerr=[dense.value_std], marker="o", capsize=2, label="dense")
     axes.set_title(title)
     axes.legend()
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=120)
     plt.close(figure)

@@ -51,8 +51,8 @@ from experiment.pruning.compaction import compact, expand
 from experiment.pruning.liveness import Masks
 from experiment.pruning.rules import CONTROL_METHOD, STRUCTURED_METHODS, prune
 from experiment.pruning.sparsity import measure_sparsity
-from experiment.report import (dense_point, format_selection, format_table, main_metric, plot_prune_curve, pruned_points,
-                               quantity_of, selected_points, step_prune_ratio)
+from experiment.report import (dense_point, format_selection, format_table, main_metric, plot_prune_curve, plotted_lines,
+                               pruned_points, quantity_of, selected_points, step_prune_ratio)
 from experiment.files import atomic_torch_save, load_or_set_aside, remove_temporaries
 from experiment.results.tree import METRIC_KEY, RunDir, is_failed, model_name
 from experiment.seeds import derive_seed
@@ -501,7 +501,7 @@ def report(plan: Plan, run: RunDir, replot: bool = True) -> None:
         if replot or not path.exists():
             with run.lock("report"):
                 remove_temporaries(run.path, lambda name: name == path.name)
-                plot_prune_curve(dense, lines, label, title, path, selected)
+                plot_prune_curve(dense, plotted_lines(plan.config["experiments"], lines), label, title, path, selected)
     for failure in failures(plan, run):
         print(f"FAILED {failure}")
 

@@ -1,6 +1,6 @@
 """Every figure and table the runs of TARGET support, in one command.
 
-    python -m paper.all TARGET [key.path=value ...] [--out DIR]
+    python -m paper.all TARGET [key.path=value ...] [--out DIR] [--style screen|paper]
 
 TARGET is a run folder, a results root or a config file. Per run (into --out, default
 `<run folder>/paper`):
@@ -18,7 +18,8 @@ Over runs (into --out, default `<TARGET>/paper` for a folder, else `paper/` next
   that has at least two runs;
 * tables (`paper.tables`), over the runs on tabular and image datasets.
 
-A run a script does not fit is skipped with a note. Exit status 1 if any step failed (the others
+`--style` applies to every figure (it is passed on to the scripts). A run a script does not fit
+is skipped with a note. Exit status 1 if any step failed (the others
 still run).
 """
 
@@ -83,9 +84,10 @@ class Steps:
             for path in result:
                 print(path)
 
-    def script(self, module, run: Run, folder: Path, *options: str) -> None:
-        """`module.main([run folder, --out, folder, *options])` of one of the paper scripts."""
-        self.call(f"{module.__name__} on {run.path}", module.main, [str(run.path), "--out", str(folder), *options])
+    def script(self, module, run: Run, folder: Path, style: str, *options: str) -> None:
+        """`module.main([run folder, --out, folder, --style, style, *options])` of one of the paper scripts."""
+        self.call(f"{module.__name__} on {run.path}", module.main,
+                  [str(run.path), "--out", str(folder), "--style", style, *options])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,18 +104,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {network['name']} on {network['dataset']} ({run.path})")
         steps.call(f"prune curve of {run.path}", write_prune_curve, run, folder)
         if is_two_dimensional(run):
-            steps.script(samples_2d, run, folder)
+            steps.script(samples_2d, run, folder, arguments.style)
             if not is_flow(run):
-                steps.script(flatness, run, folder)
+                steps.script(flatness, run, folder, arguments.style)
             elif arguments.flow_flatness_ratios:  # the iterative Hessian of a flow takes minutes per model
-                steps.script(flatness, run, folder, "--ratios", *map(str, arguments.flow_flatness_ratios))
+                steps.script(flatness, run, folder, arguments.style, "--ratios", *map(str, arguments.flow_flatness_ratios))
             else:
                 steps.note(f"flatness of flows is opt-in (--flow-flatness-ratios 0.6 0.92): skipped for {run.path}")
         else:
             steps.note(f"{network['dataset']} is not a 2-D toy set: no 2-D figures; flatness left to "
                        f"python -m paper.flatness {run.path}")
         if is_flow(run) and network["dataset"] in MODE_COLLAPSE_DATASETS:
-            steps.script(mode_collapse, run, folder)
+            steps.script(mode_collapse, run, folder, arguments.style)
 
     by_dataset: dict[str, list[Run]] = {}
     for run in runs:

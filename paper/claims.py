@@ -39,9 +39,8 @@ import numpy as np
 
 from experiment.files import atomic_write_text
 from experiment.pruning.rules import CONTROL_METHOD
-from experiment.report import dense_point, main_metric, pruned_points, step_prune_ratio
+from experiment.report import METHOD_NAMES, dense_point, main_metric, pruned_points, quantity_of, step_prune_ratio
 from experiment.results import Run
-from paper.common import METHOD_NAMES, quantity_of
 from paper.sweeps import delta_of, prune_potential
 
 MODERATE_MAX_RATIO = 0.8  # the geometric part of the paper's schedule (PR 0.2 .. 0.8)

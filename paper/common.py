@@ -1,18 +1,22 @@
 """What every analysis script shares: finding runs from a run folder, results root or config file,
-the main quantity to plot, and writing figures (PNG and PDF) and tables."""
+the main quantity to plot, the figure style (`--style screen|paper`) and its axes, and writing
+figures (PNG and PDF) and tables."""
 
 from __future__ import annotations
 
 import argparse
 import io
 import os
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from experiment.config import ConfigError, add_overrides_argument, load_configs
 from experiment.files import atomic_write_bytes, atomic_write_text
@@ -52,16 +56,99 @@ def quantity(run: Run) -> tuple[str, str, Callable[[float], float]]:
     return (column, *quantity_of(column))
 
 
+def is_error_rate(column: str) -> bool:
+    """Whether a metrics column is plotted as an error rate in % (top-k accuracies)."""
+    return re.fullmatch(r"top\d+_acc", column) is not None
+
+
 def parse_arguments(description: str, argv: list[str] | None = None, **extra: dict) -> argparse.Namespace:
-    """`TARGET [key.path=value ...] [--out DIR]` plus `extra` options ({flag: argparse kwargs}); the
-    overrides (for a config file TARGET, those it was run with) go to `find_runs`."""
+    """`TARGET [key.path=value ...] [--out DIR] [--style screen|paper]` plus `extra` options ({flag:
+    argparse kwargs}); the overrides (for a config file TARGET, those it was run with) go to
+    `find_runs`. Applies the chosen figure style (`use_style`)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("target", help="run folder, results root or config file")
     add_overrides_argument(parser)
     parser.add_argument("--out", default=None, help="output folder (default: <run folder>/paper)")
+    parser.add_argument("--style", choices=sorted(STYLES), default="screen",
+                        help="screen (default): large, titled with the run; paper: column widths, 8 pt text, "
+                             "TrueType fonts in the PDF, no run ids in titles")
     for flag, kwargs in extra.items():
         parser.add_argument(flag, **kwargs)
-    return parser.parse_intermixed_args(argv)  # options may come after the overrides too
+    arguments = parser.parse_intermixed_args(argv)  # options may come after the overrides too
+    use_style(arguments.style)
+    return arguments
+
+
+# ------------------------------------------------------------------ figure style
+
+
+@dataclass(frozen=True)
+class Style:
+    """How figures look. `single_width` / `double_width`: width in inches of one-panel and of
+    multi-panel figures; `titles`: whether figures carry a descriptive title (dataset, network, run
+    id); `dpi` of the PNG; `rc`: matplotlib settings."""
+
+    name: str
+    single_width: float
+    double_width: float
+    titles: bool
+    dpi: int
+    rc: dict
+
+
+STYLES = {
+    "screen": Style("screen", 6.4, 13.0, True, 150, {"legend.fontsize": 8, "axes.titlesize": 10, "figure.titlesize": 11}),
+    # A two-column paper: 3.3 in and 6.9 in columns, text at 8 pt once printed at that width; Type 42
+    # (TrueType) fonts, since publishers reject the Type 3 fonts matplotlib embeds by default.
+    "paper": Style("paper", 3.3, 6.9, False, 300, {
+        "font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8,
+        "legend.fontsize": 8, "figure.titlesize": 9, "legend.handlelength": 1.5, "legend.borderaxespad": 0.3,
+        "lines.linewidth": 1.0, "lines.markersize": 3, "axes.linewidth": 0.6, "grid.linewidth": 0.5,
+        "xtick.major.width": 0.6, "ytick.major.width": 0.6, "pdf.fonttype": 42, "ps.fonttype": 42}),
+}
+_active_style = STYLES["screen"]
+
+
+def use_style(name: str) -> Style:
+    """Makes `name` the style of every figure made from now on (matplotlib's settings are global)."""
+    global _active_style
+    _active_style = STYLES[name]
+    matplotlib.style.use(["default", _active_style.rc])
+    return _active_style
+
+
+def style() -> Style:
+    return _active_style
+
+
+def new_figure(rows: int = 1, columns: int = 1, aspect: float = 0.7, wide: bool | None = None, **subplots) -> tuple:
+    """`plt.subplots(rows, columns)` at the style's width, single-column for one panel and
+    double-column for several (or as `wide` says), `aspect` × width high, constrained layout (so the
+    saved file has exactly that width)."""
+    width = style().double_width if (columns > 1 if wide is None else wide) else style().single_width
+    return plt.subplots(rows, columns, figsize=(width, aspect * width), layout="constrained", **subplots)
+
+
+def figure_title(figure: plt.Figure, text: str) -> None:
+    """A descriptive title (run id and all) on screen; none in a paper, where the caption says it."""
+    if style().titles:
+        figure.suptitle(text)
+
+
+def value_axis(axes: plt.Axes, column: str, values: Sequence[float]) -> None:
+    """The axis of a main quantity (`quantity_of`). Error rates in % go on a symlog scale, linear
+    from 0 to 1 % and logarithmic above, up to the next tick above the largest of `values`: errors of
+    0–4 % stay apart next to a breakdown to 80 % at the highest prune ratio (paper/README.md)."""
+    axes.set_ylabel(quantity_of(column)[0])
+    if not is_error_rate(column):
+        return
+    ticks = [0, 0.5, 1, 2, 5, 10, 20, 50, 100]
+    top = next((tick for tick in ticks[1:] if tick >= 1.05 * max(values, default=0)), 100)
+    axes.set_yscale("symlog", linthresh=1.0, linscale=0.6)
+    axes.set_ylim(-0.15, top)  # a margin below 0, where many points lie, so their markers show whole
+    axes.yaxis.set_major_locator(FixedLocator([tick for tick in ticks if tick <= top]))
+    axes.yaxis.set_minor_locator(NullLocator())
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 
 
 def output_folder(out: str | None, run: Run) -> Path:
@@ -79,7 +166,7 @@ def save_figure(figure: plt.Figure, folder: Path, name: str) -> list[Path]:
     paths = []
     for suffix in ("png", "pdf"):
         buffer = io.BytesIO()
-        figure.savefig(buffer, format=suffix, dpi=150, bbox_inches="tight")
+        figure.savefig(buffer, format=suffix, dpi=style().dpi)  # no tight box: keep the style's width
         path = folder / f"{name}.{suffix}"
         atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
@@ -102,14 +189,3 @@ def collection_folder(out: str | None, target: str | Path, runs: list[Run]) -> P
     if target.is_dir():
         return target / "paper"
     return Path(os.path.commonpath([str(run.path.resolve()) for run in runs])) / "paper"
-
-
-# ------------------------------------------------------------------ points: metrics rows summarised
-
-METHOD_NAMES = {"ThresNet": "WT", "FilterThresNet": "FT", "NoPrune": "NoPrune (no pruning, same training)", "dense": "dense"}
-
-
-def line_label(mode: str, method: str, modes: set[str]) -> str:
-    """'WT' or, where a run holds several modes, 'WT (retrain)'."""
-    name = METHOD_NAMES.get(method, method)
-    return name if len(modes) <= 1 else f"{name} ({mode})"

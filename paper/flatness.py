@@ -100,12 +100,14 @@ from torch.func import functional_call
 from experiment.data.transforms import build_transform
 from experiment.models import ODEBlock
 from experiment.pruning.rules import CONTROL_METHOD
-from experiment.report import step_prune_ratio
+from experiment.report import line_label, method_color, prune_ratio_axis, step_prune_ratio
 from experiment.results import Run
 from experiment.results.tree import model_name, rows_to_csv
 from experiment.training.evaluate import trace_estimator_for
 from experiment.training.losses import build_loss
-from paper.common import find_runs, output_folder, parse_arguments, plt, run_label, save_figure, save_text
+from paper.common import (
+    figure_title, find_runs, new_figure, output_folder, parse_arguments, plt, run_label, save_figure, save_text,
+)
 
 DEFAULT_RATIOS = (0.25, 0.5, 0.75, 0.9, 0.95)
 CONTROL_QUANTITIES = {"lambda_max": "lambda_max", "trace": "trace", "condition": "condition_number"}  # column stem → Flatness field
@@ -700,15 +702,17 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def _lines(rows: list[dict]) -> dict[str, list[dict]]:
-    """'mode method' → rows sorted by `placed_ratio`, each line starting at the dense net."""
+    """Line label ('WT', 'FT (retrain)', …) → rows sorted by `placed_ratio`, each line starting at the dense net."""
     dense = [row for row in rows if row["method"] == "dense"]
-    groups: dict[str, list[dict]] = {}
+    groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         if row["method"] != "dense":
-            groups.setdefault(f"{row['mode']} {row['method']}", []).append(row)
+            groups.setdefault((row["mode"], row["method"]), []).append(row)
     if not groups:
         return {"dense": dense}
-    return {name: dense + sorted(members, key=placed_ratio) for name, members in groups.items()}
+    modes = {mode for mode, _ in groups}
+    return {line_label(mode, method, modes): dense + sorted(members, key=placed_ratio)
+            for (mode, method), members in groups.items()}
 
 
 CONTROL_LABEL = "dense, random subset of same size"
@@ -716,57 +720,57 @@ CONTROL_LABEL = "dense, random subset of same size"
 
 def plot_flatness(rows: list[dict], title: str) -> plt.Figure:
     """λ_max, tr H and κ against prune ratio, one solid line per (mode, method), and beside it, dashed
-    in the same colour, its random-subset control (mean ± std over the subsets)."""
-    figure, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+    in the same colour, its random-subset control (mean ± std over the subsets); one legend below."""
+    figure, axes = new_figure(1, 3, aspect=0.36)
     panels = (("lambda_max", None, "control_lambda_max", "largest eigenvalue λ_max"),
               ("trace", "trace_stderr", "control_trace", "trace of the Hessian"),
-              ("condition_number", None, "control_condition", "condition number λ_max / λ_min⁺"))
-    for name, line in _lines(rows).items():
+              ("condition_number", None, "control_condition", "condition number κ"))
+    for index, (name, line) in enumerate(_lines(rows).items()):
         ratios = [placed_ratio(row) for row in line]
+        colour = method_color(line[-1]["method"], index)
         for axis, (column, error, control, _) in zip(axes, panels):
-            drawn = axis.errorbar(ratios, [row[column] for row in line], yerr=[row[error] for row in line] if error else None,
-                                  marker="o", markersize=3, capsize=2, label=name)
+            axis.errorbar(ratios, [row[column] for row in line], yerr=[row[error] for row in line] if error else None,
+                          color=colour, marker="o", markersize=3, capsize=2, label=name)
             axis.errorbar(ratios, [row[f"{control}_mean"] for row in line], yerr=[row[f"{control}_std"] for row in line],
-                          color=drawn.lines[0].get_color(), linestyle="--", linewidth=1, marker="x", markersize=4, capsize=2)
-    x_label = "prune ratio" + (f" ({CONTROL_METHOD}: scheduled at its step)" if any(row["method"] == CONTROL_METHOD for row in rows) else "")
+                          color=colour, linestyle="--", linewidth=0.8, marker="x", markersize=3, capsize=2)
     for axis, (_, _, _, label) in zip(axes, panels):
-        axis.set_xlabel(x_label)
+        prune_ratio_axis(axis)
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     if any(row["condition_number"] > 0 for row in rows):
         axes[2].set_yscale("log")
     handles, labels = axes[0].get_legend_handles_labels()
-    control = plt.Line2D([], [], color="grey", linestyle="--", linewidth=1, marker="x", markersize=4)
-    rows_of_entries = math.ceil((len(labels) + 1) / 4)
-    figure.legend(handles + [control], labels + [f"{CONTROL_LABEL} (dashed, the line's colour)"], fontsize=8,
-                  loc="lower center", ncol=4)
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout(rect=(0, 0.06 * rows_of_entries, 1, 1))
+    control = plt.Line2D([], [], color="grey", linestyle="--", linewidth=0.8, marker="x", markersize=3)
+    figure.legend(handles + [control], labels + [f"dashed: {CONTROL_LABEL}"], loc="outside lower center",
+                  ncol=len(labels) + 1)
+    figure_title(figure, title)
     return figure
 
 
 def plot_spectra(rows: list[dict], quadratures: dict[tuple, list], title: str, sigma_fraction: float) -> plt.Figure:
-    """One panel per (mode, method): the densities of the dense net and of every pruned net, coloured by
-    prune ratio (`placed_ratio`)."""
+    """One panel per (mode, method): the densities of the dense net (black) and of every pruned net,
+    coloured by prune ratio (`placed_ratio`, colour bar)."""
     lines = _lines(rows)
-    figure, axes = plt.subplots(1, len(lines), figsize=(5 * len(lines), 3.8), squeeze=False)
+    figure, axes = new_figure(1, len(lines), aspect=0.36 if len(lines) > 1 else 0.72, squeeze=False, sharey=True)
     everything = [q for parts in quadratures.values() for q in parts]
     grid, sigma = density_grid(everything, sigma_fraction)
     colours = plt.get_cmap("viridis")
+    norm = plt.Normalize(0.0, 1.0)
     for axis, (name, line) in zip(axes[0], lines.items()):
         for row in line:
             density = spectral_density(quadratures[(row["mode"], row["method"], row["step"])], grid, sigma)
-            colour = "black" if row["method"] == "dense" else colours(min(placed_ratio(row), 1.0))
-            axis.semilogy(grid, np.maximum(density, 1e-12), color=colour, linewidth=1,
-                          label=f"PR {placed_ratio(row):.2f}" + (" (dense)" if row["method"] == "dense" else ""))
+            is_dense = row["method"] == "dense"
+            axis.semilogy(grid, np.maximum(density, 1e-12), color="black" if is_dense else colours(norm(placed_ratio(row))),
+                          linewidth=0.8, label="dense" if is_dense else None)
         axis.set_ylim(bottom=max(1e-8, axis.get_ylim()[0]))
         axis.set_xlabel("eigenvalue λ")
-        axis.set_ylabel("spectral density ρ(λ)")
-        axis.set_title(name, fontsize=9)
+        axis.set_title(name)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    figure.suptitle(f"{title} (Gaussian broadening σ = {sigma:.3g})", fontsize=10)
-    figure.tight_layout()
+    axes[0, 0].set_ylabel("spectral density ρ(λ)")
+    axes[0, 0].legend(loc="upper right")
+    figure.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=colours), ax=axes, label="prune ratio (%)",
+                    format=lambda value, _: f"{100 * value:.0f}", shrink=0.9)
+    figure_title(figure, f"{title} (Gaussian broadening σ = {sigma:.3g})")
     return figure
 
 

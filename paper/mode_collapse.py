@@ -60,15 +60,14 @@ import json
 import math
 import sys
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from experiment.report import step_prune_ratio
+from experiment.report import METHOD_NAMES, is_plotted, method_color, prune_ratio_axis, step_prune_ratio
 from experiment.results import Run, model_name
 from experiment.results.tree import rows_to_csv
-from paper.common import find_runs, output_folder, parse_arguments, run_label, save_figure, save_text
-from paper.samples_2d import METHOD_LABELS, is_2d_run, sample_flow
+from paper.common import figure_title, find_runs, new_figure, output_folder, parse_arguments, run_label, save_figure, save_text
+from paper.samples_2d import is_2d_run, sample_flow
 
 KS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)
 HIT_K = 2.0  # modes hit are judged within 2 std
@@ -258,7 +257,7 @@ def summarize(rows: list[dict], k: float, column: str) -> dict[tuple[str, str], 
 
 
 def method_label(key: tuple[str, str], keys) -> str:
-    label = METHOD_LABELS.get(key[1], key[1])
+    label = METHOD_NAMES.get(key[1], key[1])
     return label + (f" ({key[0]})" if len({mode for mode, _ in keys if mode != "train"}) > 1 else "")
 
 
@@ -271,7 +270,7 @@ def markdown_table(rows: list[dict], ks=KS, figure_k: float = 1.0, max_tv: float
     within k for every k under the true mixture's; means ± stds over nets (`rows` not empty)."""
     groups = method_groups(rows)
     run, num_modes, hit_fraction = rows[0]["run"], rows[0]["num_modes"], rows[0]["hit_fraction"]
-    names = {key: METHOD_LABELS.get(key[2], key[2]) for key in groups}
+    names = {key: METHOD_NAMES.get(key[2], key[2]) for key in groups}
     lines = [
         f"Mode collapse of {run}: {num_modes} modes (per-label Gaussians of the training data, weighted by "
         "label share); the true mixture is the reference. Mean ± std over nets.",
@@ -307,32 +306,35 @@ def markdown_table(rows: list[dict], ks=KS, figure_k: float = 1.0, max_tv: float
 def collapse_figure(rows: list[dict], figure_k: float = 1.0, max_tv: float = MAX_TV, title: str = ""):
     """Share within `figure_k` (true mixture dashed), TV distance at `TV_K` (threshold dashed) and
     modes hit at `HIT_K` (all modes dashed) vs step prune ratio, one line per method, mean ± std
-    over nets (`rows` not empty). Returns (figure, axes [3])."""
+    over nets (`rows` not empty; the caller leaves out steps outside the plotted range); one legend
+    below the panels. Returns (figure, axes [3])."""
     num_modes, hit_fraction = rows[0]["num_modes"], rows[0]["hit_fraction"]
     panels = [
-        (figure_k, "share_within_k", f"share of samples\nwithin {figure_k:g} std of a mode",
+        (figure_k, "share_within_k", f"share within {figure_k:g} std\nof a mode",
          true_share_within(rows, figure_k), "true mixture", (-0.02, 1.02)),
-        (TV_K, "tv_distance", f"TV distance to the true mixture\n(off-mode: beyond {TV_K:g} std)",
-         max_tv, "pass threshold", (-0.02, 1.02)),
-        (HIT_K, "modes_hit", f"modes hit\n(≥ {hit_fraction:g} of expected share within {HIT_K:g} std)",
+        (TV_K, "tv_distance", f"TV distance at {TV_K:g} std\nto the true mixture",
+         max_tv, f"pass threshold (TV ≤ {max_tv:g})", (-0.02, 1.02)),
+        (HIT_K, "modes_hit", f"modes hit at {HIT_K:g} std\n(≥ {hit_fraction:g} of expected share)",
          num_modes, "all modes", (-0.2, num_modes + 0.5)),
     ]
-    figure, axes = plt.subplots(1, 3, figsize=(14, 3.9))
+    figure, axes = new_figure(1, 3, aspect=0.36)
     for ax, (k, column, ylabel, reference, reference_label, ylim) in zip(axes, panels):
         summary = summarize(rows, k, column)
-        for key, points in summary.items():
+        for index, (key, points) in enumerate(summary.items()):
             ratio, mean, std = (np.array(values) for values in zip(*points))
-            line, = ax.plot(ratio, mean, marker="o", markersize=3, label=method_label(key, summary))
-            ax.fill_between(ratio, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-        ax.axhline(reference, color="black", linestyle="--", linewidth=0.9, label=reference_label)
+            colour = method_color(key[1], index)
+            ax.plot(ratio, mean, color=colour, marker="o", markersize=3, label=method_label(key, summary))
+            ax.fill_between(ratio, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+        ax.axhline(reference, color="black", linestyle="--", linewidth=0.8, label="dashed: " + " / ".join(
+            label for _, _, _, _, label, _ in panels))
         ax.set_ylabel(ylabel)
         ax.set_ylim(*ylim)
-        ax.set_xlabel("prune ratio (NoPrune: that of its step)")
+        prune_ratio_axis(ax)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=len(labels))
     if title:
-        figure.suptitle(title)
-    figure.tight_layout()
+        figure_title(figure, title)
     return figure, axes
 
 
@@ -377,11 +379,13 @@ def main(argv: list[str] | None = None) -> int:
         written = [save_text(folder, f"mode_collapse_{label}.csv", rows_to_csv(rows)),
                    save_text(folder, f"mode_collapse_{label}.md",
                              markdown_table(rows, ks, arguments.figure_k, arguments.max_tv))]
-        figure, _ = collapse_figure(rows, arguments.figure_k, arguments.max_tv, f"{label}: mode collapse")
+        plotted = [row for row in rows if row["method"] == "dense"
+                   or is_plotted(run.config["experiments"], row["step_prune_ratio"])]
+        figure, _ = collapse_figure(plotted, arguments.figure_k, arguments.max_tv, f"{label}: mode collapse")
         written += save_figure(figure, folder, f"mode_collapse_{label}")
         for key, group in method_groups(rows).items():
             verdicts = at(group, HIT_K, "passes")
-            print(f"{label}: {METHOD_LABELS.get(key[2], key[2])} at PR {key[3]:.3f}: "
+            print(f"{label}: {METHOD_NAMES.get(key[2], key[2])} at PR {key[3]:.3f}: "
                   f"{int(verdicts.sum())}/{len(verdicts)} models pass")
         for path in written:
             print(f"wrote {path}")

@@ -1,22 +1,26 @@
 """2-D figures per prune ratio (SPEC §8): what the toy models look like as they are pruned.
 
-    python -m paper.samples_2d TARGET [key.path=value ...] [--out DIR] [--ratios PR ...] [--num-ratios 4] [--net 0]
+    python -m paper.samples_2d TARGET [key.path=value ...] [--out DIR] [--style screen|paper] [--ratios PR ...] [--num-ratios 4] [--net 0]
 
 For every 2-D run under TARGET (a run folder, a results root or a config file), one grid per
-figure, rows = pruning methods, columns = the dense net then a few prune ratios:
+figure, rows = pruning methods, columns = the dense net (first row only: it is the same for every
+method) then a few prune ratios:
 
 * flows (cnf_/ffjord_ toy runs): `samples_<run>`, the model density as a 2-D histogram of prior
-  samples N(0, I) pushed back through the ODE (seeded), next to a histogram of the test data;
+  samples N(0, I) pushed back through the ODE (seeded), next to a histogram of the test data, all
+  on one colour scale (colour bar);
 * classifiers (node_ runs): `decision_<run>`, the decision regions (argmax of the logits on a grid)
   with the test data on top;
-* both: `field_<run>`, the learned vector field f(t, z) as a streamplot (t = T/2; the toy fields are
-  autonomous, so t does not matter), and `trajectories_<run>`, paths z(t) of test points from t = 0
-  to T coloured by label, for the dense net and the largest prune ratio shown.
+* both: `field_<run>`, the learned vector field f(t, z) as a streamplot coloured by its speed on
+  one scale (colour bar; t = T/2, the toy fields are autonomous, so t does not matter), and
+  `trajectories_<run>`, paths z(t) of test points from t = 0 to T coloured by label, one row: the
+  dense net, then each method at the largest prune ratio shown.
 
-Panels are titled with the achieved prune ratio (PR) and the test metric of the metrics row. Only
-net 0 (--net), repetition 0 is shown. By default the columns are --num-ratios target ratios spread
-evenly over the run's ratio list, always ending with the largest; --ratios picks the nearest
-ratios of the list instead. Runs whose data are not 2-D are skipped with a note.
+Panels are titled with the achieved prune ratio (PR) and the test metric of the metrics row (the
+NoPrune control, which prunes nothing, with the prune ratio of its step). Only net 0 (--net),
+repetition 0 is shown. By default the columns are --num-ratios target ratios spread evenly over the
+run's ratios within its `experiments.plotting` range, always ending with the largest; --ratios
+picks the nearest ratios of that list instead. Runs whose data are not 2-D are skipped with a note.
 """
 
 from __future__ import annotations
@@ -28,16 +32,19 @@ from dataclasses import dataclass, field
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from torchdiffeq import odeint
 
 from experiment.models import CNF, NeuralODEClassifier, parse_model_name
 from experiment.pruning.rules import CONTROL_METHOD
-from experiment.report import step_prune_ratio
+from experiment.report import METHOD_NAMES, is_plotted, step_prune_ratio
 from experiment.results import Run
-from paper.common import find_runs, output_folder, parse_arguments, quantity, run_label, save_figure
+from paper.common import (
+    figure_title, find_runs, is_error_rate, new_figure, output_folder, parse_arguments, quantity, run_label, save_figure, style,
+)
 
-METHOD_LABELS = {"FilterThresNet": "FT", "ThresNet": "WT", "NoPrune": "NoPrune", "dense": "dense"}
-METRIC_SHORT = {"nll": "NLL", "bits_per_dim": "bits/dim", "top1_acc": "error %"}
+METRIC_SHORT = {"nll": "NLL", "bits_per_dim": "bits/dim"}
 CLASS_COLOURS = plt.get_cmap("tab10").colors
 
 
@@ -73,11 +80,13 @@ def spread_ratios(ratios: list[float], count: int) -> list[float]:
 def select_models(run: Run, ratios: list[float] | None = None, num_ratios: int = 4, net: int = 0,
                   repetition: int = 0) -> Selection:
     """The dense net `net` and, per (mode, method), its pruned models of repetition `repetition` at
-    the chosen target prune ratios: the nearest of the run's ratios to each of `ratios`, or
-    `num_ratios` of them spread evenly (see `spread_ratios`)."""
+    the chosen target prune ratios: the nearest of the run's ratios (within its plotted range,
+    `experiments.plotting`) to each of `ratios`, or `num_ratios` of them spread evenly (see
+    `spread_ratios`)."""
     rows = [row for row in run.rows if int(row["net"]) == net]
     dense = next((row for row in rows if row["method"] == "dense"), None)
-    pruned = [row for row in rows if row["method"] != "dense" and int(row["repetition"]) == repetition]
+    pruned = [row for row in rows if row["method"] != "dense" and int(row["repetition"]) == repetition
+              and is_plotted(run.config["experiments"], step_prune_ratio(row))]
     available = sorted({round(step_prune_ratio(row), 9) for row in pruned})
     if ratios:
         chosen = sorted({min(available, key=lambda value: abs(value - wanted)) for wanted in ratios}) if available else []
@@ -97,7 +106,7 @@ def grid_rows(selection: Selection) -> list[tuple[str, list[dict | None]]]:
     modes = {mode for mode, _ in selection.cells}
     result = []
     for (mode, method), cells in selection.cells.items():
-        label = METHOD_LABELS.get(method, method) + (f" ({mode})" if len(modes) > 1 else "")
+        label = METHOD_NAMES.get(method, method) + (f" ({mode})" if len(modes) > 1 else "")
         result.append((label, [selection.dense, *cells]))
     return result
 
@@ -184,18 +193,27 @@ def panel_title(run: Run, row: dict | None) -> str:
     if row is None:
         return "missing"
     column, _, transform = quantity(run)
-    text = f"PR {100 * float(row['prune_ratio']):.1f}%"
     if row["method"] == CONTROL_METHOD:  # nothing pruned: say which step's training budget it matches
-        text += f" (step of PR {100 * step_prune_ratio(row):.1f}%)"
+        text = f"step of PR {100 * step_prune_ratio(row):.0f}%"
+    else:
+        text = f"PR {100 * float(row['prune_ratio']):.1f}%"
     value = row.get(column)
     if isinstance(value, (int, float)) and math.isfinite(value):
-        text += f"\n{METRIC_SHORT.get(column, column)} {transform(value):.3f}"
+        value = transform(value)
+        text += f"\nerror {value:.2f}%" if is_error_rate(column) else f"\n{METRIC_SHORT.get(column, column)} {value:.3f}"
     return text
 
 
-def make_grid(num_rows: int, num_columns: int, size: float = 2.6):
-    figure, axes = plt.subplots(num_rows, num_columns, figsize=(size * num_columns, size * num_rows + 0.4),
-                                squeeze=False, sharex=True, sharey=True, layout="constrained")
+def make_grid(num_rows: int, num_columns: int, colour_bar: bool = False, shared: bool = True):
+    """A grid of square panels without ticks at the style's double-column width (room on the right
+    for a colour bar if `colour_bar`), as high as the panels and their two-line titles need; the
+    panels show the same window if `shared`."""
+    width, text = style().double_width, plt.rcParams["font.size"] / 72  # inches
+    panel = (width - 3 * text - (8 * text if colour_bar else 0)) / num_columns  # less the row labels and colour bar
+    title = 5 * text  # two lines of title and their padding
+    height = num_rows * (panel + title) + (3 * text if style().titles else 0)  # and the figure's title
+    figure, axes = new_figure(num_rows, num_columns, aspect=height / width, wide=True, squeeze=False,
+                              sharex=shared, sharey=shared)
     for ax in axes.flat:
         ax.set_aspect("equal")
         ax.set_xticks([])
@@ -205,7 +223,7 @@ def make_grid(num_rows: int, num_columns: int, size: float = 2.6):
 
 def label_rows(axes, labels: list[str], offset: int = 0) -> None:
     for ax, label in zip(axes[:, offset], labels):
-        ax.set_ylabel(label, fontsize=11)
+        ax.set_ylabel(label)
 
 
 def mark_missing(ax) -> None:
@@ -213,16 +231,25 @@ def mark_missing(ax) -> None:
 
 
 def panels(run: Run, axes, rows, first_column: int = 0):
-    """(axis, metrics row) of every grid panel that has a model, row by row: every panel is titled
-    (the first one "dense"), panels of missing models are marked and skipped."""
+    """(axis, metrics row) of every grid panel that has a model, row by row: every panel is titled,
+    the dense net (column `first_column`) only in the first row ("dense") and its repeats below
+    left blank, panels of missing models are marked and skipped."""
     for index, (_, cells) in enumerate(rows):
         for column, row in enumerate(cells, start=first_column):
             ax = axes[index, column]
-            ax.set_title(("dense\n" if column == first_column and index == 0 else "") + panel_title(run, row), fontsize=9)
+            if column == first_column and index > 0:
+                ax.set_frame_on(False)  # the same dense net as in the first row; keeps the row label
+                continue
+            ax.set_title(("dense\n" if column == first_column else "") + panel_title(run, row))
             if row is None:
                 mark_missing(ax)
                 continue
             yield ax, row
+
+
+def colour_bar(figure: plt.Figure, axes, norm: Normalize, cmap: str, label: str, extend: str = "neither") -> None:
+    """One colour bar for all `axes`, which share `norm`."""
+    figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label=label, shrink=0.8, aspect=30, extend=extend)
 
 
 # ------------------------------------------------------------------------------ figures
@@ -231,14 +258,20 @@ def panels(run: Run, axes, rows, first_column: int = 0):
 def flow_samples_figure(run: Run, selection: Selection, models: ModelCache | None = None, num_samples: int = 20_000,
                         seed: int = 0, bins: int = 150):
     """Density histograms of the flow's samples: column 0 the test data (first row only), then the
-    dense net and the selected ratios; rows = methods. Returns (figure, axes [rows, 2 + ratios])."""
+    dense net and the selected ratios; rows = methods; one colour scale for all panels (up to the
+    99.5th percentile of all their bins, so that one sharp model does not wash out the others).
+    Returns (figure, axes [rows, 2 + ratios])."""
     models = models or ModelCache(run)
     x_test = run.load_data()["test"][0].double().numpy()
     box = data_box(x_test)
     rows = grid_rows(selection)
-    figure, axes = make_grid(len(rows), len(rows[0][1]) + 1)
-    histogram = dict(bins=bins, range=box, cmap="magma", rasterized=True)
-    axes[0, 0].hist2d(x_test[:, 0], x_test[:, 1], **histogram)
+    figure, axes = make_grid(len(rows), len(rows[0][1]) + 1, colour_bar=True)
+
+    def density(points: np.ndarray) -> np.ndarray:
+        points = points[np.isfinite(points).all(1)]
+        return np.histogram2d(points[:, 0], points[:, 1], bins=bins, range=box, density=True)[0].T
+
+    histograms = [(axes[0, 0], density(x_test))]
     axes[0, 0].set_title("data (test)")
     for ax in axes[1:, 0]:
         ax.set_axis_off()
@@ -246,13 +279,15 @@ def flow_samples_figure(run: Run, selection: Selection, models: ModelCache | Non
     for ax, row in panels(run, axes, rows, first_column=1):
         model = models(row)
         if id(model) not in samples:
-            samples[id(model)] = sample_flow(model, num_samples, seed)
-        points = samples[id(model)]
-        points = points[np.isfinite(points).all(1)]
-        ax.hist2d(points[:, 0], points[:, 1], **histogram)
-    for ax, (label, _) in zip(axes[:, 1], rows):
-        ax.set_ylabel(label, fontsize=11)
-    figure.suptitle(f"{run_label(run)}: samples ({num_samples} from N(0, I) through the ODE)")
+            samples[id(model)] = density(sample_flow(model, num_samples, seed))
+        histograms.append((ax, samples[id(model)]))
+    norm = Normalize(0.0, max(float(np.percentile(np.concatenate([h.ravel() for _, h in histograms]), 99.5)), 1e-12))
+    for ax, histogram in histograms:
+        ax.imshow(histogram, origin="lower", extent=(*box[0], *box[1]), cmap="magma", norm=norm, interpolation="nearest",
+                  aspect="equal", rasterized=True)
+    colour_bar(figure, axes, norm, "magma", "density", extend="max")
+    label_rows(axes, [label for label, _ in rows], offset=1)
+    figure_title(figure, f"{run_label(run)}: samples ({num_samples} from N(0, I) through the ODE)")
     return figure, axes
 
 
@@ -280,60 +315,68 @@ def decision_figure(run: Run, selection: Selection, models: ModelCache | None = 
         ax.set_xlim(box[0])
         ax.set_ylim(box[1])
     label_rows(axes, [label for label, _ in rows])
-    figure.suptitle(f"{run_label(run)}: decision boundaries (test data on top)")
+    figure_title(figure, f"{run_label(run)}: decision boundaries (test data on top)")
     return figure, axes
 
 
 @torch.no_grad()
 def field_figure(run: Run, selection: Selection, models: ModelCache | None = None, resolution: int = 40):
-    """Streamplots of the vector field f(T/2, z) of the first ODE block, coloured by speed;
-    rows = methods, columns = dense then the ratios. Returns (figure, axes)."""
+    """Streamplots of the vector field f(T/2, z) of the first ODE block, coloured by its speed |f| on
+    one scale for all panels (colour bar); rows = methods, columns = dense then the ratios.
+    Returns (figure, axes)."""
     models = models or ModelCache(run)
     x_test = run.load_data()["test"][0].double().numpy()
     box = data_box(x_test, margin=0.2)
     gx, gy, points = grid_points(box, resolution)
     rows = grid_rows(selection)
-    figure, axes = make_grid(len(rows), len(rows[0][1]))
+    figure, axes = make_grid(len(rows), len(rows[0][1]), colour_bar=True)
+    fields = []
     for ax, row in panels(run, axes, rows):
         func, end_time, _ = fields_of(models(row))[0]
         velocity = func(end_time / 2, points).double().numpy()
         u, v = velocity[:, 0].reshape(gx.shape), velocity[:, 1].reshape(gx.shape)
-        speed = np.hypot(u, v)
-        if np.isfinite(speed).all() and speed.max() > 0:
-            ax.streamplot(gx, gy, u, v, color=speed, cmap="viridis", density=1.0, linewidth=0.7, arrowsize=0.6)
+        fields.append((ax, u, v, np.hypot(u, v)))
         ax.set_xlim(box[0])
         ax.set_ylim(box[1])
+    speeds = [speed for *_, speed in fields if np.isfinite(speed).all()]
+    norm = Normalize(0.0, max([float(speed.max()) for speed in speeds] + [1e-12]))
+    for ax, u, v, speed in fields:
+        if np.isfinite(speed).all() and speed.max() > 0:
+            ax.streamplot(gx, gy, u, v, color=speed, cmap="viridis", norm=norm, density=0.8, linewidth=0.6, arrowsize=0.5)
+    colour_bar(figure, axes, norm, "viridis", "speed |f(z)|")
     label_rows(axes, [label for label, _ in rows])
-    figure.suptitle(f"{run_label(run)}: vector field f(t, z) (colour: speed)")
+    figure_title(figure, f"{run_label(run)}: vector field f(t, z) (colour: speed)")
     return figure, axes
 
 
 def trajectories_figure(run: Run, selection: Selection, models: ModelCache | None = None, num_points: int = 300,
                         num_times: int = 50, seed: int = 0):
     """Paths z(t), t from 0 to T, of `num_points` test points coloured by label (start: small dot,
-    end: larger dot) for the dense net and the largest ratio shown; rows = methods.
-    Returns (figure, axes [rows, 2])."""
+    end: larger dot), one row: the dense net, then each method at the largest ratio shown, each
+    panel at its own scale (a pruned field may shrink or stretch the paths many times).
+    Returns (figure, axes [1, 1 + methods])."""
     models = models or ModelCache(run)
     x_test, y_test = run.load_data()["test"]
     chosen = np.random.default_rng(seed).permutation(len(x_test))[:num_points]
     x, y = x_test[chosen], y_test[chosen].numpy()
     colours = np.array([CLASS_COLOURS[int(label) % 10] for label in y])
-    rows = [(label, [cells[0], cells[-1]] if len(cells) > 1 else cells) for label, cells in grid_rows(selection)]
-    figure, axes = make_grid(len(rows), len(rows[0][1]), size=3.2)
-    paths: dict[int, np.ndarray] = {}
-    for ax, row in panels(run, axes, rows):
-        model = models(row)
-        if id(model) not in paths:
-            paths[id(model)] = trajectories(model, x, num_times).double().numpy()
-        path = paths[id(model)]
+    shown = [("dense", selection.dense)] + [(label, cells[-1]) for label, cells in grid_rows(selection) if label != "dense"]
+    figure, axes = make_grid(1, len(shown), shared=False)
+    for ax, (label, row) in zip(axes[0], shown):
+        ax.set_title(label if row is None or row["method"] == "dense" else f"{label}, {panel_title(run, row)}")
+        if row is None:
+            mark_missing(ax)
+            continue
+        path = trajectories(models(row), x, num_times).double().numpy()
         segments = np.transpose(path, (1, 0, 2))  # [N, times, 2]
         lines = plt.matplotlib.collections.LineCollection(segments, colors=colours, linewidths=0.4, alpha=0.5)
         ax.add_collection(lines)
         ax.scatter(path[0, :, 0], path[0, :, 1], c=colours, s=2, linewidths=0)
         ax.scatter(path[-1, :, 0], path[-1, :, 1], c=colours, s=8, linewidths=0, edgecolors="k")
-        ax.autoscale_view()
-    label_rows(axes, [label for label, _ in rows])
-    figure.suptitle(f"{run_label(run)}: trajectories of test points, t = 0 → T")
+        box = data_box(path.reshape(-1, 2), margin=0.05)
+        ax.set_xlim(box[0])
+        ax.set_ylim(box[1])
+    figure_title(figure, f"{run_label(run)}: trajectories of test points, t = 0 → T")
     return figure, axes
 
 

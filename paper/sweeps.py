@@ -22,20 +22,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import PercentFormatter
 
 from experiment.results import Run
 from experiment.results.tree import RUN_ID_EXCLUDED_KEYS
 from experiment.pruning.rules import CONTROL_METHOD
-from experiment.report import Point, dense_point, pruned_points
+from experiment.report import METHOD_NAMES, Point, dense_point, line_label, plotted_lines, pruned_points
 from paper.common import (
-    METHOD_NAMES, collection_folder, find_runs, line_label, parse_arguments, quantity, save_figure, save_text,
+    collection_folder, find_runs, new_figure, parse_arguments, quantity, save_figure, save_text, value_axis,
 )
 
 # Tolerance of the prune potential in plotted units (after the quantity's transform).
@@ -139,7 +139,6 @@ class SweepRun:
     run: Run
     label: str
     column: str
-    ylabel: str
     delta: float
     dense: Point | None
     lines: dict[tuple[str, str], list[Point]]
@@ -157,9 +156,9 @@ def sweep_groups(runs: list[Run]) -> dict[tuple[str, str], list[SweepRun]]:
             labels = [f"{label} ({run.path.name})" for label, run in zip(labels, members)]
         entries = []
         for run, label in zip(members, labels):
-            _, ylabel, transform = quantity(run)
+            _, _, transform = quantity(run)
             lines = {key: points for key, points in pruned_points(run.rows, column, transform).items() if key[1] != CONTROL_METHOD}
-            entries.append(SweepRun(run, label, column, ylabel, delta_of(column), dense_point(run.rows, column, transform), lines))
+            entries.append(SweepRun(run, label, column, delta_of(column), dense_point(run.rows, column, transform), lines))
         groups[(dataset, column)] = entries
     return groups
 
@@ -208,13 +207,19 @@ def potential_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _panels(count: int, width: float) -> tuple[plt.Figure, list[plt.Axes]]:
-    figure, axes = plt.subplots(1, count, figsize=(width * count, 4.4), squeeze=False)
-    return figure, list(axes[0])
+def _panels(count: int, max_columns: int, aspect: float, wide: bool | None = None) -> tuple[plt.Figure, list[plt.Axes]]:
+    """One panel per (dataset, metric), at most `max_columns` side by side, each `aspect` × its
+    width high (`new_figure` picks the width: single-column for one panel unless `wide`)."""
+    columns = min(count, max_columns)
+    rows = math.ceil(count / columns)
+    figure, axes = new_figure(rows, columns, aspect=aspect * rows / columns, wide=wide, squeeze=False)
+    for unused in axes.flat[count:]:
+        unused.set_visible(False)
+    return figure, list(axes.flat[:count])
 
 
 def plot_potential(groups: dict[tuple[str, str], list[SweepRun]], rows: list[dict]) -> plt.Figure:
-    figure, panels = _panels(len(groups), max(4.0, 0.9 * max(len(entries) for entries in groups.values()) + 2))
+    figure, panels = _panels(len(groups), 3, 1.0)
     for axes, ((dataset, column), entries) in zip(panels, groups.items()):
         mine = [row for row in rows if row["dataset"] == dataset and row["metric"] == column]
         series = list(dict.fromkeys((row["mode"], row["method"]) for row in mine))
@@ -227,43 +232,43 @@ def plot_potential(groups: dict[tuple[str, str], list[SweepRun]], rows: list[dic
             axes.bar(np.arange(len(labels)) + (index - (len(series) - 1) / 2) * width, heights, width,
                      label=line_label(mode, method, modes))
         axes.set_xticks(np.arange(len(labels)))
-        axes.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        axes.set_xticklabels(labels, rotation=30, ha="right")
         axes.set_ylim(0, 100)
-        axes.yaxis.set_major_formatter(PercentFormatter(100))
-        axes.set_ylabel("prune potential")
-        axes.set_title(f"{dataset}: {column}, δ = {entries[0].delta:g}", fontsize=10)
+        axes.set_ylabel("prune potential (%)")
+        axes.set_title(f"{dataset}, δ = {entries[0].delta:g}")
         axes.grid(alpha=0.3, axis="y")
-        if series:
-            axes.legend(fontsize=8)
-    figure.tight_layout()
+    legend = {label: handle for axes in panels for handle, label in zip(*axes.get_legend_handles_labels())}
+    if legend:  # below the panels: bars near 100% leave no room inside
+        figure.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=len(legend))
     return figure
 
 
 def plot_error_vs_params(groups: dict[tuple[str, str], list[SweepRun]]) -> plt.Figure:
-    figure, panels = _panels(len(groups), 6.0)
+    figure, panels = _panels(len(groups), 1, 0.35, wide=True)  # room for the legend of many runs beside each panel
     markers = {"FilterThresNet": "o", "ThresNet": "^"}
     styles = {("cascade", "FilterThresNet"): "-", ("cascade", "ThresNet"): "--", ("retrain", "FilterThresNet"): "-.",
               ("retrain", "ThresNet"): ":"}
-    for axes, ((dataset, _), entries) in zip(panels, groups.items()):
+    for axes, ((dataset, column), entries) in zip(panels, groups.items()):
+        values = []
         for index, entry in enumerate(entries):
             color = f"C{index % 10}"
             modes = {mode for mode, _ in entry.lines}
             if entry.dense is not None:
                 axes.plot([entry.dense.nonzero_params_mean], [entry.dense.value_mean], color=color, marker="s",
                           markersize=5, linestyle="none")
-            for (mode, method), points in sorted(entry.lines.items()):
+            for (mode, method), points in sorted(plotted_lines(entry.run.config["experiments"], entry.lines).items()):
                 line = ([entry.dense] if entry.dense else []) + points
+                values += [point.value_mean for point in line]
                 axes.plot([point.nonzero_params_mean for point in line], [point.value_mean for point in line],
                           color=color, marker=markers.get(method, "x"), markersize=3, linestyle=styles.get((mode, method), ":"),
                           label=f"{entry.label}: {line_label(mode, method, modes)}")
         axes.set_xscale("log")
         axes.set_xlabel("non-zero parameters (mean over nets)")
-        axes.set_ylabel(entries[0].ylabel)
-        axes.set_title(f"{dataset} (■ dense)", fontsize=10)
+        value_axis(axes, column, values)
+        axes.set_title(f"{dataset} (■ dense)")
         axes.grid(alpha=0.3, which="both")
         if axes.get_legend_handles_labels()[0]:
-            axes.legend(fontsize=7)
-    figure.tight_layout()
+            axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), ncol=2 if len(entries) > 6 else 1)
     return figure
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from experiment.results import Run
 from experiment.pruning.rules import CONTROL_METHOD
-from experiment.report import Point, dense_point, pruned_points, quantity_of
-from paper.common import METHOD_NAMES, collection_folder, find_runs, parse_arguments, quantity, save_text
+from experiment.report import METHOD_NAMES, Point, dense_point, pruned_points, quantity_of
+from paper.common import collection_folder, find_runs, parse_arguments, quantity, save_text
 
 # Published baselines, test NLL / parameter count (SPEC §8, table "Published baselines, test NLL /
 # parameter count": tabular sets in nats, images in bits/dim; parameter counts as computed by the

@@ -16,7 +16,8 @@ import torch
 
 from conftest import PARAM, cli_command, cli_env, describe, run_folders
 from experiment.results import Run
-from paper import mode_collapse, samples_2d
+from paper import mode_collapse, prune_curves, samples_2d
+from paper.common import STYLES, use_style
 from paper.mode_collapse import HIT_K, KS
 
 # ------------------------------------------------------------------------------ model selection
@@ -132,6 +133,30 @@ def test_samples_2d_script_writes_every_figure(results, tmp_path, one_thread, ca
         for suffix in ("png", "pdf"):
             assert (out / f"{name}.{suffix}").stat().st_size > 0
     assert not (out / f"samples_{samples_2d.run_label(node)}.png").exists()
+
+
+def png_width_pixels(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")  # the IHDR chunk's width field
+
+
+def test_paper_style_column_widths_and_truetype_fonts(results, tmp_path, one_thread):
+    """--style paper: a one-panel figure is single-column wide, a grid double-column wide, and the
+    PDFs embed TrueType (Type 42) fonts, no Type 3 ones."""
+    run = the_run(results, "ToyMoons")
+    out = tmp_path / "paper"
+    try:
+        assert prune_curves.main([str(run.path), "--out", str(out), "--style", "paper"]) == 0
+        assert samples_2d.main([str(run.path), "--out", str(out), "--style", "paper", "--resolution", "50",
+                                "--num-trajectories", "20"]) == 0
+    finally:
+        use_style("screen")  # matplotlib's settings are global: the default for the other tests
+    paper = STYLES["paper"]
+    label = samples_2d.run_label(run)
+    for name, width in ((f"prune_curve_{label}", paper.single_width), (f"decision_{label}", paper.double_width),
+                        (f"field_{label}", paper.double_width)):
+        assert abs(png_width_pixels(out / f"{name}.png") - width * paper.dpi) <= 1, name
+        pdf = (out / f"{name}.pdf").read_bytes()
+        assert b"/FontFile2" in pdf and b"/Type3" not in pdf, name  # an embedded TrueType font program
 
 
 def test_mode_collapse_script(results, tmp_path, one_thread, capsys):
