@@ -12,11 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from experiment.files import atomic_write_bytes
 from experiment.pruning.rules import CONTROL_METHOD
@@ -177,7 +174,10 @@ def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Poin
     """The points' quantity (`label`) vs achieved prune ratio, one line per method starting at the
     dense point (the NoPrune control drawn at its steps' prune ratios); a stop rule's `selected`
     points as stars in their line's colour."""
-    figure, axes = plt.subplots(figsize=(6, 4))
+    # A bare Figure, not pyplot: nothing global (no backend, no open-figure registry); savefig
+    # renders with the canvas of the file format (Agg for PNG), so no display is ever needed.
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
     for key, points in lines.items():
         points = ([dense] if dense else []) + points
         drawn = axes.errorbar([point.plotted_prune_ratio for point in points], [point.value_mean for point in points],
@@ -196,5 +196,4 @@ def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Poin
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=120)
-    plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
