@@ -91,6 +91,7 @@ class ConcatSquashField(nn.Module):
         return z
 
     def prunable_chain(self) -> list[ChainLayer]:
+        """Every layer's main Linear, its time gate as companions."""
         return [layer.chain_layer() for layer in self.layers]
 
 
