@@ -80,8 +80,6 @@ def inverse_logit_transform(y: torch.Tensor, alpha: float = ALPHA) -> torch.Tens
 class ConcatConv2d(nn.Module):
     """3×3 convolution (padding 1) of [t, x]: the time as a constant channel placed first."""
 
-    TIME_CHANNELS = 1  # input channels before x's
-
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv = nn.Conv2d(in_channels + 1, out_channels, kernel_size=3, padding=1)
@@ -107,9 +105,9 @@ class ConvField(nn.Module):
         return z
 
     def prunable_chain(self) -> list[ChainLayer]:
-        """The convolutions; their filters are read after the time channel (softplus(0) ≠ 0: no
-        filter is silent)."""
-        return [ChainLayer(layer.conv, first_neuron_input=ConcatConv2d.TIME_CHANNELS) for layer in self.layers]
+        """The convolutions; each reads the time as input channel 0, the previous filters after it
+        (softplus(0) ≠ 0: no filter is silent)."""
+        return [ChainLayer(layer.conv, first_neuron_input=1) for layer in self.layers]
 
 
 # ------------------------------------------------------------------------ the flow
