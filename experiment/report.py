@@ -12,11 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from experiment.files import atomic_write_bytes
@@ -202,7 +200,7 @@ def plotted_lines(experiments: dict, lines: dict[tuple[str, str], list[Point]]) 
     return {key: points for key, points in kept.items() if points}
 
 
-def prune_ratio_axis(axes: plt.Axes) -> None:
+def prune_ratio_axis(axes: Axes) -> None:
     """The x axis as prune ratio in %: label 'prune ratio (%)', ticks 0 … 100 (the ratios are stored as shares)."""
     axes.set_xlabel("prune ratio (%)")
     axes.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0, symbol=""))
@@ -217,7 +215,7 @@ def method_color(method: str, index: int = 0) -> str:
     return METHOD_COLORS.get(method, f"C{index + 2}")
 
 
-def draw_prune_curves(axes: plt.Axes, dense: Point | None, lines: dict[tuple[str, str], list[Point]]) -> None:
+def draw_prune_curves(axes: Axes, dense: Point | None, lines: dict[tuple[str, str], list[Point]]) -> None:
     """The main metric vs achieved prune ratio: one line per (mode, method) starting at the dense
     point, mean ± std over nets as a band (the NoPrune control at its steps' prune ratios), the dense
     mean as a dashed reference line; the prune-ratio axis in %."""
@@ -240,7 +238,7 @@ def draw_prune_curves(axes: plt.Axes, dense: Point | None, lines: dict[tuple[str
     axes.grid(alpha=0.3)
 
 
-def draw_selected(axes: plt.Axes, selected: dict[tuple[str, str], Point]) -> None:
+def draw_selected(axes: Axes, selected: dict[tuple[str, str], Point]) -> None:
     """A stop rule's selected nets (`selected_points`) as stars in their method's colour."""
     for index, ((_, method), point) in enumerate(sorted(selected.items(), key=lambda item: (item[0][1], item[0][0]))):
         axes.plot([point.prune_ratio_mean], [point.value_mean], marker="*", markersize=12, color=method_color(method, index),
@@ -251,7 +249,9 @@ def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Poin
                      path: Path, selected: dict[tuple[str, str], Point] | None = None) -> None:
     """The run's own end-of-run plot (`draw_prune_curves`, the same drawing as `paper.prune_curves`)
     of the main metric as the figures show it (`label`), a stop rule's `selected` nets starred."""
-    figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
+    # A bare Figure, not pyplot: no open-figure registry; savefig renders with the file format's canvas.
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.subplots()
     draw_prune_curves(axes, dense, lines)
     if selected:
         draw_selected(axes, selected)
@@ -260,5 +260,4 @@ def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Poin
     axes.legend()
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=120)
-    plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())

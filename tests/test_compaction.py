@@ -30,7 +30,9 @@ from experiment.config import load_configs
 from experiment.data.toy import gaussians
 from experiment.models import build_model, count_nfe
 from experiment.models.multiscale import MultiscaleCNF
+from experiment.models.cnf import CNF
 from experiment.models.ode import SolverOptions
+from experiment.models.prunable import ChainLayer
 from experiment.pruning.compaction import compact, expand
 from experiment.pruning.layers import prunable_chains
 from experiment.pruning.rules import apply_masks, prune
@@ -145,6 +147,43 @@ def test_conv_field_twin_keeps_the_time_channel_and_the_outputs(pruned_multiscal
             assert consumer.module.weight.shape[1] == layer.module.weight.shape[0] + 1  # time channel first
     x = torch.rand(4, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(outputs(twin, x), outputs(model, x), rtol=1e-10, atol=1e-10)
+
+
+class TimeLastField(nn.Module):
+    """f(t, z) = W_2 [tanh(W_1 [z, t] + b_1), t] + b_2: the time read after the neurons, as the
+    field declares (its consumer's first input column is a neuron)."""
+
+    def __init__(self, dim: int, width: int, first_neuron_input: int = 0):
+        super().__init__()
+        self.first, self.second = nn.Linear(dim + 1, width), nn.Linear(width + 1, dim)
+        self.first_neuron_input = first_neuron_input
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        time = t.to(z.dtype).expand(z.shape[0], 1)
+        return self.second(torch.cat([torch.tanh(self.first(torch.cat([z, time], 1))), time], 1))
+
+    def prunable_chain(self) -> list[ChainLayer]:
+        return [ChainLayer(self.first, zero_preserving=True), ChainLayer(self.second, self.first_neuron_input)]
+
+
+def test_declared_chain_with_the_time_after_the_neurons_is_pruned_and_compacted_around_it():
+    torch.manual_seed(0)
+    model = CNF([TimeLastField(2, 12)], 2, SolverOptions(atol=1e-8, rtol=1e-8), exact_trace=True).double()
+    masks = pruned(model, (0.5,))
+    second = model.blocks[0].field.field.second.weight
+    assert (masks["blocks.0.field.field.second.weight"][:, -1] == 1).all()  # the time column is no neuron
+    twin = compact(model, masks).model
+    twin_second = twin.blocks[0].field.field.second.weight
+    assert twin_second.shape[1] == hidden_widths(twin)[0] + 1 < second.shape[1]
+    assert torch.equal(twin_second[:, -1], second[:, -1])
+    x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(outputs(twin, x), outputs(model, x), rtol=1e-10, atol=1e-10)
+
+
+def test_a_chain_declared_past_its_consumers_inputs_is_an_error():
+    model = CNF([TimeLastField(2, 12, first_neuron_input=2)], 2, SolverOptions(), exact_trace=True)
+    with pytest.raises(ValueError, match="declared to read 12 outputs"):
+        prunable_chains(model)
 
 
 @pytest.mark.parametrize("name, dim", MODELS + [("multiscale", 16)], ids=[name for name, _ in MODELS] + ["multiscale"])

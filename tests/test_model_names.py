@@ -37,7 +37,7 @@ def test_mlp_family_and_suffix(family, suffix, high_tol):
     assert spec.family == ("node" if family == "node" else "cnf")
     assert spec.is_flow == (family != "node")
     assert spec.exact_trace == (family == "cnf")
-    assert (spec.num_layers, spec.hidden, spec.activation) == (4, 64, "tanh")
+    assert (spec.num_linear_layers, spec.width, spec.activation) == (4, 64, "tanh")
     assert spec.solver == solver
     assert spec.adjoint == adjoint
     assert spec.num_steps == (node_steps if family == "node" else cnf_steps)
@@ -53,7 +53,7 @@ def test_activations_parse(act):
 
 def test_layer_and_width_numbers_are_read():
     spec = parse_model_name("node_l12_h128_relu_rk4_autograd")
-    assert (spec.num_layers, spec.hidden, spec.activation, spec.num_steps) == (12, 128, "relu", 19)
+    assert (spec.num_linear_layers, spec.width, spec.activation, spec.num_steps) == (12, 128, "relu", 19)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_tabular_names(name, layers, mult, blocks, act):
     spec = parse_model_name(name)
     assert spec.family == "tabular"
     assert spec.is_flow
-    assert (spec.num_layers, spec.hidden, spec.num_blocks, spec.activation) == (layers, mult, blocks, act)
+    assert (spec.num_hidden_layers, spec.width_multiplier, spec.num_blocks, spec.activation) == (layers, mult, blocks, act)
     assert spec.atol == 1e-8 and spec.rtol == 1e-6
     assert spec.solver == "dopri5" and spec.adjoint
     assert spec.exact_trace is False  # Hutchinson

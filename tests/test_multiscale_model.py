@@ -72,7 +72,7 @@ def test_architecture_layout():
         assert [(c.in_channels, c.out_channels) for c in convs] == [(channels + 1, 64), (65, 64), (65, 64), (65, channels)]
         assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.stride == (1, 1) for c in convs)
     assert mnist.part_shapes((1, 28, 28)) == [(2, 14, 14), (4, 7, 7), (4, 7, 7)]
-    assert build_model(MNIST, 1).image_shape is None  # output size = channels: shape learnt on forward
+    assert build_model(MNIST, 1).image_shape is None  # output size = channels: no shape to sample
     with pytest.raises(ValueError, match="output size"):
         build_model(MNIST, 10)
     with pytest.raises(ValueError, match="divisible"):

@@ -148,10 +148,9 @@ def test_hutchinson_mean_matches_exact_trace():
     dynamics, copies = model.blocks[0].field, 50_000
     z, t = torch.randn(4, 3, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)
     with torch.no_grad():
-        dynamics.noise = None
-        _, exact = dynamics(t, (z, torch.zeros(4, dtype=torch.float64)))
-        dynamics.noise = torch.randn(4 * copies, 3, dtype=torch.float64)
-        _, estimates = dynamics(t, (z.repeat_interleave(copies, 0), torch.zeros(4 * copies, dtype=torch.float64)))
+        _, exact = dynamics(t, (z, torch.zeros(4, dtype=torch.float64)), None)
+        noise = torch.randn(4 * copies, 3, dtype=torch.float64)
+        _, estimates = dynamics(t, (z.repeat_interleave(copies, 0), torch.zeros(4 * copies, dtype=torch.float64)), noise)
     estimates = estimates.view(4, copies)
     standard_error = estimates.std(1) / copies ** 0.5
     assert (exact.abs() > 10 * standard_error).any()

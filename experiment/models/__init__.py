@@ -8,9 +8,11 @@ from torch import nn
 from experiment.models.cnf import CNF
 from experiment.models.dopri5 import DEFAULT_MAX_STEPS, SolverError
 from experiment.models.mlp import AutonomousField, mlp
+from experiment.models.multiscale import multiscale_flow
 from experiment.models.names import ModelSpec, parse_model_name
 from experiment.models.node import NeuralODEClassifier
 from experiment.models.ode import ODEBlock, SolverOptions, count_nfe, solver_errors, solver_options
+from experiment.models.tabular import tabular_flow
 
 __all__ = ["build_model", "parse_model_name", "ModelSpec", "CNF", "NeuralODEClassifier", "ODEBlock", "DEFAULT_MAX_STEPS", "SolverError", "count_nfe",
            "solver_errors", "solver_options"]
@@ -31,16 +33,12 @@ def build_model(name: str, output_size: int, atol: float | None = None, rtol: fl
         max_steps=max_steps,
     )
     if spec.family in ("node", "cnf"):
-        field = AutonomousField(mlp(output_size, spec.hidden, spec.num_layers, spec.activation))
+        field = AutonomousField(mlp(output_size, spec.width, spec.num_linear_layers, spec.activation))
         if spec.family == "node":
             return NeuralODEClassifier(field, options)
         return CNF([field], output_size, options, exact_trace=spec.exact_trace)
     if spec.family == "tabular":
-        from experiment.models.tabular import tabular_flow
-
         return tabular_flow(spec, output_size, options)
     if spec.family == "multiscale":
-        from experiment.models.multiscale import multiscale_flow
-
         return multiscale_flow(spec.image, output_size, options)  # output_size: C·H·W (or C)
     raise NotImplementedError(f"model family {spec.family!r} ({name}) is not built yet")

@@ -21,6 +21,7 @@ from torch import nn
 
 from experiment.models import fused
 from experiment.models.ode import ODEBlock, SolverOptions, odesolve
+from experiment.models.prunable import ChainLayer, PrunableField
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -37,8 +38,8 @@ def exact_trace(dz: torch.Tensor, z: torch.Tensor, create_graph: bool) -> torch.
     return trace
 
 
-def hutchinson_trace(dz: torch.Tensor, z: torch.Tensor, noise: torch.Tensor, create_graph: bool) -> torch.Tensor:
-    """εᵀ(∂f/∂z)ε per sample, an unbiased estimate of the trace for ε ~ N(0, I)."""
+def hutchinson_estimate(dz: torch.Tensor, z: torch.Tensor, noise: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """εᵀ(∂f/∂z)ε per sample for one given ε, an unbiased estimate of tr(∂f/∂z) for ε ~ N(0, I)."""
     vjp = torch.autograd.grad(dz, z, noise, create_graph=create_graph)[0]
     return (vjp * noise).flatten(1).sum(1)
 
@@ -50,18 +51,15 @@ def _unit_vectors(z: torch.Tensor) -> torch.Tensor:
 
 
 class DensityDynamics(nn.Module):
-    """The augmented field d/dt [z, a] = [f(t, z), tr(∂f/∂z)].
-
-    `noise` is set before every solve: a tensor shaped like z for Hutchinson's estimator, or None
-    for the exact trace.
-    """
+    """The augmented field d/dt [z, a] = [f(t, z), tr(∂f/∂z)], the trace exact (noise None) or
+    Hutchinson's εᵀ(∂f/∂z)ε for a given noise ε shaped like z, held fixed for a whole solve."""
 
     def __init__(self, field: nn.Module):
         super().__init__()
         self.field = field
-        self.noise: torch.Tensor | None = None
 
-    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         z = state[0]
         # The trace needs ∂f/∂z even when evaluating without gradients; the graph is kept only when
         # the caller differentiates (training, or the adjoint's backward solve).
@@ -71,13 +69,17 @@ class DensityDynamics(nn.Module):
                 # (the adjoint re-evaluates f under no_grad on states that still report requires_grad)
                 z = z.detach().requires_grad_(True)
             dz = self.field(t, z)
-            if self.noise is None:
+            if noise is None:
                 trace = exact_trace(dz, z, create_graph)
             else:
-                trace = hutchinson_trace(dz, z, self.noise, create_graph)
+                trace = hutchinson_estimate(dz, z, noise, create_graph)
         if not create_graph:
             dz, trace = dz.detach(), trace.detach()
         return dz, trace
+
+    def prunable_chain(self) -> list[ChainLayer]:
+        """The prunable chain of f (none if f declares none)."""
+        return self.field.prunable_chain() if isinstance(self.field, PrunableField) else []
 
 
 class CNF(nn.Module):
@@ -116,8 +118,7 @@ class CNF(nn.Module):
                 z, delta = fused.solve(mlp, z, tangents, float(block.end_time), options.atol, options.rtol, block.count,
                                         options.max_steps)
             else:
-                block.field.noise = noise
-                z, delta = block.solve((z, torch.zeros_like(log_det)))
+                z, delta = block.solve((z, torch.zeros_like(log_det)), noise)
             log_det = log_det + delta
         return z, log_det
 

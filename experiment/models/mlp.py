@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from experiment.models.prunable import ChainLayer, maps_zero_to_zero
+
 ACTIVATION_MODULES = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}
 
 
@@ -28,3 +30,10 @@ class AutonomousField(nn.Module):
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+    def prunable_chain(self) -> list[ChainLayer]:
+        """The Linear layers of `net` (an `nn.Sequential` as `mlp` builds, or one layer) in order; an
+        output stays zero if the module after its layer is an activation with σ(0) = 0."""
+        members = list(self.net) if isinstance(self.net, nn.Sequential) else [self.net]
+        return [ChainLayer(member, zero_preserving=position + 1 < len(members) and maps_zero_to_zero(members[position + 1]))
+                for position, member in enumerate(members) if isinstance(member, nn.Linear)]

@@ -18,8 +18,8 @@ Every CNF block is an `ODEBlock(DensityDynamics(ConvField(c)), learn_end_time=Tr
 T = τ², Hutchinson's trace estimator with Gaussian noise drawn once per solve, dopri5 with adjoint
 gradients. Its vector field is four 3×3 ConcatConv2d layers (C+1)→64, (64+1)→64, (64+1)→64,
 (64+1)→C, softplus after every layer but the last; the time is a constant input channel placed
-FIRST in every concatenation, so that pruning (which treats input columns from
-`consumer.in_channels − layer.out_channels` on as the previous layer's filters) never touches it.
+first in every concatenation, and the field declares it as no filter of its prunable chain
+(`ConvField.prunable_chain`), so pruning never touches it.
 A block on C channels has 1162·C + 75,649 parameters (τ included): MNIST 800,646, CIFAR 1,358,882.
 
     log p(x) = Σ_parts log N(z_part; 0, I) + Σ_blocks ∫_0^T tr(∂f/∂z) dt + log|det ∂y/∂x|,
@@ -37,6 +37,7 @@ from torch import nn
 
 from experiment.models.cnf import DensityDynamics, standard_normal_log_prob
 from experiment.models.ode import ODEBlock, SolverOptions, odesolve
+from experiment.models.prunable import ChainLayer
 
 ALPHA = 1e-6
 HIDDEN = 64
@@ -103,6 +104,11 @@ class ConvField(nn.Module):
                 z = F.softplus(z)
         return z
 
+    def prunable_chain(self) -> list[ChainLayer]:
+        """The convolutions; each reads the time as input channel 0, the previous filters after it
+        (softplus(0) ≠ 0: no filter is silent)."""
+        return [ChainLayer(layer.conv, first_neuron_input=1) for layer in self.layers]
+
 
 # ------------------------------------------------------------------------ the flow
 
@@ -113,10 +119,8 @@ class MultiscaleCNF(nn.Module):
     `self.blocks` holds the 2 + 2 blocks of every scale but the last and the 2 of the last, in
     forward order. `forward(x)` is `log_prob(x)` (nats per sample, Hutchinson trace).
 
-    Image shape for sampling: `image_shape` (C, H, W) from the constructor if given; every forward
-    pass (log_prob/transform) then records the shape of its input in `self.image_shape` (a plain
-    attribute, not part of the state dict), and `sample(n, image_shape=None)` uses the explicit
-    argument if given, else that attribute.
+    `image_shape` (C, H, W), if given, is the shape `sample` draws by default; the density takes
+    images of any shape the architecture allows.
     """
 
     def __init__(self, channels: int, num_scales: int, options: SolverOptions, hidden: int = HIDDEN,
@@ -184,7 +188,7 @@ class MultiscaleCNF(nn.Module):
                              "needs one backward pass per pixel (pass exact_trace=None or False)")
         if x.dim() != 4:
             raise ValueError(f"multiscale flow expects images [B, C, H, W], got shape {tuple(x.shape)}")
-        self.image_shape = self._check_shape(tuple(x.shape[1:]))
+        self._check_shape(tuple(x.shape[1:]))
         z, log_det = logit_transform(x, self.alpha)
         stages = self._stages()
         parts = []
@@ -204,8 +208,7 @@ class MultiscaleCNF(nn.Module):
     @staticmethod
     def _integrate(blocks: list[ODEBlock], z: torch.Tensor, log_det: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for block in blocks:
-            block.field.noise = torch.randn_like(z)
-            z, delta = block.solve((z, torch.zeros_like(log_det)))
+            z, delta = block.solve((z, torch.zeros_like(log_det)), torch.randn_like(z))
             log_det = log_det + delta
         return z, log_det
 
@@ -237,12 +240,11 @@ class MultiscaleCNF(nn.Module):
     def sample(self, num_samples: int, image_shape: tuple[int, int, int] | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """`num_samples` images [n, C, H, W] in [0, 1]: base Gaussians for every part pushed back
-        through the flow. The shape is `image_shape` if given, else the one recorded by the
-        constructor or the last forward pass (ValueError if there is none)."""
+        through the flow. The shape is `image_shape` if given, else the constructor's (ValueError if
+        neither gives one)."""
         shape = image_shape if image_shape is not None else self.image_shape
         if shape is None:
-            raise ValueError("the multiscale flow does not know its image shape yet: pass sample(n, image_shape=(C, H, W)) "
-                             "or run a forward pass first")
+            raise ValueError("the multiscale flow was built without an image shape: pass sample(n, image_shape=(C, H, W))")
         reference = self.blocks[0].sqrt_end_time
         parts = [torch.randn(num_samples, *part, generator=generator, device=reference.device, dtype=reference.dtype)
                  for part in self.part_shapes(tuple(shape))]
@@ -251,8 +253,8 @@ class MultiscaleCNF(nn.Module):
 
 def multiscale_flow(image: str, output_size: int, options: SolverOptions) -> MultiscaleCNF:
     """The `ffjord_multiscale_{image}` model. `output_size` is the data dimension C·H·W of square
-    images (e.g. 784 for MNIST: the image shape is then known for sampling before any forward
-    pass) or just the number of channels C (the shape is then recorded on the first forward pass)."""
+    images (e.g. 784 for MNIST: the flow then samples that image shape by default) or just the
+    number of channels C (`sample` then needs the shape as an argument)."""
     if image not in IMAGE_ARCHITECTURES:
         raise ValueError(f"unknown multiscale image architecture {image!r}, expected one of {tuple(IMAGE_ARCHITECTURES)}")
     channels, num_scales, _ = IMAGE_ARCHITECTURES[image]

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 ACTIVATIONS = ("sigmoid", "tanh", "softplus", "relu")
 
-# Fixed-grid solvers take this many equal steps over [0, 1].
-FIXED_GRID_STEPS = {("rk4", "node"): 19, ("rk4", "cnf"): 19, ("euler", "node"): 79, ("euler", "cnf"): 99}
+# Fixed-grid solvers keep the original code's time grids (torchprune's node/ffjord/cnf models integrate
+# over s_span = torch.linspace(0, 1, N)): N points, so N − 1 equal steps over [0, 1] (19, 79, 99).
+FIXED_GRID_POINTS = {("rk4", "node"): 20, ("rk4", "cnf"): 20, ("euler", "node"): 80, ("euler", "cnf"): 100}
 
 _MLP = re.compile(
     r"^(?P<family>node|ffjord|cnf)_l(?P<layers>\d+)_h(?P<hidden>\d+)_(?P<act>[a-z]+)"
@@ -39,8 +40,10 @@ class ModelSpec:
     name: str
     family: str
     activation: str = "softplus"
-    num_layers: int = 0  # Linear layers of the MLP; hidden concat-squash layers for tabular
-    hidden: int = 0  # width of the MLP; for tabular: width multiplier of the data dimension
+    num_linear_layers: int = 0  # node, cnf: Linear layers of the MLP field (l{L})
+    width: int = 0  # node, cnf: outputs of each hidden Linear layer (h{H})
+    num_hidden_layers: int = 0  # tabular: hidden concat-squash layers, NH + 1 layers in all (l{NH})
+    width_multiplier: int = 0  # tabular: hidden width in multiples of the data dimension (hm{M})
     num_blocks: int = 1  # stacked CNF blocks (tabular)
     image: str | None = None  # "mnist" | "cifar" (multiscale)
     exact_trace: bool = False
@@ -66,7 +69,7 @@ def parse_model_name(name: str) -> ModelSpec:
         layers, mult, blocks = int(match["layers"]), int(match["mult"]), int(match["blocks"])
         if min(layers, mult, blocks) < 1:
             raise ValueError(f"model name {name!r}: l, hm and f must be at least 1")
-        return ModelSpec(name, "tabular", activation=match["act"], num_layers=layers, hidden=mult,
+        return ModelSpec(name, "tabular", activation=match["act"], num_hidden_layers=layers, width_multiplier=mult,
                          num_blocks=blocks, atol=1e-8, rtol=1e-6)
     match = _MLP.match(name)
     if match is None:
@@ -83,19 +86,19 @@ def parse_model_name(name: str) -> ModelSpec:
     solver, adjoint = _parse_solver(match["solver"] or "_da")
     is_node = match["family"] == "node"
     tol = 1e-4 if (is_node or match["high_tol"]) else 1e-5
-    steps = FIXED_GRID_STEPS.get((solver, "node" if is_node else "cnf"))
+    points = FIXED_GRID_POINTS.get((solver, "node" if is_node else "cnf"))
     return ModelSpec(
         name,
         "node" if is_node else "cnf",
         activation=match["act"],
-        num_layers=layers,
-        hidden=hidden,
+        num_linear_layers=layers,
+        width=hidden,
         exact_trace=match["family"] == "cnf",
         solver=solver,
         adjoint=adjoint,
         atol=tol,
         rtol=tol,
-        num_steps=steps,
+        num_steps=None if points is None else points - 1,
     )
 
 

@@ -100,10 +100,10 @@ class ODEBlock(nn.Module):
     def end_time(self) -> torch.Tensor:
         return self.sqrt_end_time * self.sqrt_end_time
 
-    def forward(self, t: torch.Tensor, state: State) -> State:
-        """The vector field as the solver calls it (counted)."""
+    def forward(self, t: torch.Tensor, state: State, *arguments: object) -> State:
+        """The vector field f(t, z, *arguments) (counted); `arguments` are what one solve holds fixed."""
         self.nfe += 1
-        return self.field(t, state)
+        return self.field(t, state, *arguments)
 
     def fused_mlp(self, field: nn.Module) -> MLP | None:
         """The MLP of `field` (this block's field, or the one inside it) if this block's solves can
@@ -116,11 +116,25 @@ class ODEBlock(nn.Module):
     def count(self, nfe: int) -> None:
         self.nfe += nfe
 
-    def solve(self, state: State, reverse: bool = False) -> State:
-        """Integrates from 0 to T, or from T back to 0 if `reverse`."""
+    def solve(self, state: State, *arguments: object) -> State:
+        """Integrates dz/dt = f(t, z, *arguments) from 0 to T; the arguments (e.g. Hutchinson's
+        noise) stay fixed during the solve."""
         zero = torch.zeros((), dtype=self.sqrt_end_time.dtype, device=self.sqrt_end_time.device)
         t_span = torch.stack([zero, self.end_time])
-        return odesolve(self, state, t_span.flip(0) if reverse else t_span, self.options)
+        return odesolve(_FixedArguments(self, arguments), state, t_span, self.options)
+
+
+class _FixedArguments(nn.Module):
+    """f(t, z) = block(t, z, *arguments): one solve's field as torchdiffeq calls it. The block is its
+    only child, so the adjoint sees the block's parameters, in the block's order."""
+
+    def __init__(self, block: ODEBlock, arguments: tuple[object, ...]):
+        super().__init__()
+        self.block = block
+        self.arguments = arguments
+
+    def forward(self, t: torch.Tensor, state: State) -> State:
+        return self.block(t, state, *self.arguments)
 
 
 def solver_options(model: nn.Module) -> SolverOptions | None:

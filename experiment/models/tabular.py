@@ -11,10 +11,10 @@ b and time-bias weight c. Parameters per layer: d_in·d_out + d_out + 2·d_out +
 also learns its end time T = τ² (τ initialised to 1), and the trace is Hutchinson's estimate; the
 solver is dopri5 with adjoint gradients at atol 1e-8, rtol 1e-6 unless overridden.
 
-Pruning (SPEC §6) touches only the main Linear layers. The time maps a, b, c are therefore plain
-parameters of a `TimeGate`, not `nn.Linear` modules, so `prunable_chains` sees exactly the main
-Linears of each field, in forward order, the last being the output layer; each layer declares its
-a, b, c as companions of its outputs, removed with an output that can no longer reach the field's.
+Pruning (SPEC §6) touches only the main Linear layers: the field declares them as its prunable
+chain (`ConcatSquashField.prunable_chain`), in forward order, the last being the output layer, each
+with its a, b, c as companions of its outputs, removed with an output that can no longer reach the
+field's.
 
 Initialisation: the main Linear keeps PyTorch's default; a, b and c are drawn uniformly from
 [−1, 1], which is what PyTorch's default gives the weight and bias of an `nn.Linear(1, d_out)`
@@ -30,11 +30,12 @@ from experiment.models.cnf import CNF
 from experiment.models.mlp import ACTIVATION_MODULES
 from experiment.models.names import ModelSpec
 from experiment.models.ode import SolverOptions
+from experiment.models.prunable import ChainLayer
 
 
 class TimeGate(nn.Module):
     """The time-dependent gate σ(a·t + b) and shift c·t of a concat-squash layer, one (a, b, c) per
-    output. Plain parameters (not an `nn.Linear`), so pruning never selects them."""
+    output: three vectors, FFJORD's Linear(1, d_out) maps from t written out."""
 
     def __init__(self, features: int):
         super().__init__()
@@ -57,9 +58,6 @@ class TimeGate(nn.Module):
 class ConcatSquashLinear(nn.Module):
     """out = linear(x) ⊙ σ(a·t + b) + c·t."""
 
-    # Output j's gate and shift entries a_j, b_j, c_j live and die with output j of `linear`.
-    pruning_companions = {"linear": ("time.gate_weight", "time.gate_bias", "time.shift_weight")}
-
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
         self.linear = nn.Linear(in_features, out_features)
@@ -68,6 +66,12 @@ class ConcatSquashLinear(nn.Module):
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         gate, shift = self.time(t)
         return self.linear(x) * gate + shift
+
+    def chain_layer(self) -> ChainLayer:
+        """`linear` in a prunable chain: output j's a_j, b_j, c_j live and die with it. Not declared
+        zero-preserving (though it is for tanh and relu): pruning has never applied its "silent
+        neuron" rule to concat-squash fields, and starting now would change the masks of existing runs."""
+        return ChainLayer(self.linear, companions=(self.time.gate_weight, self.time.gate_bias, self.time.shift_weight))
 
 
 class ConcatSquashField(nn.Module):
@@ -86,11 +90,15 @@ class ConcatSquashField(nn.Module):
                 z = self.activation(z)
         return z
 
+    def prunable_chain(self) -> list[ChainLayer]:
+        """Every layer's main Linear, its time gate as companions."""
+        return [layer.chain_layer() for layer in self.layers]
+
 
 def tabular_flow(spec: ModelSpec, dim: int, options: SolverOptions) -> CNF:
     """The FFJORD tabular flow for `spec` (family "tabular") over data of dimension `dim`:
     `spec.num_blocks` CNF blocks with learnable end times and Hutchinson's trace estimator."""
     if spec.family != "tabular":
         raise ValueError(f"{spec.name!r} is not a tabular FFJORD model")
-    fields = [ConcatSquashField(dim, spec.hidden * dim, spec.num_layers, spec.activation) for _ in range(spec.num_blocks)]
+    fields = [ConcatSquashField(dim, spec.width_multiplier * dim, spec.num_hidden_layers, spec.activation) for _ in range(spec.num_blocks)]
     return CNF(fields, dim, options, exact_trace=False, learn_end_time=True)

@@ -4,10 +4,11 @@ Structured pruning (FT) removes whole outputs (neurons, filters) of a field's hi
 masked model still multiplies by their zeros: a field at prune ratio 0.8 costs about as much as the
 dense one. Its compact twin is the same model (a deep copy, same class, same parameter names) whose
 prunable layers hold only the kept outputs and the input columns that read them. For layer l of a
-chain (`experiment.pruning.layers.prunable_chains`) with kept outputs K_l,
+chain (`experiment.pruning.layers.prunable_chains`) with kept outputs K_l, reading layer l − 1's
+outputs from input column o_l on,
 
     W'_l = W_l[K_l, C_l],   b'_l = b_l[K_l],   companion'_l = companion_l[K_l],
-    C_1 = all inputs,   C_l = (extra inputs, e.g. the time channel) ∪ (offset + K_{l−1}),
+    C_1 = all inputs,   C_l = (inputs that are not neurons, e.g. the time channel) ∪ (o_l + K_{l−1}),
     K_L = all outputs of the field's output layer,
 
 and output j of a hidden layer is dropped iff its weight row, bias, companions and its input column
@@ -28,9 +29,9 @@ error with the RMS of every parameter's adjoint, and in the masked model that in
 discarded) gradients of dropped columns, so the backward solves take slightly different steps and
 gradients agree within the solver tolerance rather than to rounding.
 
-Covers every field `prunable_chains` describes (MLP, concat-squash, ConcatConv2d fields) with
+Covers every field that declares a prunable chain (MLP, concat-squash, ConcatConv2d fields) with
 nn.Linear and nn.Conv2d (groups = 1) layers, provided every per-output parameter outside them is a
-declared companion (`pruning_companions`); an undeclared one would keep its full size and fail
+declared companion (`ChainLayer.companions`); an undeclared one would keep its full size and fail
 loudly on the first forward pass.
 """
 
@@ -71,8 +72,10 @@ def compact(model: nn.Module, masks: Masks) -> Compacted:
         columns = _every(chain[0].module.weight.shape[1], chain[0].module.weight)
         for position, layer in enumerate(chain):
             if position > 0:
-                offset = input_offset(chain[position - 1], layer)
-                columns = torch.cat([_every(offset, layer.module.weight), offset + outputs[position - 1]])
+                previous, weight = chain[position - 1], layer.module.weight
+                offset = input_offset(previous, layer)
+                after = torch.arange(offset + previous.width, weight.shape[1], device=weight.device)
+                columns = torch.cat([_every(offset, weight), offset + outputs[position - 1], after])
             kept[layer.weight] = (outputs[position], columns)
             for name in layer.per_output:
                 kept[name] = (outputs[position],)
