@@ -31,12 +31,13 @@ import yaml
 
 from experiment import launcher, process
 from experiment.config import ConfigError, add_overrides_argument, load_configs
+from experiment.devices import resolve_device
 from experiment.files import DamagedFileError
 from experiment.distributed import SINGLE, Ranks, join, leave, ranks_from_environment
 from experiment.jobs import Job, Shard, jobs_of
 from experiment.plan import Plan, make_plan
 from experiment.results.tree import RunDir
-from experiment.runner import JobRunner, is_finished, report, resolve_device, run_experiment, summarize_failures
+from experiment.runner import JobRunner, is_finished, report, run_experiment, summarize_failures
 from experiment.workers import run_workers, worker_devices
 
 # Shown after the options by --help: a first command to copy, and where the config keys are explained.

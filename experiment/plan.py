@@ -1,13 +1,16 @@
-"""What a resolved config asks for: which dense nets, which pruning methods, which ratios."""
+"""What a resolved config asks for: which dense nets, which pruning methods, which ratios; and which
+metrics rows of a run folder are of the models it asks for (`Plan.wants`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from experiment.pruning.rules import CONTROL_METHOD
+from experiment.results.rows import step_prune_ratio
 from experiment.results.tree import run_folder, run_id
 from experiment.stopping import StopRule
 
@@ -49,6 +52,21 @@ class Plan:
     @property
     def prune_ratios(self) -> tuple[float, ...]:
         return tuple(1.0 - keep for keep in self.keep_ratios)
+
+    def wants(self, row: dict) -> bool:
+        """Is the metrics row `row` of a model this plan asks for? A run folder may also hold rows of
+        other modes, more nets or an earlier ratio list."""
+        if row["net"] not in self.nets:
+            return False
+        if row["method"] == "dense":
+            return True
+        return (row["mode"] == self.mode and row["method"] in self.methods and row["repetition"] < self.repetitions
+                and 1 <= row["step"] <= len(self.prune_ratios)
+                and math.isclose(step_prune_ratio(row), self.prune_ratios[row["step"] - 1], abs_tol=1e-9))
+
+    def planned_rows(self, rows: list[dict]) -> list[dict]:
+        """The rows of `rows` this plan wants, in their order."""
+        return [row for row in rows if self.wants(row)]
 
     def describe(self) -> str:
         lines = [

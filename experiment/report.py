@@ -19,6 +19,7 @@ from matplotlib.ticker import PercentFormatter
 
 from experiment.files import atomic_write_bytes
 from experiment.pruning.rules import CONTROL_METHOD
+from experiment.results.rows import numeric, step_prune_ratio
 from experiment.training.metrics import metric_column
 
 
@@ -59,20 +60,6 @@ def quantity_of(column: str) -> tuple[str, Callable[[float], float]]:
     return f"test {column}", lambda value: value
 
 
-def _number(value) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def step_prune_ratio(row: dict) -> float:
-    """The prune ratio a metrics row's step is scheduled at: its target for the pruning methods;
-    the NoPrune control (target 0: it prunes nothing) records the ratio the pruning methods reach at
-    the same step in `step_prune_ratio`, so that it is compared at an equal training budget."""
-    value = _number(row.get("step_prune_ratio"))
-    return float(row["target_prune_ratio"]) if value is None else value
-
-
 @dataclass(frozen=True)
 class Point:
     """One plotted point: the models of one (mode, method, step prune ratio), first averaged over
@@ -101,7 +88,7 @@ class Point:
 def _point(rows: list[dict], column: str, transform, mode: str, method: str, target: float) -> Point | None:
     per_net: dict[int, list[tuple[float, float, float, float]]] = {}
     for row in rows:
-        value = _number(row.get(column))
+        value = numeric(row.get(column))
         if value is None:
             continue  # no value recorded for this model
         per_net.setdefault(row["net"], []).append((

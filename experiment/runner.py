@@ -19,12 +19,15 @@ one job; `JobRunner` does a list of them in one process while any number of othe
 on other machines, work on the same results tree: a job is done under its lock by one process at a
 time, a job another process holds is left for later, and a job whose owner died (the operating system
 then frees its lock) is taken over and resumes from its progress files.
+
+What the loops here build on lives in experiment/results/: how a run's model and data are rebuilt
+(rebuild.py, shared with the reader `Run`), the checkpoint protocol and "load it, else train and save
+it" (checkpoints.py), and the metrics row (rows.py); which rows a plan wants is `Plan.wants`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import sys
@@ -39,21 +42,22 @@ from filelock import Timeout
 from torch import nn
 
 from experiment import process
-from experiment.config import ConfigError
-from experiment.data import load_dataset
-from experiment.data.splits import split_tensors, train_valid_indices
 from experiment.data.transforms import build_transform
+from experiment.devices import resolve_device
 from experiment.distributed import SINGLE, Ranks
+from experiment.files import remove_temporaries
 from experiment.jobs import Job, jobs_of
-from experiment.models import SolverError, build_model
+from experiment.models import SolverError
 from experiment.plan import Plan, make_plan
 from experiment.pruning.compaction import compact, expand
 from experiment.pruning.liveness import Masks
 from experiment.pruning.rules import CONTROL_METHOD, STRUCTURED_METHODS, prune
 from experiment.pruning.sparsity import measure_sparsity
 from experiment.report import (dense_point, format_selection, format_table, main_metric, plot_prune_curve, plotted_lines,
-                               pruned_points, quantity_of, selected_points, step_prune_ratio)
-from experiment.files import atomic_torch_save, load_or_set_aside, remove_temporaries
+                               pruned_points, quantity_of, selected_points)
+from experiment.results.checkpoints import Checkpoints, Training, load_or_train
+from experiment.results.rebuild import build_run_model, load_run_data
+from experiment.results.rows import MetricsRow, ModelKey, failed_row, non_finite_measurements
 from experiment.results.tree import METRIC_KEY, RunDir, is_failed, model_name
 from experiment.seeds import derive_seed
 from experiment.stopping import ChainDecision, chain_decision
@@ -84,11 +88,12 @@ class Experiment:
     def config(self) -> dict:
         return self.plan.config
 
+    @property
+    def checkpoints(self) -> Checkpoints:
+        return Checkpoints(self.run, self.device, self.ranks.leader)
+
     def new_model(self) -> nn.Module:
-        network = self.config["network"]
-        tolerances = network["tolerances"]
-        return build_model(network["name"], network["outputSize"], tolerances["atol"], tolerances["rtol"],
-                           network["maxSteps"]).to(self.device)
+        return build_run_model(self.config, self.device)
 
     def loss(self, section: str):
         schedule = self.config[section]
@@ -101,35 +106,17 @@ class Experiment:
                        eval_transform=build_transform(schedule["transformsTest"] + schedule["transformsFinal"]))
 
 
-def resolve_device(name: str) -> torch.device:
-    """The torch device of a config's `device` (auto, cpu, cuda, cuda:N); a ConfigError if that GPU is
-    not there."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("<config>", "device", f"{name} requested but torch.cuda.is_available() is False")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError("<config>", "device", f"{name} requested but only {torch.cuda.device_count()} GPU(s) are visible")
-    return device
-
-
 def prepare(config: dict, progress_bars: bool = True, ranks: Ranks = SINGLE) -> Experiment:
     """Loads the data (downloading real datasets if needed) and the run folder's persisted
     train/validation split (made by the first process that needs it; of several ranks, by rank 0,
     which prepares before the others)."""
     plan = make_plan(config)
     device = resolve_device(config["device"])
-    splits = load_dataset(config["network"]["dataset"], config["directories"]["training_data"], derive_seed(config["seed"], "data"))
     run = RunDir(plan.run_folder)
     run.path.mkdir(parents=True, exist_ok=True)
-    indices = None
-    if splits.valid is None:
-        num_train = len(splits.train)
-        indices = run.data_split(lambda: train_valid_indices(num_train, derive_seed(config["seed"], "split")))
-    parts = {name: tuple(tensor.to(device) for tensor in pair) for name, pair in split_tensors(splits, indices).items()}
-    data = TrainData(*parts["train"], *parts["valid"], splits.dim)
+    loaded = load_run_data(config, run, make_split=True)
+    parts = {name: tuple(tensor.to(device) for tensor in pair) for name, pair in loaded.splits.items()}
+    data = TrainData(*parts["train"], *parts["valid"], loaded.dim)
     return Experiment(plan, run, device, data, *parts["test"], progress_bars=progress_bars, ranks=ranks)
 
 
@@ -264,7 +251,7 @@ def finished_jobs(plan: Plan, run: RunDir) -> set[str]:
     """The names of the plan's jobs whose metrics rows are all there: one per dense net, one per step
     of a chain. A row is written after its model's checkpoint, so such a job has nothing left to do.
     A job with a failed row is done too (it stopped there), and so is a chain whose dense net failed."""
-    rows = planned_rows(run.read_metrics(), plan)
+    rows = plan.planned_rows(run.read_metrics())
     rows_per_job = Counter(Job.of_row(plan.run_id, row).name for row in rows)
     failed = {Job.of_row(plan.run_id, row).name for row in rows if is_failed(row)}
     return {job.name for job in jobs_of(plan)
@@ -320,36 +307,37 @@ def train_dense(experiment: Experiment, net: int) -> nn.Module | None:
     """Dense net `net` trained (resuming a partial run) unless a loadable checkpoint of it exists; its
     metrics row written if missing. Returns the net; None if its training fails (it gets a failed row
     and no checkpoint)."""
-    run, seed = experiment.run, experiment.config["seed"]
-    key = dict(mode="train", method="dense", net=net, repetition=0, step=0, target_prune_ratio=0.0)
-    name = model_name(key)
-    checkpoint = load_trained(experiment, name)
-    if checkpoint is not None:
-        model = experiment.new_model()
-        model.load_state_dict(checkpoint["model"])
-        seconds, epochs = checkpoint["train_seconds"], checkpoint["epochs"]
-    else:
-        torch.manual_seed(derive_seed(seed, "init", net))
-        model = experiment.new_model()
-        log.info("training %s", name)
-        try:
-            outcome = train(model, experiment.config["training"], experiment.data_for("training"), experiment.loss("training"),
-                            seed=derive_seed(seed, "train", net), progress_file=run.progress(name), description=name,
-                            progress_bars=experiment.progress_bars, ranks=experiment.ranks, curve_file=run.curve(name))
-        except TrainingFailed as failure:
-            record_failure(experiment, key, f"training {failure}")
-            return
-        save_trained(experiment, name, model, outcome, {}, {}, name)
-        seconds, epochs = outcome.seconds, len(outcome.curve)
+    key = ModelKey.dense(net)
+    trained = load_or_train(experiment.checkpoints, key.name, experiment.new_model,
+                            lambda: initialise_and_train(experiment, key))
+    if trained is None:
+        return None
     if needs_row(experiment, key):
-        record(experiment, model, key, "training", seconds, epochs)
-    return model
+        record(experiment, trained.model, key, "training", trained.seconds, trained.epochs)
+    return trained.model
 
 
-def needs_row(experiment: Experiment, key: dict) -> bool:
+def initialise_and_train(experiment: Experiment, key: ModelKey) -> Training | None:
+    """A dense net initialised from its seed and trained with the `training` schedule, resuming from
+    its progress file; None if training fails (its failed row says why)."""
+    run, seed, name = experiment.run, experiment.config["seed"], key.name
+    torch.manual_seed(derive_seed(seed, "init", key.net))
+    model = experiment.new_model()
+    log.info("training %s", name)
+    try:
+        outcome = train(model, experiment.config["training"], experiment.data_for("training"), experiment.loss("training"),
+                        seed=derive_seed(seed, "train", key.net), progress_file=run.progress(name), description=name,
+                        progress_bars=experiment.progress_bars, ranks=experiment.ranks, curve_file=run.curve(name))
+    except TrainingFailed as failure:
+        record_failure(experiment, key, None, f"training {failure}")
+        return None
+    return Training(model, outcome, masks={}, progress=name)
+
+
+def needs_row(experiment: Experiment, key: ModelKey) -> bool:
     """Is the model's metrics row missing, or, where a stop rule judges by them, its validation
     columns (rows made before they existed get them from the model's checkpoint)?"""
-    row = experiment.run.metrics_row(key)
+    row = experiment.run.metrics_row(key.columns())
     if row is None:
         return True
     return experiment.plan.stop_rule is not None and not is_failed(row) and row.get("valid_loss") in (None, "")
@@ -365,45 +353,53 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
     stops at a step whose retraining or evaluation fails (its row says why), and where the plan's stop
     rule says so (experiment/stopping.py); under a stop rule its rows get a `selected` column (1 for
     the sparsest net within tolerance) once the chain ends."""
-    plan, seed = experiment.plan, experiment.config["seed"]
+    plan = experiment.plan
     start, start_masks, history = dense, {}, ()
     for step, keep in enumerate(plan.keep_ratios, start=1):
         history = history + (keep,) if plan.mode == "cascade" else (keep,)
-        target = 0.0 if method == CONTROL_METHOD else 1.0 - keep
-        key = dict(mode=plan.mode, method=method, net=net, repetition=repetition, step=step, target_prune_ratio=target)
-        name, columns = model_name(key), dict(step_prune_ratio=1.0 - keep)
-        model = experiment.new_model()
-        saved = load_trained(experiment, name)
-        if saved is not None and saved["keep_ratios"] == list(history):
-            model.load_state_dict(saved["model"])
-            masks, seconds, epochs = saved["masks"], saved["train_seconds"], saved["epochs"]
-            fresh = False
-        else:
-            model.load_state_dict(start.state_dict())
-            masks = prune(model, method, target, start_masks)
-            outcome, progress = TrainOutcome(curve=[], seconds=0.0, kept_epoch=-1), None
-            if step <= plan.retrain_steps:
-                log.info("retraining %s", name)
-                try:
-                    # The progress file is tied to the ratio history, so a changed ratio list never resumes a stale step.
-                    outcome, progress, masks = retrain(experiment, method, model, masks, f"{name}_{derive_seed(0, history):08x}",
-                                                       seed=derive_seed(seed, "retrain", *key.values()),
-                                                       description=f"{method} net{net} step {step}/{len(plan.keep_ratios)} PR {target:.3f}",
-                                                       curve=name)
-                except TrainingFailed as failure:
-                    record_failure(experiment, key, f"retraining {failure}", **columns)
-                    return
-            save_trained(experiment, name, model, outcome, masks, {"keep_ratios": list(history), "method": method}, progress)
-            seconds, epochs, fresh = outcome.seconds, len(outcome.curve), True
-        if fresh or needs_row(experiment, key):
-            evaluated = compact(model, masks).model if method in STRUCTURED_METHODS else model
-            if not record(experiment, model, key, "retraining", seconds, epochs, evaluated=evaluated, **columns):
+        key = ModelKey(plan.mode, method, net, repetition, step, 0.0 if method == CONTROL_METHOD else 1.0 - keep)
+        step_prune_ratio = 1.0 - keep
+        trained = load_or_train(experiment.checkpoints, key.name, experiment.new_model,
+                                lambda: prune_and_retrain(experiment, key, step_prune_ratio, start, start_masks, history),
+                                usable=lambda checkpoint: checkpoint["keep_ratios"] == list(history))
+        if trained is None:
+            return
+        # A step computed anew (a changed ratio history, a damaged checkpoint) replaces its earlier row.
+        if trained.fresh or needs_row(experiment, key):
+            evaluated = compact(trained.model, trained.masks).model if method in STRUCTURED_METHODS else trained.model
+            if not record(experiment, trained.model, key, "retraining", trained.seconds, trained.epochs, step_prune_ratio,
+                          evaluated=evaluated):
                 return
         if experiment.ranks.from_leader(end_of_chain(experiment, method, net, repetition, final=False)):
             return  # (every rank stops with rank 0, which alone reads the rows)
         if plan.mode == "cascade":
-            start, start_masks = model, masks
+            start, start_masks = trained.model, trained.masks
     end_of_chain(experiment, method, net, repetition, final=True)
+
+
+def prune_and_retrain(experiment: Experiment, key: ModelKey, step_prune_ratio: float, start: nn.Module, start_masks: Masks,
+                      history: tuple[float, ...]) -> Training | None:
+    """Prune step `key` of a chain computed: a copy of `start` (under `start_masks`) pruned to the
+    step's target, then retrained if the step is one of the plan's first `retrain_steps`; its
+    checkpoint records the keep ratios so far, `history`. None if retraining fails (its row says why)."""
+    plan, seed, name = experiment.plan, experiment.config["seed"], key.name
+    model = experiment.new_model()
+    model.load_state_dict(start.state_dict())
+    masks = prune(model, key.method, key.target_prune_ratio, start_masks)
+    outcome, progress = TrainOutcome(curve=[], seconds=0.0, kept_epoch=-1), None
+    if key.step <= plan.retrain_steps:
+        log.info("retraining %s", name)
+        try:
+            # The progress file is tied to the ratio history, so a changed ratio list never resumes a stale step.
+            outcome, progress, masks = retrain(experiment, key.method, model, masks, f"{name}_{derive_seed(0, history):08x}",
+                                               seed=derive_seed(seed, "retrain", *key.seed_path()),
+                                               description=f"{key.method} net{key.net} step {key.step}/{len(plan.keep_ratios)} "
+                                                           f"PR {key.target_prune_ratio:.3f}",
+                                               curve=name)
+        except TrainingFailed as failure:
+            record_failure(experiment, key, step_prune_ratio, f"retraining {failure}")
+            return None
+    return Training(model, outcome, masks, progress, extra={"keep_ratios": list(history), "method": key.method})
 
 
 def end_of_chain(experiment: Experiment, method: str, net: int, repetition: int, final: bool) -> bool:
@@ -413,7 +409,7 @@ def end_of_chain(experiment: Experiment, method: str, net: int, repetition: int,
     plan, run = experiment.plan, experiment.run
     if not experiment.ranks.leader or plan.stop_rule is None or not plan.stop_rule.applies_to(method):
         return False
-    rows = planned_rows(run.read_metrics(), plan)
+    rows = plan.planned_rows(run.read_metrics())
     decision = stop_decision(plan, rows, method, net, repetition)
     if decision is None or not (decision.stopped or final):
         return False
@@ -452,23 +448,9 @@ def retrain(experiment: Experiment, method: str, model: nn.Module, masks: Masks,
     return outcome, progress, masks
 
 
-def planned_rows(rows: list[dict], plan: Plan) -> list[dict]:
-    """The metrics rows of the models `plan` asks for (a run folder may also hold rows of other
-    modes, more nets or an earlier ratio list)."""
-    def planned(row: dict) -> bool:
-        if row["net"] not in plan.nets:
-            return False
-        if row["method"] == "dense":
-            return True
-        return (row["mode"] == plan.mode and row["method"] in plan.methods and row["repetition"] < plan.repetitions
-                and 1 <= row["step"] <= len(plan.prune_ratios)
-                and math.isclose(step_prune_ratio(row), plan.prune_ratios[row["step"] - 1], abs_tol=1e-9))
-    return [row for row in rows if planned(row)]
-
-
 def failures(plan: Plan, run: RunDir) -> list[str]:
     """'{run folder} {model}: {reason}' for each failed model of the plan."""
-    return [f"{run.path} {model_name(row)}: {row['error']}" for row in planned_rows(run.read_metrics(), plan) if is_failed(row)]
+    return [f"{run.path} {model_name(row)}: {row['error']}" for row in plan.planned_rows(run.read_metrics()) if is_failed(row)]
 
 
 def summarize_failures(plans: Sequence[Plan]) -> int:
@@ -488,7 +470,7 @@ def report(plan: Plan, run: RunDir, replot: bool = True) -> None:
     temporary file); with `replot=False` (a finished run, only read) only if the plot is missing."""
     metric = main_metric(plan.config["training"])
     label, transform = quantity_of(metric)  # what the paper/ figures show: top-k error in %, NLL, bits/dim
-    rows = [row for row in planned_rows(run.read_metrics(), plan) if not is_failed(row)]
+    rows = [row for row in plan.planned_rows(run.read_metrics()) if not is_failed(row)]
     dense, lines = dense_point(rows, metric, transform), pruned_points(rows, metric, transform)
     selected = selected_points(rows, metric, transform) if plan.stop_rule is not None else {}
     title = f"{plan.config['network']['name']} on {plan.config['network']['dataset']}"
@@ -506,96 +488,44 @@ def report(plan: Plan, run: RunDir, replot: bool = True) -> None:
         print(f"FAILED {failure}")
 
 
-def save_trained(experiment: Experiment, name: str, model: nn.Module, outcome: TrainOutcome,
-                 masks: dict[str, torch.Tensor], extra: dict, progress: str | None) -> None:
-    """The final checkpoint (holding the curve too), then the curve file (which training kept up to
-    date; written again for a model that was not retrained), then the progress file goes;
-    `load_trained` finishes the last two if a kill came in between. Rank 0's job alone."""
-    if not experiment.ranks.leader:
-        return
-    run = experiment.run
-    atomic_torch_save(run.checkpoint(name), {
-        "model": model.state_dict(), "masks": masks, "train_seconds": outcome.seconds, "curve": outcome.curve,
-        "epochs": len(outcome.curve), "kept_epoch": outcome.kept_epoch, "progress": progress or "", **extra,
-    })
-    run.write_curve(name, outcome.curve)
-    if progress is not None:
-        run.progress(progress).unlink(missing_ok=True)
-
-
-def load_trained(experiment: Experiment, name: str) -> dict | None:
-    """A final checkpoint, with the bookkeeping of `save_trained` completed if it was interrupted
-    (by rank 0); None if there is none, or if it is damaged: rank 0 sets it aside (logged), and the
-    model is trained again."""
-    run = experiment.run
-    checkpoint = load_or_set_aside(run.checkpoint(name), experiment.device, move=experiment.ranks.leader)
-    if checkpoint is None or not experiment.ranks.leader:
-        return checkpoint
-    if not run.curve(name).exists():
-        run.write_curve(name, checkpoint["curve"])
-    if checkpoint["progress"]:
-        run.progress(checkpoint["progress"]).unlink(missing_ok=True)
-    return checkpoint
-
-
-def record(experiment: Experiment, model: nn.Module, key: dict, section: str, train_seconds: float, epochs: int,
-           evaluated: nn.Module | None = None, **columns) -> bool:
+def record(experiment: Experiment, model: nn.Module, key: ModelKey, section: str, train_seconds: float, epochs: int,
+           step_prune_ratio: float | None = None, evaluated: nn.Module | None = None) -> bool:
     """Evaluates `model` on the test set, and on the validation set (the `valid_*` columns, what a
-    stop rule may judge by: experiment.stopping), and upserts its metrics row (key, `columns`,
-    measurements); rank 0's job alone. `evaluated`, if given, is what runs instead: a model with the
-    same outputs (`model`'s compact twin), while the sparsity columns count `model` itself. A
-    non-finite loss or metric, or a failed solve, makes the row a failed one; False then."""
+    stop rule may judge by: experiment.stopping), and upserts its metrics row (experiment/results/rows.py);
+    rank 0's job alone. `evaluated`, if given, is what runs instead: a model with the same outputs
+    (`model`'s compact twin), while the sparsity columns count `model` itself. A non-finite loss or
+    metric, or a failed solve, makes the row a failed one; False then."""
     if not experiment.ranks.leader:
         return True
     schedule, seed = experiment.config[section], experiment.config["seed"]
     measured = model if evaluated is None else evaluated
     data = experiment.data_for(section)
     try:
-        torch.manual_seed(derive_seed(seed, "test", *key.values()))
-        result = evaluate(measured, experiment.x_test, experiment.y_test, schedule["testBatchSize"], experiment.loss(section),
-                          schedule["metricsTest"], data.data_dim, data.eval_transform)
-        torch.manual_seed(derive_seed(seed, "valid", *key.values()))
-        validation = evaluate(measured, data.x_valid, data.y_valid, schedule["testBatchSize"], experiment.loss(section),
-                              schedule["metricsTest"], data.data_dim, data.eval_transform)
+        torch.manual_seed(derive_seed(seed, "test", *key.seed_path()))
+        test = evaluate(measured, experiment.x_test, experiment.y_test, schedule["testBatchSize"], experiment.loss(section),
+                        schedule["metricsTest"], data.data_dim, data.eval_transform)
+        torch.manual_seed(derive_seed(seed, "valid", *key.seed_path()))
+        valid = evaluate(measured, data.x_valid, data.y_valid, schedule["testBatchSize"], experiment.loss(section),
+                         schedule["metricsTest"], data.data_dim, data.eval_transform)
     except SolverError as error:
-        record_failure(experiment, key, f"evaluation: solver failed: {error}", **columns)
+        record_failure(experiment, key, step_prune_ratio, f"evaluation: solver failed: {error}")
         return False
-    valid_columns = {"valid_loss": validation.loss, **{f"valid_{name}": value for name, value in validation.metrics.items()}}
-    bad = {name: value for name, value in {"test_loss": result.loss, **result.metrics, **valid_columns}.items()
-           if not math.isfinite(value)}
+    bad = non_finite_measurements(test, valid)
     if bad:
-        record_failure(experiment, key, f"evaluation: non-finite {', '.join(f'{name} ({value})' for name, value in bad.items())}",
-                       **columns)
+        record_failure(experiment, key, step_prune_ratio,
+                       f"evaluation: non-finite {', '.join(f'{name} ({value})' for name, value in bad.items())}")
         return False
-    sparsity = measure_sparsity(model)
-    row = {
-        **key,
-        **columns,
-        "prune_ratio": sparsity.prune_ratio,
-        "weight_prune_ratio": sparsity.weight_prune_ratio,
-        "num_params": sparsity.num_params,
-        "nonzero_params": sparsity.nonzero_params,
-        "test_loss": result.loss,
-        **result.metrics,
-        "trace_estimator": result.trace_estimator,
-        "nfe_forward": result.nfe_forward,
-        "flops": sparsity.nonzero_weights * result.nfe_forward,
-        "train_seconds": train_seconds,
-        "epochs": epochs,
-        **valid_columns,
-        "status": "ok",
-        "error": "",
-    }
-    experiment.run.upsert_metrics(row)
-    log.info("%s net %d rep %d step %d: prune ratio %.3f, test loss %.4f", key["method"], key["net"], key["repetition"],
-             key["step"], sparsity.prune_ratio, result.loss)
+    row = MetricsRow(key, step_prune_ratio, measure_sparsity(model), test, valid, train_seconds, epochs)
+    experiment.run.upsert_metrics(row.columns())
+    log.info("%s net %d rep %d step %d: prune ratio %.3f, test loss %.4f", key.method, key.net, key.repetition,
+             key.step, row.sparsity.prune_ratio, test.loss)
     return True
 
 
-def record_failure(experiment: Experiment, key: dict, reason: str, **columns) -> None:
-    """Upserts the metrics row of a model that failed: its key, `columns`, status "failed" and
-    `reason` as its error; no measurements. Rank 0's job alone."""
+def record_failure(experiment: Experiment, key: ModelKey, step_prune_ratio: float | None, reason: str) -> None:
+    """Upserts the metrics row of a model that failed: its key, status "failed" and `reason` as its
+    error; no measurements. Rank 0's job alone."""
     if not experiment.ranks.leader:
         return
-    experiment.run.upsert_metrics({**key, **columns, "status": "failed", "error": reason})
-    log.error("FAILED %s: %s", model_name(key), reason)
+    experiment.run.upsert_metrics(failed_row(key, step_prune_ratio, reason))
+    log.error("FAILED %s: %s", key.name, reason)

@@ -10,7 +10,7 @@ from experiment.plan import make_plan
 from conftest import tiny_config
 from experiment.report import dense_point, format_table, plotted_lines, plotted_prune_ratios, pruned_points, quantity_of
 from experiment.results import RunDir
-from experiment.runner import planned_rows, report
+from experiment.runner import report
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "param" / "quickstart.yaml"
 
@@ -37,13 +37,13 @@ def test_rows_of_other_modes_nets_methods_and_ratio_lists_are_left_out(plan):
               row("cascade", "ThresNet", 0, 3, 0.9, 9.0),  # a step beyond the ratio list
               row("cascade", "ThresNet", 1, 2, 0.6, 9.0),  # an earlier ratio list
               row("cascade", "ThresNet", 0, 1, 0.5, 9.0, repetition=1)]  # a repetition not asked for
-    assert planned_rows(wanted + others, plan) == wanted
+    assert plan.planned_rows(wanted + others) == wanted
 
 
 def test_summary_averages_over_nets_with_dense_as_step_zero(plan):
     rows = [row("train", "dense", 0, 0, 0.0, 1.0), row("train", "dense", 1, 0, 0.0, 1.2),
             row("cascade", "ThresNet", 0, 1, 0.5, 1.1), row("cascade", "ThresNet", 1, 1, 0.5, 1.3)]
-    rows = planned_rows(rows, plan)
+    rows = plan.planned_rows(rows)
     dense, lines = dense_point(rows, "nll"), pruned_points(rows, "nll")
     assert (dense.prune_ratio_mean, dense.value_mean, dense.value_std) == pytest.approx((0.0, 1.1, 0.1))
     (first,) = lines[("cascade", "ThresNet")]

@@ -61,7 +61,7 @@ def test_registry_entries():
     for name, dim in expected.items():
         info = DATASETS[name]
         assert (info.dim, info.num_classes) == (dim, 1)
-        assert info.build is tabular.BUILDERS[name]
+        assert info.build is getattr(tabular, f"build_{name.lower()}")
 
 
 # ---------------------------------------------------------------------------------------------

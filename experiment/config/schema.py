@@ -495,6 +495,7 @@ def _experiments(value: Any, path: KeyPath, sources: Sources) -> dict:
 DIRECTORY_FIELDS = {
     "results": Field(_string, "./data/results"),
     "training_data": Field(_string, "./data/training"),
+    # The original's scratch folder and folder of pretrained nets: accepted so its configs load, never read here.
     "local_data": Field(_string, "./local"),
     "trained_networks": Field(_optional(_string), None),
 }

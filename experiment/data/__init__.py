@@ -1,5 +1,6 @@
 """Dataset registry: ``load_dataset(name, data_dir, seed)`` dispatches on the class-style
-name used in a config's ``network.dataset`` (SPEC section 5)."""
+name used in a config's ``network.dataset`` (SPEC section 5). The loaders live in ``toy``, ``tabular``
+and ``images``, each module holding its datasets' shapes, which the registry reads from there."""
 
 import os
 from collections.abc import Callable
@@ -8,18 +9,7 @@ from dataclasses import dataclass
 from torch.utils.data import TensorDataset
 
 from experiment.data import images, tabular, toy
-
-
-@dataclass(frozen=True)
-class Splits:
-    """A dataset's splits: each a TensorDataset of (x float32 [N, D], y int64 [N]); image datasets'
-    x is [N, C, H, W] with D = C·H·W."""
-
-    train: TensorDataset
-    test: TensorDataset
-    valid: TensorDataset | None  # None: the caller carves a validation split out of train
-    dim: int  # D, the data dimension
-    num_classes: int  # distinct labels (modes for flow data, classes for classifiers)
+from experiment.data.splits import Splits
 
 
 @dataclass(frozen=True)
@@ -39,9 +29,9 @@ def _toy(generator: toy.Generator, num_train: int, num_classes: int, revision: i
 
     def build(data_dir: str | os.PathLike, seed: int) -> Splits:
         train, test = toy.make_toy_splits(generator, num_train, seed)
-        return Splits(train=train, test=test, valid=None, dim=2, num_classes=num_classes)
+        return Splits(train=train, test=test, valid=None, dim=toy.DIM, num_classes=num_classes)
 
-    return DatasetInfo(dim=2, num_classes=num_classes, build=build, revision=revision)
+    return DatasetInfo(dim=toy.DIM, num_classes=num_classes, build=build, revision=revision)
 
 
 def _image(load: Callable[[str | os.PathLike, int], tuple[TensorDataset, TensorDataset]],
@@ -57,6 +47,11 @@ def _image(load: Callable[[str | os.PathLike, int], tuple[TensorDataset, TensorD
     return DatasetInfo(dim=dim, num_classes=10, build=build, image_shape=shape)
 
 
+def _tabular(name: str, build: Callable[[str | os.PathLike, int], Splits]) -> DatasetInfo:
+    """A MAF tabular density set: its own fixed validation split, every label 0."""
+    return DatasetInfo(dim=tabular.DIMS[name], num_classes=1, build=build)
+
+
 DATASETS: dict[str, DatasetInfo] = {
     # revision 2: the generators follow the paper's torchdyn 1.0.1 formulas (runs of revision 1 are not reused)
     "ToyGaussians": _toy(toy.gaussians, 16_380, 6, revision=2),
@@ -65,11 +60,11 @@ DATASETS: dict[str, DatasetInfo] = {
     "ToyMoons": _toy(toy.moons, 1_024, 2, revision=2),
     "ToyConcentric": _toy(toy.concentric, 1_024, 2),
     "ToySpirals": _toy(toy.spirals, 2_048, 2, revision=2),
-    "Power": DatasetInfo(dim=6, num_classes=1, build=tabular.build_power),
-    "Gas": DatasetInfo(dim=8, num_classes=1, build=tabular.build_gas),
-    "Hepmass": DatasetInfo(dim=21, num_classes=1, build=tabular.build_hepmass),
-    "Miniboone": DatasetInfo(dim=43, num_classes=1, build=tabular.build_miniboone),
-    "Bsds300": DatasetInfo(dim=63, num_classes=1, build=tabular.build_bsds300),
+    "Power": _tabular("Power", tabular.build_power),
+    "Gas": _tabular("Gas", tabular.build_gas),
+    "Hepmass": _tabular("Hepmass", tabular.build_hepmass),
+    "Miniboone": _tabular("Miniboone", tabular.build_miniboone),
+    "Bsds300": _tabular("Bsds300", tabular.build_bsds300),
     "MNIST": _image(lambda data_dir, seed: images.load_mnist(data_dir), images.MNIST_SHAPE),
     "CIFAR10": _image(lambda data_dir, seed: images.load_cifar10(data_dir), images.CIFAR_SHAPE),
     "Digits": _image(lambda data_dir, seed: images.load_digits_splits(seed), images.DIGITS_SHAPE),

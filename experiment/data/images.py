@@ -1,9 +1,10 @@
 """Image datasets (SPEC section 5): MNIST, CIFAR-10 and scikit-learn's 8×8 Digits.
 
-Every loader returns :class:`~experiment.data.Splits` of TensorDatasets with ``x`` float32
-``[N, C, H, W]`` holding the 8-bit pixel values ``k`` as ``k / 255`` (so in [0, 1]) and ``y`` int64
-labels, in the order of the original files. There is no separate validation split (``valid`` is
-None): the runner carves a persisted 10% validation split out of train.
+Every loader returns (train, test) TensorDatasets, which the registry (experiment/data/__init__.py)
+makes a :class:`~experiment.data.splits.Splits`, with ``x`` float32 ``[N, C, H, W]`` holding the
+8-bit pixel values ``k`` as ``k / 255`` (so in [0, 1]) and ``y`` int64 labels, in the order of the
+original files. There is no separate validation split (``valid`` is None): the runner carves a
+persisted 10% validation split out of train.
 
 MNIST and CIFAR-10 are read from ``{data_dir}/mnist/`` and ``{data_dir}/cifar10/``; missing files
 are downloaded there (the checksum is verified on download) and, offline, a DataMissingError says

@@ -1,6 +1,23 @@
-"""Deterministic train/validation split of a training set's row indices."""
+"""A dataset's splits (`Splits`, what every loader of the registry returns) and the deterministic
+train/validation split of a training set's row indices, for datasets without their own validation set."""
+
+from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A dataset's splits: each a TensorDataset of (x float32 [N, D], y int64 [N]); image datasets'
+    x is [N, C, H, W] with D = C·H·W."""
+
+    train: TensorDataset
+    test: TensorDataset
+    valid: TensorDataset | None  # None: the caller carves a validation split out of train
+    dim: int  # D, the data dimension
+    num_classes: int  # distinct labels (modes for flow data, classes for classifiers)
 
 
 def train_valid_indices(
@@ -19,7 +36,8 @@ def train_valid_indices(
     return np.sort(permutation[num_valid:]), np.sort(permutation[:num_valid])
 
 
-def split_tensors(splits, indices: tuple[np.ndarray, np.ndarray] | None) -> dict[str, tuple]:
+def split_tensors(splits: Splits, indices: tuple[np.ndarray, np.ndarray] | None
+                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{"train", "valid", "test"} → (x, y) tensors of a dataset's `Splits`; a dataset without its
     own validation set is split by `indices` = (train_idx, valid_idx) (see train_valid_indices)."""
     x_train, y_train = splits.train.tensors

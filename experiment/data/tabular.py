@@ -49,7 +49,7 @@ Preprocessing (the MAF paper's, reproduced step by step)
   train+validation mean/std (ddof 0).
 * BSDS300: the archive's train/validation/test as given (already preprocessed).
 
-Each builder returns :class:`~experiment.data.Splits` with TensorDatasets of (x float32 [N, D],
+Each builder returns :class:`~experiment.data.splits.Splits` with TensorDatasets of (x float32 [N, D],
 y int64 zeros [N]) and ``valid`` set; the seed is unused because the splits are fixed.
 """
 
@@ -69,6 +69,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from experiment.data.download import DataMissingError, fetch
+from experiment.data.splits import Splits
 from experiment.files import process_umask
 
 ARCHIVE_URL = "https://zenodo.org/record/1161203/files/data.tar.gz"
@@ -90,7 +91,7 @@ SUBDIR = "maf"
 """Folder under ``data_dir`` that holds the archive and the extracted files."""
 
 DIMS = {"Power": 6, "Gas": 8, "Hepmass": 21, "Miniboone": 43, "Bsds300": 63}
-"""Data dimension of each set after preprocessing."""
+"""Data dimension of each set after preprocessing (the registry, experiment/data/__init__.py, reads it here)."""
 
 TABULAR_INSTALL_HINT = 'pip install -e ".[tabular]"'
 
@@ -221,9 +222,7 @@ def _as_dataset(x: np.ndarray) -> TensorDataset:
     return TensorDataset(features, torch.zeros(features.shape[0], dtype=torch.int64))
 
 
-def _splits(name: str, train: np.ndarray, valid: np.ndarray, test: np.ndarray):
-    from experiment.data import Splits  # the registry imports this module
-
+def _splits(name: str, train: np.ndarray, valid: np.ndarray, test: np.ndarray) -> Splits:
     dim = DIMS[name]
     for split, x in (("train", train), ("validation", valid), ("test", test)):
         if x.ndim != 2 or x.shape[1] != dim:
@@ -260,7 +259,7 @@ def preprocess_power(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return standardise_with_train_valid(*maf_split(data))
 
 
-def build_power(data_dir: str | os.PathLike, seed: int):
+def build_power(data_dir: str | os.PathLike, seed: int) -> Splits:
     (path,) = ensure_files(data_dir, ["power/data.npy"])
     return _splits("Power", *preprocess_power(np.load(path)))
 
@@ -335,7 +334,7 @@ def read_frame_pickle(path: Path):
     return frame
 
 
-def build_gas(data_dir: str | os.PathLike, seed: int):
+def build_gas(data_dir: str | os.PathLike, seed: int) -> Splits:
     (path,) = ensure_files(data_dir, ["gas/ethylene_CO.pickle"])
     return _splits("Gas", *preprocess_gas(read_frame_pickle(path)))
 
@@ -396,7 +395,7 @@ def preprocess_hepmass(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray,
     return train, valid, test
 
 
-def build_hepmass(data_dir: str | os.PathLike, seed: int):
+def build_hepmass(data_dir: str | os.PathLike, seed: int) -> Splits:
     train_path, test_path = ensure_files(data_dir, ["hepmass/1000_train.csv", "hepmass/1000_test.csv"])
     train = read_csv_rows(train_path, row_filter=_is_signal)
     test = read_csv_rows(test_path, drop_last=True, row_filter=_is_signal)
@@ -411,7 +410,7 @@ def preprocess_miniboone(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return standardise_with_train_valid(*maf_split(np.asarray(data, dtype=np.float64)))
 
 
-def build_miniboone(data_dir: str | os.PathLike, seed: int):
+def build_miniboone(data_dir: str | os.PathLike, seed: int) -> Splits:
     (path,) = ensure_files(data_dir, ["miniboone/data.npy"])
     return _splits("Miniboone", *preprocess_miniboone(np.load(path)))
 
@@ -422,7 +421,7 @@ def build_miniboone(data_dir: str | os.PathLike, seed: int):
 BSDS300_SPLITS = ("train", "validation", "test")
 
 
-def build_bsds300(data_dir: str | os.PathLike, seed: int):
+def build_bsds300(data_dir: str | os.PathLike, seed: int) -> Splits:
     npz = maf_dir(data_dir) / "BSDS300" / "BSDS300.npz"
     if npz.exists():
         with np.load(npz) as arrays:
@@ -439,11 +438,3 @@ def build_bsds300(data_dir: str | os.PathLike, seed: int):
             train, valid, test = (np.asarray(file[split][()]) for split in BSDS300_SPLITS)
     return _splits("Bsds300", train, valid, test)
 
-
-BUILDERS: dict[str, Callable] = {
-    "Power": build_power,
-    "Gas": build_gas,
-    "Hepmass": build_hepmass,
-    "Miniboone": build_miniboone,
-    "Bsds300": build_bsds300,
-}

@@ -17,6 +17,9 @@ from torch.utils.data import TensorDataset
 
 Generator = Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
+DIM = 2
+"""Every toy set is 2-D."""
+
 TEST_SEED_OFFSET = 1_000_003
 """The test set of seed ``s`` is generated with seed ``s + TEST_SEED_OFFSET``."""
 

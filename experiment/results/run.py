@@ -8,13 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from experiment.data import load_dataset
-from experiment.data.splits import split_tensors
-from experiment.models import DEFAULT_MAX_STEPS, build_model
-from experiment.pruning.rules import apply_masks
 from experiment.files import load_checkpoint
-from experiment.results.tree import RunDir, is_failed, model_name, read_csv, read_split
-from experiment.seeds import derive_seed
+from experiment.pruning.rules import apply_masks
+from experiment.results.rebuild import build_run_model, load_run_data
+from experiment.results.tree import RunDir, is_failed, model_name, read_csv
 
 
 class Run:
@@ -37,13 +34,11 @@ class Run:
         """The trained model of a metrics row (or of a checkpoint stem such as "dense_net0"), masks
         applied, in eval mode."""
         name = row_or_name if isinstance(row_or_name, str) else model_name(row_or_name)
-        network = self.config["network"]
-        model = build_model(network["name"], network["outputSize"], network["tolerances"]["atol"], network["tolerances"]["rtol"],
-                            network.get("maxSteps", DEFAULT_MAX_STEPS))  # (runs made before the key lack it)
+        model = build_run_model(self.config, device)
         checkpoint = load_checkpoint(self.folder.checkpoint(name), device)
         model.load_state_dict(checkpoint["model"])
         apply_masks(model, checkpoint["masks"])
-        return model.to(device).eval()
+        return model.eval()
 
     def curve(self, row_or_name: dict | str) -> list[dict]:
         name = row_or_name if isinstance(row_or_name, str) else model_name(row_or_name)
@@ -52,10 +47,4 @@ class Run:
 
     def load_data(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{"train", "valid", "test"} → (x, y) exactly as the run used them (persisted split)."""
-        config = self.config
-        splits = load_dataset(config["network"]["dataset"], config["directories"]["training_data"],
-                              derive_seed(config["seed"], "data"))
-        indices = None
-        if splits.valid is None:
-            indices = read_split(self.folder.split_file)
-        return split_tensors(splits, indices)
+        return load_run_data(self.config, self.folder).splits

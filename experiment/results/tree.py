@@ -55,7 +55,8 @@ Damaged files (a disk fault, a copy cut short: atomic writes rule out a crash of
 that name the file and say what to do (`DamagedFileError`): metrics.csv and data_split.npz are never
 recomputed behind the researcher's back, but a metrics.csv whose last line is torn is read without
 that line (with a warning; the next update rewrites the file without it, and the row's model is
-evaluated again). Damaged checkpoints and progress files are set aside and recomputed (runner).
+evaluated again). Damaged checkpoints and progress files are set aside and recomputed
+(experiment/results/checkpoints.py, experiment/training/loop.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,47 @@
+"""A run's model and data rebuilt from its config: the one recipe for both the runner, which trains
+the run and writes its folder, and `Run` (experiment/results/run.py), which reads it back, so that a
+reader gets the very model and data splits the run's models were trained and measured with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from experiment.data import load_dataset
+from experiment.data.splits import split_tensors, train_valid_indices
+from experiment.models import DEFAULT_MAX_STEPS, build_model
+from experiment.results.tree import RunDir, read_split
+from experiment.seeds import derive_seed
+
+
+def build_run_model(config: dict, device: str | torch.device) -> nn.Module:
+    """A new (untrained) model of the run's `network` section, on `device`."""
+    network = config["network"]
+    tolerances = network["tolerances"]
+    return build_model(network["name"], network["outputSize"], tolerances["atol"], tolerances["rtol"],
+                       network.get("maxSteps", DEFAULT_MAX_STEPS)).to(device)  # (runs made before the key lack it)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """A run's data, as its models saw it (on the CPU)."""
+
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]  # "train", "valid", "test" → (x, y)
+    dim: int  # D, the data dimension
+
+
+def load_run_data(config: dict, run: RunDir, *, make_split: bool = False) -> RunData:
+    """The run's dataset split as its models were trained: a dataset without a validation set of its
+    own is split by the run folder's persisted data_split.npz. With `make_split` (the runner) the
+    split file is made from the config's seed on first use, under its lock; without (a reader, which
+    never writes), it must be there."""
+    seed = config["seed"]
+    splits = load_dataset(config["network"]["dataset"], config["directories"]["training_data"], derive_seed(seed, "data"))
+    indices = None
+    if splits.valid is None:
+        num_train = len(splits.train)
+        indices = (run.data_split(lambda: train_valid_indices(num_train, derive_seed(seed, "split"))) if make_split
+                   else read_split(run.split_file))
+    return RunData(split_tensors(splits, indices), splits.dim)
