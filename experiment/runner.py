@@ -58,7 +58,7 @@ from experiment.report import (dense_point, format_selection, format_table, main
 from experiment.results.checkpoints import Checkpoints, Training, load_or_train
 from experiment.results.rebuild import build_run_model, load_run_data
 from experiment.results.rows import MetricsRow, ModelKey, failed_row, non_finite_measurements
-from experiment.results.tree import METRIC_KEY, RunDir, is_failed, model_name
+from experiment.results.tree import RunDir, is_failed, metric_key, model_name
 from experiment.seeds import derive_seed
 from experiment.stopping import ChainDecision, chain_decision
 from experiment.training.evaluate import evaluate
@@ -268,9 +268,14 @@ def chain_done(plan: Plan, rows: list[dict], job: Job, num_rows: int) -> bool:
     decision = stop_decision(plan, rows, job.method, job.net, job.repetition)
     if decision is None or not (decision.stopped or decision.judged == len(plan.keep_ratios)):
         return False
-    judged = [row for row in rows if (row["mode"], row["method"], row["net"], row["repetition"]) == (plan.mode, job.method, job.net, job.repetition)
-              and row["step"] <= decision.last_step]
+    judged = [row for row in chain_rows(plan, rows, job.method, job.net, job.repetition) if row["step"] <= decision.last_step]
     return all(row.get("selected") not in (None, "") for row in judged)
+
+
+def chain_rows(plan: Plan, rows: list[dict], method: str, net: int, repetition: int) -> list[dict]:
+    """The rows of one prune chain of the plan's mode among `rows`."""
+    return [row for row in rows
+            if (row["mode"], row["method"], row["net"], row["repetition"]) == (plan.mode, method, net, repetition)]
 
 
 def stop_decision(plan: Plan, rows: list[dict], method: str, net: int, repetition: int) -> ChainDecision | None:
@@ -279,10 +284,8 @@ def stop_decision(plan: Plan, rows: list[dict], method: str, net: int, repetitio
     rule = plan.stop_rule
     if rule is None or not rule.applies_to(method):
         return None
-    chain = [row for row in rows if row["method"] == method and row["net"] == net and row["repetition"] == repetition
-             and row["mode"] == plan.mode]
     dense_row = next((row for row in rows if row["method"] == "dense" and row["net"] == net and not is_failed(row)), None)
-    return chain_decision(rule, chain, dense_row, main_metric(plan.config["retraining"]), len(plan.keep_ratios))
+    return chain_decision(rule, chain_rows(plan, rows, method, net, repetition), dense_row, main_metric(plan.config["retraining"]), len(plan.keep_ratios))
 
 
 def run_job(experiment: Experiment, job: Job) -> None:
@@ -413,10 +416,10 @@ def end_of_chain(experiment: Experiment, method: str, net: int, repetition: int,
     decision = stop_decision(plan, rows, method, net, repetition)
     if decision is None or not (decision.stopped or final):
         return False
-    chain = [row for row in rows if (row["mode"], row["method"], row["net"], row["repetition"]) == (plan.mode, method, net, repetition)]
-    if any(row.get("selected") != int(row["step"] == decision.selected) for row in chain):
-        run.update_metrics({tuple(str(row[name]) for name in METRIC_KEY): {"selected": int(row["step"] == decision.selected)}
-                            for row in chain})
+    chain = chain_rows(plan, rows, method, net, repetition)
+    marks = {metric_key(row): int(row["step"] == decision.selected) for row in chain}
+    if any(row.get("selected") != marks[metric_key(row)] for row in chain):
+        run.update_metrics({key: {"selected": mark} for key, mark in marks.items()})
     ratio = plan.prune_ratios[decision.selected - 1] if decision.selected else 0.0
     ended = f"stopped after step {decision.last_step} of {len(plan.keep_ratios)}" if decision.stopped else "ran every step"
     log.info("%s net %d rep %d: %s; selected step %d (PR %.3f), the sparsest within tolerance", method, net, repetition,

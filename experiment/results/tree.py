@@ -237,10 +237,10 @@ class RunDir:
     def upsert_metrics(self, row: dict) -> None:
         """Adds `row` to metrics.csv, replacing a row with the same METRIC_KEY (under metrics.lock, so
         that concurrent writers never lose each other's rows)."""
-        key = _metric_key(row)
+        key = metric_key(row)
         with self.lock("metrics"):
             remove_temporaries(self.path, lambda name: name == self.metrics_file.name)
-            rows = [old for old in self.read_metrics() if _metric_key(old) != key]
+            rows = [old for old in self.read_metrics() if metric_key(old) != key]
             rows.append(row)
             rows.sort(key=lambda r: (r["method"] != "dense", r["mode"], r["method"], int(r["net"]), int(r["repetition"]), int(r["step"])))
             atomic_write_text(self.metrics_file, rows_to_csv(rows))
@@ -251,19 +251,19 @@ class RunDir:
 
     def metrics_row(self, key: dict) -> dict | None:
         """The row with these METRIC_KEY values, if there is one."""
-        wanted = _metric_key(key)
-        return next((row for row in self.read_metrics() if _metric_key(row) == wanted), None)
+        wanted = metric_key(key)
+        return next((row for row in self.read_metrics() if metric_key(row) == wanted), None)
 
     def update_metrics(self, changes: dict[tuple[str, ...], dict]) -> None:
         """Sets columns of existing rows in one write (under metrics.lock): `changes` maps a row's
-        METRIC_KEY values (as strings) to the columns to set."""
+        METRIC_KEY values (`metric_key`) to the columns to set."""
         with self.lock("metrics"):
             remove_temporaries(self.path, lambda name: name == self.metrics_file.name)
-            rows = [{**row, **changes.get(_metric_key(row), {})} for row in self.read_metrics()]
+            rows = [{**row, **changes.get(metric_key(row), {})} for row in self.read_metrics()]
             atomic_write_text(self.metrics_file, rows_to_csv(rows))
 
 
-def _metric_key(row: dict) -> tuple[str, ...]:
+def metric_key(row: dict) -> tuple[str, ...]:
     """The METRIC_KEY values of a row (or key), as strings: what identifies its model."""
     return tuple(str(row[name]) for name in METRIC_KEY)
 
