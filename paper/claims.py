@@ -41,6 +41,7 @@ from experiment.files import atomic_write_text
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import METHOD_NAMES, dense_point, main_metric, pruned_points, quantity_of, step_prune_ratio
 from experiment.results import Run
+from experiment.results.tree import read_csv
 from paper.sweeps import delta_of, prune_potential
 
 MODERATE_MAX_RATIO = 0.8  # the geometric part of the paper's schedule (PR 0.2 .. 0.8)
@@ -180,14 +181,9 @@ def potential_claim(run: Run) -> tuple[list[Measure], Verdict]:
     return measures, Verdict("d", label, "does not hold", f"largest prune ratio within δ of dense: {shown}")
 
 
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as file:
-        return list(csv.DictReader(file))
-
-
 def mode_collapse_claim(path: Path) -> tuple[list[Measure], Verdict]:
     """Claim (b) from one `paper.mode_collapse` CSV (a row per model and k; `passes` is per model)."""
-    rows = [row for row in _read_csv(path) if row["method"] == "dense" or float(row["step_prune_ratio"]) <= MODERATE_MAX_RATIO + 1e-9]
+    rows = [row for row in read_csv(path) if row["method"] == "dense" or float(row["step_prune_ratio"]) <= MODERATE_MAX_RATIO + 1e-9]
     label = _csv_label(rows, path)
     models: dict[str, dict[tuple, int]] = {}
     for row in rows:
@@ -211,7 +207,7 @@ def mode_collapse_claim(path: Path) -> tuple[list[Measure], Verdict]:
 
 def flatness_claim(path: Path) -> tuple[list[Measure], Verdict]:
     """Claim (c) from one `paper.flatness` CSV (net 0's models at chosen steps)."""
-    rows = _read_csv(path)
+    rows = read_csv(path)
     label = _csv_label(rows, path)
     control_at = {(row["net"], row["step"]): float(row["lambda_max"]) for row in rows if row["method"] == CONTROL_METHOD}
     measures, majority = [], {}
