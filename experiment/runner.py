@@ -355,13 +355,18 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
     compact twins (see `retrain`); checkpoints and rows keep the full layout all the same. The chain
     stops at a step whose retraining or evaluation fails (its row says why), and where the plan's stop
     rule says so (experiment/stopping.py); under a stop rule its rows get a `selected` column (1 for
-    the sparsest net within tolerance) once the chain ends."""
+    the sparsest net within tolerance) once the chain ends. Recorded steps before `resume_step` are
+    passed over without loading their checkpoints, which may thus be deleted."""
     plan = experiment.plan
-    start, start_masks, history = dense, {}, ()
-    for step, keep in enumerate(plan.keep_ratios, start=1):
-        history = history + (keep,) if plan.mode == "cascade" else (keep,)
-        key = ModelKey(plan.mode, method, net, repetition, step, 0.0 if method == CONTROL_METHOD else 1.0 - keep)
-        step_prune_ratio = 1.0 - keep
+    start, start_masks = dense, {}
+    resume = experiment.ranks.from_leader(resume_step(experiment, method, net, repetition))
+    for step, history in enumerate(ratio_histories(plan), start=1):
+        key = chain_key(plan, method, net, repetition, step)
+        step_prune_ratio = 1.0 - history[-1]
+        if step < resume:
+            if experiment.ranks.from_leader(end_of_chain(experiment, method, net, repetition, final=False)):
+                return
+            continue
         trained = load_or_train(experiment.checkpoints, key.name, experiment.new_model,
                                 lambda: prune_and_retrain(experiment, key, step_prune_ratio, start, start_masks, history),
                                 usable=lambda checkpoint: checkpoint["keep_ratios"] == list(history))
@@ -378,6 +383,43 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
         if plan.mode == "cascade":
             start, start_masks = trained.model, trained.masks
     end_of_chain(experiment, method, net, repetition, final=True)
+
+
+def ratio_histories(plan: Plan) -> list[tuple[float, ...]]:
+    """Per step of a chain, the keep ratios its model was pruned through: all so far in `cascade`
+    mode, the step's own in `retrain` mode (what a step checkpoint's `keep_ratios` records)."""
+    if plan.mode == "cascade":
+        return [tuple(plan.keep_ratios[:step]) for step in range(1, len(plan.keep_ratios) + 1)]
+    return [(keep,) for keep in plan.keep_ratios]
+
+
+def chain_key(plan: Plan, method: str, net: int, repetition: int, step: int) -> ModelKey:
+    """The model of step `step` (from 1) of a chain (the control's rows say prune ratio 0)."""
+    keep = plan.keep_ratios[step - 1]
+    return ModelKey(plan.mode, method, net, repetition, step, 0.0 if method == CONTROL_METHOD else 1.0 - keep)
+
+
+def resume_step(experiment: Experiment, method: str, net: int, repetition: int) -> int:
+    """The first step of a chain that `prune_chain` loads or computes; the steps before it have their
+    rows and are not needed as a start. In `cascade` mode: the last step whose row is recorded, as are
+    those of all steps before it, and whose checkpoint loads for the same ratio history (the start of
+    the next step); in `retrain` mode, where every step starts from the dense net: the first step
+    without a recorded row. 1 when no step can be passed over. Rank 0's job (it alone reads rows)."""
+    plan = experiment.plan
+    if not experiment.ranks.leader:
+        return 1
+    recorded = 0  # steps 1..recorded have their rows
+    while recorded < len(plan.keep_ratios) and not needs_row(experiment, chain_key(plan, method, net, repetition, recorded + 1)):
+        recorded += 1
+    if plan.mode != "cascade":
+        return recorded + 1
+    histories = ratio_histories(plan)
+    for step in range(recorded, 0, -1):
+        if experiment.run.checkpoint(chain_key(plan, method, net, repetition, step).name).exists():
+            checkpoint = experiment.checkpoints.load(chain_key(plan, method, net, repetition, step).name)
+            if checkpoint is not None and checkpoint["keep_ratios"] == list(histories[step - 1]):
+                return step
+    return 1
 
 
 def prune_and_retrain(experiment: Experiment, key: ModelKey, step_prune_ratio: float, start: nn.Module, start_masks: Masks,

@@ -56,6 +56,7 @@ and reused while the checkpoint and the sampling settings are unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -179,9 +180,11 @@ def fits(run: Run) -> str | None:
     return None
 
 
-def checkpoint_signature(run: Run, row: dict) -> list:
-    stat = run.folder.checkpoint(model_name(row)).stat()
-    return [stat.st_size, stat.st_mtime_ns]
+def checkpoint_signature(run: Run, row: dict) -> str | None:
+    """The SHA-256 of the model's checkpoint (the same in a copy of the run on another machine); None
+    when the checkpoint is gone (a results folder trimmed to what resuming needs)."""
+    path = run.folder.checkpoint(model_name(row))
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
 def run_measures(run: Run, num_samples: int, seed: int, ks=KS, hit_fraction: float = HIT_FRACTION,
@@ -189,7 +192,8 @@ def run_measures(run: Run, num_samples: int, seed: int, ks=KS, hit_fraction: flo
     """One row per (model of the run, k): run, method, mode, net, repetition, step, target, step and
     achieved prune ratio, k, the measures of `measures`, num_modes, hit_fraction and `passes` (the
     model's verdict, the same on all its rows). `cache` (a dict, updated in place) holds per-model
-    shares from earlier calls; `ks` must contain `HIT_K` and `TV_K`."""
+    shares from earlier calls (a model whose checkpoint is gone is measured by its entry, and left out,
+    with a note, without one); `ks` must contain `HIT_K` and `TV_K`."""
     x_train, y_train = (tensor.numpy() for tensor in run.load_data()["train"])
     means, covariances, weights = mode_statistics(x_train, y_train)
     reference = reference_shares(means, covariances, weights, ks)
@@ -202,7 +206,11 @@ def run_measures(run: Run, num_samples: int, seed: int, ks=KS, hit_fraction: flo
         name = model_name(row)
         entry = cache.get(name)
         signature = checkpoint_signature(run, row)
-        if entry is None or entry["settings"] != settings or entry["checkpoint"] != signature:
+        cached = entry is not None and entry["settings"] == settings
+        if signature is None and not cached:
+            log(f"{label}: {name} has no checkpoint and no cached shares; left out")
+            continue
+        if not cached or signature not in (None, entry["checkpoint"]):
             log(f"{label}: sampling {name}")
             samples = sample_flow(run.load_model(row), num_samples, seed)
             entry = {"settings": settings, "checkpoint": signature,

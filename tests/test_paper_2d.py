@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -202,3 +203,27 @@ def test_mode_collapse_script(results, tmp_path, one_thread, capsys):
     assert "sampling" not in capsys.readouterr().out
     with open(out / f"mode_collapse_{label}.csv", newline="") as file:
         assert {row["modes_hit"] for row in csv.DictReader(file)} == {"6"}  # every mode gets ≥ 0 of its share
+
+
+def test_mode_collapse_of_a_copied_run_uses_the_cache_for_checkpoints_that_are_gone(results, tmp_path, one_thread, capsys):
+    """The cache is keyed by checkpoint contents, so it serves a copy of the run on another machine,
+    and there a model whose checkpoint was not copied (a folder trimmed to what resuming needs) is
+    measured from its cache entry; without one it is left out with a note."""
+    out = tmp_path / "modes"
+    assert mode_collapse.main([str(results), "--out", str(out), "--num-samples", "2000"]) == 0
+    label = samples_2d.run_label(the_run(results, "ToyGaussians"))
+    table = (out / f"mode_collapse_{label}.csv").read_text()
+    original = the_run(results, "ToyGaussians").path
+    copy = Path(shutil.copytree(original, tmp_path / "copy" / original.name))  # its run id, hence its label, stays
+    step = next((copy / "checkpoints").glob("*_step1.pt"))
+    step.unlink()
+    capsys.readouterr()
+    assert mode_collapse.main([str(copy), "--out", str(out), "--num-samples", "2000"]) == 0
+    assert "sampling" not in capsys.readouterr().out
+    assert (out / f"mode_collapse_{label}.csv").read_text() == table
+
+    (out / f"mode_collapse_{label}.cache.json").unlink()
+    assert mode_collapse.main([str(copy), "--out", str(out), "--num-samples", "2000"]) == 0
+    assert f"{step.stem} has no checkpoint and no cached shares; left out" in capsys.readouterr().out
+    with open(out / f"mode_collapse_{label}.csv", newline="") as file:
+        assert len({(row["method"], row["step"]) for row in csv.DictReader(file)}) == 2

@@ -121,6 +121,27 @@ def test_damaged_prune_step_checkpoint_is_set_aside_and_retrained(reference, tmp
     assert untimed_rows(run) == untimed_rows(reference)
 
 
+def test_a_cascade_resumes_from_its_last_step_checkpoint_without_the_earlier_ones(tmp_path, caplog):
+    """Only the dense net and the checkpoint of step 2 of 3 are kept, and step 3's row is lost (what
+    a results folder trimmed to move between machines holds): the rerun retrains step 3 alone, from
+    step 2, and ends with the rows and final weights of the uninterrupted run."""
+    config = resolved(cascade_config(tmp_path, spacing=[{"type": "manual", "values": [0.5, 0.7, 0.8]}]))
+    run = run_experiment(config)
+    rows = untimed_rows(run)
+    step3 = load_weights(run.checkpoint("cascade_ThresNet_net0_rep0_step3"))
+    for step in (1, 3):
+        run.checkpoint(f"cascade_ThresNet_net0_rep0_step{step}").unlink()
+    run.metrics_file.write_text("".join(run.metrics_file.read_text().splitlines(keepends=True)[:-1]))
+    with caplog.at_level(logging.INFO, logger="experiment"):
+        run_experiment(config)
+    assert "retraining cascade_ThresNet_net0_rep0_step3" in caplog.text
+    assert "retraining cascade_ThresNet_net0_rep0_step1" not in caplog.text and "training dense" not in caplog.text
+    assert not run.checkpoint("cascade_ThresNet_net0_rep0_step1").exists()
+    assert untimed_rows(run) == rows
+    resumed = load_weights(run.checkpoint("cascade_ThresNet_net0_rep0_step3"))
+    assert all(torch.equal(resumed["model"][key], step3["model"][key]) for key in step3["model"])
+
+
 def test_reading_a_damaged_checkpoint_names_it(reference, tmp_path):
     copy = Path(shutil.copytree(reference.path, tmp_path / "run"))
     (copy / "checkpoints" / "dense_net0.pt").write_bytes(b"PK\x03\x04 cut short")

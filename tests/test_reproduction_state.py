@@ -1,0 +1,51 @@
+"""`paper.reproduction_state` carries an unfinished run between machines: what it saves is enough to
+resume the run elsewhere with the rows an uninterrupted run ends with, and no more than that."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from conftest import tiny_config
+from experiment.config import load_configs
+from experiment.runner import run_experiment
+from paper.reproduction_state import restore, save
+
+CASCADE = {"mode": "cascade", "methods": ["ThresNet"], "numNets": 1,
+           "spacing": [{"type": "manual", "values": [0.75, 0.5, 0.25, 0.1]}]}
+
+
+def untimed_rows(rows: list[dict]) -> list[dict]:
+    return [{name: value for name, value in row.items() if not name.endswith("seconds")} for row in rows]
+
+
+def test_a_saved_unfinished_run_resumes_elsewhere_with_the_rows_of_an_uninterrupted_run(tmp_path, caplog):
+    here = load_configs(tiny_config(tmp_path / "here.yaml", tmp_path / "here", epochs=2, nets=1, experiments=CASCADE,
+                                    retraining={"numEpochs": 1, "batchSize": 128}), [])[0]
+    run = run_experiment(here)
+    rows = untimed_rows(run.read_metrics())
+    # the run as if stopped during step 4 (PR 0.9): its row is not there yet
+    run.metrics_file.write_text("".join(run.metrics_file.read_text().splitlines(keepends=True)[:-1]))
+
+    saved = tmp_path / "committed" / "tiny"
+    save(here, saved)
+    assert (saved / "metrics.csv").read_text() == run.metrics_file.read_text()
+    assert sorted(path.name for path in (saved / "curves").iterdir()) == sorted(path.name for path in (run.path / "curves").iterdir())
+    # dense, the last recorded step (3) and the steps closest to paper.flatness' ratios 0.25/0.5/0.75/0.9/0.95 (1, 2, 3)
+    assert sorted(path.stem for path in (saved / "resume" / "checkpoints").iterdir()) == [
+        "cascade_ThresNet_net0_rep0_step1", "cascade_ThresNet_net0_rep0_step2", "cascade_ThresNet_net0_rep0_step3", "dense_net0"]
+    assert (saved / "resume" / "data_split.npz").read_bytes() == run.split_file.read_bytes()
+
+    there = load_configs(tiny_config(tmp_path / "there.yaml", tmp_path / "there", epochs=2, nets=1, experiments=CASCADE,
+                                     retraining={"numEpochs": 1, "batchSize": 128}), [])[0]
+    restore(there, saved)
+    with caplog.at_level(logging.INFO, logger="experiment"):
+        resumed = run_experiment(there)
+    assert resumed.path != run.path and Path(resumed.path).name == Path(run.path).name
+    assert untimed_rows(resumed.read_metrics()) == rows
+    retrained = [record.getMessage() for record in caplog.records if record.getMessage().startswith(("training", "retraining"))]
+    assert retrained == ["retraining cascade_ThresNet_net0_rep0_step4"]
+
+    save(there, saved)  # finished now: the results only
+    assert not (saved / "resume").exists()
+    assert (saved / "metrics.csv").read_text() == resumed.metrics_file.read_text()
