@@ -27,9 +27,14 @@ from experiment.training.metrics import metric_column
 METHOD_NAMES = {"ThresNet": "WT", "FilterThresNet": "FT", CONTROL_METHOD: "NoPrune", "dense": "dense"}
 
 
+def method_name(method: str) -> str:
+    """How a method is named in figures and tables (`METHOD_NAMES`; any other by its own name)."""
+    return METHOD_NAMES.get(method, method)
+
+
 def line_label(mode: str, method: str, modes: set[str]) -> str:
     """'WT' or, where a run holds several modes, 'WT (retrain)'."""
-    name = METHOD_NAMES.get(method, method)
+    name = method_name(method)
     return name if len(modes) <= 1 else f"{name} ({mode})"
 
 
@@ -229,7 +234,7 @@ def draw_selected(axes: Axes, selected: dict[tuple[str, str], Point]) -> None:
     """A stop rule's selected nets (`selected_points`) as stars in their method's colour."""
     for index, ((_, method), point) in enumerate(sorted(selected.items(), key=lambda item: (item[0][1], item[0][0]))):
         axes.plot([point.prune_ratio_mean], [point.value_mean], marker="*", markersize=12, color=method_color(method, index),
-                  markeredgecolor="black", linestyle="none", label=f"{METHOD_NAMES.get(method, method)}: selected by the stop rule")
+                  markeredgecolor="black", linestyle="none", label=f"{method_name(method)}: selected by the stop rule")
 
 
 def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Point]], label: str, title: str,

@@ -29,29 +29,20 @@ import sys
 import traceback
 from pathlib import Path
 
+from experiment.analysis.mode_collapse import unmeasurable_reason
+from experiment.analysis.two_dimensional import two_d_family
 from experiment.data import DATASETS
 from experiment.results import Run
 from paper import flatness, mode_collapse, samples_2d
-from paper.common import collection_folder, find_runs, output_folder, parse_arguments, quantity
+from paper.common import collection_folder, find_runs, output_folder, parse_arguments
 from paper.prune_curves import write_prune_curve
 from paper.sweeps import write_sweeps
 from paper.tables import write_tables
-
-MODE_COLLAPSE_DATASETS = ("ToyGaussians", "ToyGaussiansSpiral")
-
-
-def is_two_dimensional(run: Run) -> bool:
-    info = DATASETS.get(run.config["network"]["dataset"])
-    return info is not None and info.dim == 2 and info.image_shape is None
 
 
 def is_tabular_or_image(run: Run) -> bool:
     info = DATASETS.get(run.config["network"]["dataset"])
     return info is not None and (info.image_shape is not None or info.dim > 2)
-
-
-def is_flow(run: Run) -> bool:
-    return quantity(run)[0] in ("nll", "bits_per_dim")
 
 
 class Steps:
@@ -103,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         network = run.config["network"]
         print(f"== {network['name']} on {network['dataset']} ({run.path})")
         steps.call(f"prune curve of {run.path}", write_prune_curve, run, folder)
-        if is_two_dimensional(run):
+        family = two_d_family(run)
+        if family is not None:
             steps.script(samples_2d, run, folder, arguments.style)
-            if not is_flow(run):
+            if family == "node":  # a classifier: its Hessian is formed in full, seconds per model
                 steps.script(flatness, run, folder, arguments.style)
             elif arguments.flow_flatness_ratios:  # the iterative Hessian of a flow takes minutes per model
                 steps.script(flatness, run, folder, arguments.style, "--ratios", *map(str, arguments.flow_flatness_ratios))
@@ -114,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             steps.note(f"{network['dataset']} is not a 2-D toy set: no 2-D figures; flatness left to "
                        f"python -m paper.flatness {run.path}")
-        if is_flow(run) and network["dataset"] in MODE_COLLAPSE_DATASETS:
+        if unmeasurable_reason(run) is None:
             steps.script(mode_collapse, run, folder, arguments.style)
 
     by_dataset: dict[str, list[Run]] = {}

@@ -29,8 +29,6 @@ The claims (the paper's abstract and §5) and how each is decided:
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +37,11 @@ import numpy as np
 
 from experiment.files import atomic_write_text
 from experiment.pruning.rules import CONTROL_METHOD
-from experiment.report import METHOD_NAMES, dense_point, main_metric, pruned_points, quantity_of, step_prune_ratio
+from experiment.analysis.prune_potential import delta_of, prune_potential
+from experiment.report import dense_point, main_metric, method_name, pruned_points, quantity_of, step_prune_ratio
 from experiment.results import Run
-from experiment.results.tree import read_csv
-from paper.sweeps import delta_of, prune_potential
+from experiment.results.tree import read_csv, rows_to_csv
+from paper.common import markdown_table
 
 MODERATE_MAX_RATIO = 0.8  # the geometric part of the paper's schedule (PR 0.2 .. 0.8)
 FULL_POTENTIAL = 0.975  # an achieved ratio this high is the schedule's last step, PR 0.98
@@ -87,10 +86,6 @@ def _csv_label(rows: list[dict], path: Path) -> str:
         return path.stem
     dataset, _, network_and_id = rows[0]["run"].partition("_")
     return f"{dataset} {network_and_id.rpartition('_')[0]}"
-
-
-def _name(method: str) -> str:
-    return CONTROL_METHOD if method == CONTROL_METHOD else METHOD_NAMES.get(method, method)
 
 
 def _per_net_values(run: Run) -> tuple[dict[int, float], dict[tuple[str, int, float], float]]:
@@ -139,7 +134,7 @@ def improvement_claim(run: Run) -> tuple[list[Measure], Verdict]:
                                                  for ratio in paired])))
         if not versus_dense:
             continue
-        name = _name(method)
+        name = method_name(method)
         measures.append(Measure("a", label, name, "NLL − dense, mean over PR ≤ 0.8", *_mean_std(versus_dense)))
         measures.append(Measure("a", label, name, "NLL − NoPrune at the same step, mean over PR ≤ 0.8", *_mean_std(versus_control)))
         outcomes[name] = (_signs(versus_dense), _signs(versus_control), len(versus_dense))
@@ -170,7 +165,7 @@ def potential_claim(run: Run) -> tuple[list[Measure], Verdict]:
             continue
         best = prune_potential(dense, points, delta)
         potential = best.prune_ratio_mean if best else 0.0
-        name = _name(method)
+        name = method_name(method)
         measures.append(Measure("d", label, name, f"prune potential (δ = {delta:g})", potential, 0.0, dense.num_nets))
         potentials[name] = potential
     if not potentials:
@@ -190,7 +185,7 @@ def mode_collapse_claim(path: Path) -> tuple[list[Measure], Verdict]:
         model = (row["mode"], row["net"], row["repetition"], row["step"])
         models.setdefault(row["method"], {})[model] = int(row["passes"])
     shares = {method: _mean_std(list(passes.values())) for method, passes in models.items()}
-    measures = [Measure("b", label, _name(method), "share of models that pass", *shares[method])
+    measures = [Measure("b", label, method_name(method), "share of models that pass", *shares[method])
                 for method in ("dense", *PRUNING_METHODS, CONTROL_METHOD) if method in shares]
     if "dense" not in shares:
         return measures, Verdict("b", label, "not measured", "no dense models in the mode-collapse table")
@@ -198,8 +193,8 @@ def mode_collapse_claim(path: Path) -> tuple[list[Measure], Verdict]:
     control_share = shares.get(CONTROL_METHOD, (np.nan,))[0]
     if dense_share == 1.0:
         return measures, Verdict("b", label, "does not apply", "every dense net passes: there is no collapse to avoid")
-    better = [_name(m) for m in PRUNING_METHODS if m in shares and shares[m][0] > dense_share and not shares[m][0] <= control_share]
-    shown = ", ".join(f"{_name(m)} {shares[m][0]:.2f}" for m in ("dense", *PRUNING_METHODS, CONTROL_METHOD) if m in shares)
+    better = [method_name(m) for m in PRUNING_METHODS if m in shares and shares[m][0] > dense_share and not shares[m][0] <= control_share]
+    shown = ", ".join(f"{method_name(m)} {shares[m][0]:.2f}" for m in ("dense", *PRUNING_METHODS, CONTROL_METHOD) if m in shares)
     if better:
         return measures, Verdict("b", label, "holds", f"pass shares {shown}: {', '.join(better)} above dense and NoPrune")
     return measures, Verdict("b", label, "does not hold", f"pass shares {shown}: no method above both dense and NoPrune")
@@ -218,7 +213,7 @@ def flatness_claim(path: Path) -> tuple[list[Measure], Verdict]:
         versus_subset = [float(row["lambda_max"]) / float(row["control_lambda_max_mean"]) for row in members]
         versus_control = [float(row["lambda_max"]) / control_at[(row["net"], row["step"])]
                           for row in members if (row["net"], row["step"]) in control_at]
-        name = _name(method)
+        name = method_name(method)
         measures.append(Measure("c", label, name, "λ_max / random-subset control", *_mean_std(versus_subset)))
         if versus_control:
             measures.append(Measure("c", label, name, "λ_max / NoPrune at the same step", *_mean_std(versus_control)))
@@ -250,26 +245,22 @@ def measure_claims(runs: Sequence[Run], mode_collapse: Sequence[Path] = (), flat
 
 
 def claims_csv(measures: list[Measure], verdicts: list[Verdict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
     by_key = {(verdict.claim, verdict.run): verdict for verdict in verdicts}
-    for measure in measures:
-        verdict = by_key[(measure.claim, measure.run)]
-        writer.writerow({"claim": measure.claim, "run": measure.run, "method": measure.method, "measure": measure.measure,
-                         "mean": f"{measure.mean:.4f}", "std": f"{measure.std:.4f}", "count": measure.count,
-                         "verdict": verdict.verdict, "why": verdict.why})
-    return buffer.getvalue()
+    rows = [{"claim": measure.claim, "run": measure.run, "method": measure.method, "measure": measure.measure,
+             "mean": f"{measure.mean:.4f}", "std": f"{measure.std:.4f}", "count": measure.count,
+             "verdict": by_key[(measure.claim, measure.run)].verdict, "why": by_key[(measure.claim, measure.run)].why}
+            for measure in measures]
+    return rows_to_csv(rows, COLUMNS)
 
 
 def claims_markdown(measures: list[Measure], verdicts: list[Verdict]) -> str:
     """One table row per (claim, run): its measures as 'method measure: mean ± std (n)', the verdict, why."""
-    lines = ["| claim | run | measured (mean ± std over n) | verdict | why |", "|---|---|---|---|---|"]
-    for verdict in verdicts:
-        cells = [f"{m.method} {m.measure}: {m.mean:.4f} ± {m.std:.4f} (n = {m.count})"
-                 for m in measures if (m.claim, m.run) == (verdict.claim, verdict.run)]
-        lines.append(f"| ({verdict.claim}) | {verdict.run} | {'<br>'.join(cells)} | {verdict.verdict} | {verdict.why} |")
-    return "\n".join(lines) + "\n"
+    rows = [[f"({verdict.claim})", verdict.run,
+             "<br>".join(f"{m.method} {m.measure}: {m.mean:.4f} ± {m.std:.4f} (n = {m.count})"
+                         for m in measures if (m.claim, m.run) == (verdict.claim, verdict.run)),
+             verdict.verdict, verdict.why]
+            for verdict in verdicts]
+    return "\n".join(markdown_table(["claim", "run", "measured (mean ± std over n)", "verdict", "why"], rows)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

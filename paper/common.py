@@ -1,6 +1,7 @@
 """What every analysis script shares: finding runs from a run folder, results root or config file,
 the main quantity to plot, the figure style (`--style screen|paper`) and its axes, and writing
-figures (PNG and PDF) and tables."""
+figures (PNG and PDF) and tables (CSV: `experiment.results.tree.rows_to_csv`; markdown:
+`markdown_table`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 import io
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +175,14 @@ def save_figure(figure: plt.Figure, folder: Path, name: str) -> list[Path]:
     return paths
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """The lines of a markdown table: the header, the `|---|` rule, then a line per row of cells."""
+    def line(cells: Sequence[str]) -> str:
+        return "|" + "".join(f" {cell} |" if cell else " |" for cell in cells)
+
+    return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows)]
+
+
 def save_text(folder: Path, name: str, text: str) -> Path:
     path = folder / name
     atomic_write_text(path, text)
@@ -189,3 +198,13 @@ def collection_folder(out: str | None, target: str | Path, runs: list[Run]) -> P
     if target.is_dir():
         return target / "paper"
     return Path(os.path.commonpath([str(run.path.resolve()) for run in runs])) / "paper"
+
+
+def write_over_runs(description: str, argv: list[str] | None, write: Callable[[list[Run], Path], list[Path]]) -> int:
+    """The command line of a script whose files cover all the runs of TARGET (`parse_arguments`):
+    `write(runs, folder)` into `collection_folder`, printing the paths written."""
+    arguments = parse_arguments(description, argv)
+    runs = find_runs(arguments.target, arguments.overrides)
+    for path in write(runs, collection_folder(arguments.out, arguments.target, runs)):
+        print(path)
+    return 0

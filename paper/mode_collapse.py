@@ -2,47 +2,10 @@
 
     python -m paper.mode_collapse TARGET [key.path=value ...] [--out DIR] [--num-samples 20000] [--hit-fraction 0.75] [--max-tv 0.1]
 
-For flows on ToyGaussians / ToyGaussiansSpiral (other runs are skipped with a note):
-
-* The true mixture: per label j of the run's training data (`Run.load_data()["train"]`) the mean
-  μ_j, the covariance Σ_j and the weight w_j (the label's share of the training points); mode j is
-  the Gaussian N(μ_j, Σ_j).
-* Every model of the run (all nets, repetitions and prune steps, the dense nets and the NoPrune
-  control included) draws `--num-samples` samples x_1..x_N (prior N(0, I) through the ODE, seeded
-  with `--seed`, the same prior draws for every model).
-* Distances: d_j(x) = sqrt((x − μ_j)ᵀ Σ_j⁻¹ (x − μ_j)), how many standard deviations of mode j the
-  sample lies from its centre in the sample's direction (+inf for non-finite samples). A sample
-  belongs to mode j at radius k when j = argmin_i d_i(x) and d_j(x) ≤ k; it is off-mode when it is
-  more than k from every mode.
-* Per-mode shares: s_j(k) = #{n: x_n belongs to mode j at radius k} / N, and the off-mode share
-  s_off(k) = 1 − Σ_j s_j(k). The same shares of the true mixture, r_j(k) and r_off(k), are its
-  reference. The reference is a Monte Carlo estimate with `REFERENCE_SAMPLES` = 200,000 draws of the
-  fitted mixture (fixed seed), i.e. the same function applied to samples of the exact mixture:
-  standard error ≤ 0.5/sqrt(200,000) ≈ 0.0011. The analytic r_j(k) = w_j (1 − exp(−k²/2)) holds only
-  while the modes' ellipses do not overlap, and the training points themselves would carry their
-  own sampling error (16,380 points, ≈ 0.004), so neither is used.
-
-Measures, for k in {0.25, 0.5, 1, 2, 3, 5, 7, 10, 15, 20}:
-
-1. `share_within_k` = Σ_j s_j(k), the share of samples within k of any mode, next to
-   `reference_share_within_k` = Σ_j r_j(k) (≈ 1 − exp(−k²/2) for separated 2-D modes).
-2. `tv_distance` = ½ (Σ_j |s_j(k) − r_j(k)| + |s_off(k) − r_off(k)|), the total-variation distance
-   between the model's and the true mixture's distribution over the M modes plus the off-mode bin
-   (0: the model spreads its mass over the modes as the mixture does; 1: disjoint).
-3. `modes_hit` = #{j: s_j(k) ≥ hit_fraction · r_j(k)}: modes that receive at least `hit_fraction` of
-   the share the true mixture puts within k of them.
-
-A model passes when every mode is hit at k = `HIT_K` = 2 and the TV distance at k = `TV_K` = 3 is at
-most `--max-tv` (0.1). Why these thresholds: a ring through the modes (6 modes of std 0.5 on radius
-4; the ring uniform on the circle of radius 4) puts mass near every mode, but only 0.52 to 0.73 of
-the expected share for k from 1 to 3 std, 0.55 within 2 std, and at 3 std it leaves 28% of its
-mass off-mode (TV 0.27). A perfect model with 20,000 samples gets 0.98 to 1.02 of every mode's
-expected share and TV ≈ 0.01; a model on 3 of the 6 modes has TV ≈ 0.5. `hit_fraction` = 0.75
-lies between ring and perfect (half the expected share would count the ring as hitting all
-modes); 0.1 lets a model misplace a tenth of the mass. Share within k alone is not enough: a model
-on half of the modes has the true share at every k, and a thin ring more than the true share
-within 0.25 std (a line through a disc holds more of its mass near the centre than a 2-D Gaussian
-does); the ring falls short only for k from 1 to 3.
+The true mixture, the measures, the thresholds and why they are what they are:
+`experiment.analysis.mode_collapse`. A model passes when every mode is hit at k = 2 and the TV
+distance at k = 3 is at most `--max-tv` (0.1). Runs other than flows on ToyGaussians / ToyGaussiansSpiral are
+skipped with a note.
 
 Writes `mode_collapse_<run>.csv` (one row per model and k), `mode_collapse_<run>.md` (a headline
 table with the verdict per method and prune ratio, and the share within k for every k with the true
@@ -56,229 +19,41 @@ and reused while the checkpoint and the sampling settings are unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import sys
 
 import numpy as np
 import torch
 
-from experiment.report import METHOD_NAMES, is_plotted, method_color, prune_ratio_axis, step_prune_ratio
-from experiment.results import Run, model_name
+from experiment.analysis.mode_collapse import (
+    HIT_FRACTION, HIT_K, KS, MAX_TV, TV_K, at, method_groups, run_measures, summarize, true_share_within,
+    unmeasurable_reason,
+)
+from experiment.report import is_plotted, line_label, method_color, method_name, prune_ratio_axis
 from experiment.results.tree import rows_to_csv
-from paper.common import figure_title, find_runs, new_figure, output_folder, parse_arguments, run_label, save_figure, save_text
-from paper.samples_2d import is_2d_run, sample_flow
-
-KS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)
-HIT_K = 2.0  # modes hit are judged within 2 std
-TV_K = 3.0  # the TV distance is judged with samples beyond 3 std of every mode off-mode
-HIT_FRACTION = 0.75
-MAX_TV = 0.1
-REFERENCE_SAMPLES = 200_000
-REFERENCE_SEED = 0
-MODE_DATASETS = ("ToyGaussians", "ToyGaussiansSpiral")
-
-
-# ------------------------------------------------------------------------------ the measures
-
-
-def mode_statistics(x_train: np.ndarray, y_train: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The mixture of labelled data: per label (in sorted order) the mean [M, D], the unbiased
-    covariance [M, D, D] and the weight [M] (the label's share of the points)."""
-    x_train, y_train = np.asarray(x_train, dtype=np.float64), np.asarray(y_train)
-    labels, counts = np.unique(y_train, return_counts=True)
-    means = np.stack([x_train[y_train == label].mean(0) for label in labels])
-    covariances = np.stack([np.atleast_2d(np.cov(x_train[y_train == label], rowvar=False)) for label in labels])
-    return means, covariances, counts / counts.sum()
-
-
-def mahalanobis_distances(samples: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> np.ndarray:
-    """d[n, j] = sqrt((x_n − μ_j)ᵀ Σ_j⁻¹ (x_n − μ_j)); +inf for non-finite samples."""
-    samples = np.asarray(samples, dtype=np.float64)
-    inverse = np.linalg.inv(np.asarray(covariances, dtype=np.float64))
-    difference = samples[:, None, :] - np.asarray(means, dtype=np.float64)[None]
-    squared = np.einsum("nmi,mij,nmj->nm", difference, inverse, difference)
-    distances = np.sqrt(np.maximum(squared, 0.0))
-    return np.where(np.isfinite(distances), distances, np.inf)
-
-
-def nearest_modes(samples: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(index of the nearest mode by Mahalanobis distance, that distance) per sample."""
-    distances = mahalanobis_distances(samples, means, covariances)
-    nearest = distances.argmin(1)
-    return nearest, distances[np.arange(len(distances)), nearest]
-
-
-def mode_shares(samples: np.ndarray, means: np.ndarray, covariances: np.ndarray, ks=KS) -> np.ndarray:
-    """s[a, j] = share of the samples whose nearest mode (Mahalanobis) is j and lies within ks[a] of
-    them; [len(ks), M]. The off-mode share at ks[a] is 1 − s[a].sum()."""
-    nearest, distance = nearest_modes(samples, means, covariances)
-    shares = np.zeros((len(ks), len(means)))
-    for row, k in enumerate(ks):
-        within = distance <= k
-        shares[row] = np.bincount(nearest[within], minlength=len(means)) / max(len(samples), 1)
-    return shares
-
-
-def sample_mixture(means: np.ndarray, covariances: np.ndarray, weights: np.ndarray, num_samples: int,
-                   seed: int) -> np.ndarray:
-    """`num_samples` draws of the mixture Σ_j w_j N(μ_j, Σ_j) (mode counts multinomial), in mode order."""
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(num_samples, np.asarray(weights, dtype=np.float64) / np.sum(weights))
-    return np.concatenate([rng.multivariate_normal(mean, covariance, size=count)
-                           for mean, covariance, count in zip(means, covariances, counts)])
-
-
-def reference_shares(means: np.ndarray, covariances: np.ndarray, weights: np.ndarray, ks=KS,
-                     num_samples: int = REFERENCE_SAMPLES, seed: int = REFERENCE_SEED) -> np.ndarray:
-    """r[a, j]: `mode_shares` of the true mixture, estimated on `num_samples` of its draws (standard
-    error ≤ 0.5/sqrt(num_samples) per entry)."""
-    return mode_shares(sample_mixture(means, covariances, weights, num_samples, seed), means, covariances, ks)
-
-
-def total_variation(shares: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per k: ½ (Σ_j |s_j − r_j| + |s_off − r_off|), the TV distance over the modes plus the off-mode
-    bin (s_off = 1 − Σ_j s_j, r_off likewise)."""
-    shares, reference = np.atleast_2d(shares), np.atleast_2d(reference)
-    off_mode = np.abs(reference.sum(1) - shares.sum(1))
-    return 0.5 * (np.abs(shares - reference).sum(1) + off_mode)
-
-
-def modes_hit(shares: np.ndarray, reference: np.ndarray, hit_fraction: float = HIT_FRACTION) -> np.ndarray:
-    """Per k: #{j: s_j ≥ hit_fraction · r_j}, the modes that get at least `hit_fraction` of the share
-    the true mixture puts within k of them."""
-    shares, reference = np.atleast_2d(shares), np.atleast_2d(reference)
-    return (shares >= hit_fraction * reference).sum(1)
-
-
-def measures(shares: np.ndarray, reference: np.ndarray, ks=KS, hit_fraction: float = HIT_FRACTION) -> dict[float, dict]:
-    """k → {share_within_k, reference_share_within_k, tv_distance, modes_hit} of a model's shares
-    [len(ks), M] against the true mixture's."""
-    tv = total_variation(shares, reference)
-    hits = modes_hit(shares, reference, hit_fraction)
-    return {float(k): {"share_within_k": float(shares[row].sum()),
-                       "reference_share_within_k": float(reference[row].sum()),
-                       "tv_distance": float(tv[row]), "modes_hit": int(hits[row])}
-            for row, k in enumerate(ks)}
-
-
-def passes(by_k: dict[float, dict], num_modes: int, max_tv: float = MAX_TV) -> bool:
-    """All modes hit at `HIT_K` and TV distance at `TV_K` at most `max_tv` (`by_k` as from `measures`)."""
-    return by_k[HIT_K]["modes_hit"] == num_modes and by_k[TV_K]["tv_distance"] <= max_tv
-
-
-# ------------------------------------------------------------------------------ over a run
-
-
-def fits(run: Run) -> str | None:
-    """Why a run cannot be analysed, or None if it can."""
-    if is_2d_run(run) != "cnf":
-        return f"not a 2-D flow ({run.config['network']['name']})"
-    if run.config["network"]["dataset"] not in MODE_DATASETS:
-        return f"no Gaussian modes in {run.config['network']['dataset']} (only {', '.join(MODE_DATASETS)})"
-    return None
-
-
-def checkpoint_signature(run: Run, row: dict) -> str | None:
-    """The SHA-256 of the model's checkpoint (the same in a copy of the run on another machine); None
-    when the checkpoint is gone (a results folder trimmed to what resuming needs)."""
-    path = run.folder.checkpoint(model_name(row))
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
-def run_measures(run: Run, num_samples: int, seed: int, ks=KS, hit_fraction: float = HIT_FRACTION,
-                 max_tv: float = MAX_TV, cache: dict | None = None, log=print) -> list[dict]:
-    """One row per (model of the run, k): run, method, mode, net, repetition, step, target, step and
-    achieved prune ratio, k, the measures of `measures`, num_modes, hit_fraction and `passes` (the
-    model's verdict, the same on all its rows). `cache` (a dict, updated in place) holds per-model
-    shares from earlier calls (a model whose checkpoint is gone is measured by its entry, and left out,
-    with a note, without one); `ks` must contain `HIT_K` and `TV_K`."""
-    x_train, y_train = (tensor.numpy() for tensor in run.load_data()["train"])
-    means, covariances, weights = mode_statistics(x_train, y_train)
-    reference = reference_shares(means, covariances, weights, ks)
-    settings = {"num_samples": num_samples, "seed": seed, "ks": [float(k) for k in ks],
-                "means": means.round(12).tolist(), "covariances": covariances.round(12).tolist()}
-    cache = {} if cache is None else cache
-    label = run_label(run)
-    rows = []
-    for row in run.rows:
-        name = model_name(row)
-        entry = cache.get(name)
-        signature = checkpoint_signature(run, row)
-        cached = entry is not None and entry["settings"] == settings
-        if signature is None and not cached:
-            log(f"{label}: {name} has no checkpoint and no cached shares; left out")
-            continue
-        if not cached or signature not in (None, entry["checkpoint"]):
-            log(f"{label}: sampling {name}")
-            samples = sample_flow(run.load_model(row), num_samples, seed)
-            entry = {"settings": settings, "checkpoint": signature,
-                     "mode_shares": mode_shares(samples, means, covariances, ks).tolist()}
-            cache[name] = entry
-        by_k = measures(np.array(entry["mode_shares"]), reference, ks, hit_fraction)
-        verdict = passes(by_k, len(means), max_tv)
-        for k, values in by_k.items():
-            rows.append({
-                "run": label, "method": row["method"], "mode": row["mode"], "net": int(row["net"]),
-                "repetition": int(row["repetition"]), "step": int(row["step"]),
-                "target_prune_ratio": float(row["target_prune_ratio"]), "step_prune_ratio": step_prune_ratio(row),
-                "prune_ratio": float(row["prune_ratio"]), "k": k, **values, "num_modes": len(means),
-                "hit_fraction": hit_fraction, "passes": int(verdict),
-            })
-    return rows
-
-
-def method_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """Rows by (is pruned, mode, method, step prune ratio): the models of one point, all their k."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        key = (row["method"] != "dense", row["mode"], row["method"], round(row["step_prune_ratio"], 9))
-        groups.setdefault(key, []).append(row)
-    return dict(sorted(groups.items()))
-
-
-def at(rows: list[dict], k: float, column: str) -> np.ndarray:
-    """The values of `column` in the rows at `k` (one per model)."""
-    return np.array([row[column] for row in rows if math.isclose(row["k"], k)], dtype=np.float64)
-
-
-def true_share_within(rows: list[dict], k: float) -> float:
-    """The true mixture's share within k (the same on every row at k)."""
-    return float(at(rows, k, "reference_share_within_k")[0])
-
-
-def summarize(rows: list[dict], k: float, column: str) -> dict[tuple[str, str], list[tuple[float, float, float]]]:
-    """{(mode, method): [(step prune ratio, mean, std of `column` at k over nets and repetitions)
-    per step]}, the dense nets as the first point of every method (NoPrune is a method of its own);
-    only the dense point if nothing is pruned."""
-    summary: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
-    dense_points = []
-    for (pruned, mode, method, ratio), group in method_groups(rows).items():
-        values = at(group, k, column)
-        point = (ratio, float(values.mean()), float(values.std()))
-        if not pruned:
-            dense_points = [point]
-            continue
-        summary.setdefault((mode, method), list(dense_points)).append(point)
-    return summary or ({("train", "dense"): dense_points} if dense_points else {})
-
-
-def method_label(key: tuple[str, str], keys) -> str:
-    label = METHOD_NAMES.get(key[1], key[1])
-    return label + (f" ({key[0]})" if len({mode for mode, _ in keys if mode != "train"}) > 1 else "")
+from paper.common import (
+    figure_title, find_runs, markdown_table, new_figure, output_folder, parse_arguments, run_label, save_figure, save_text,
+)
 
 
 def mean_std(values: np.ndarray, digits: int = 3) -> str:
     return f"{values.mean():.{digits}f}±{values.std():.{digits}f}"
 
 
-def markdown_table(rows: list[dict], ks=KS, figure_k: float = 1.0, max_tv: float = MAX_TV) -> str:
+def collapse_markdown(rows: list[dict], ks=KS, figure_k: float = 1.0, max_tv: float = MAX_TV) -> str:
     """Per method and step prune ratio: the headline measures with the verdict, then the share
     within k for every k under the true mixture's; means ± stds over nets (`rows` not empty)."""
     groups = method_groups(rows)
     run, num_modes, hit_fraction = rows[0]["run"], rows[0]["num_modes"], rows[0]["hit_fraction"]
-    names = {key: METHOD_NAMES.get(key[2], key[2]) for key in groups}
+    headline = [
+        [method_name(key[2]), f"{key[3]:.3f}", f"{at(group, HIT_K, 'prune_ratio').mean():.3f}",
+         mean_std(at(group, figure_k, "share_within_k")), mean_std(at(group, TV_K, "tv_distance")),
+         f"{mean_std(at(group, HIT_K, 'modes_hit'), 1)} / {num_modes}",
+         f"{int(at(group, HIT_K, 'passes').sum())}/{len(at(group, HIT_K, 'passes'))}"]
+        for key, group in groups.items()]
+    shares = [["true mixture", "", *(f"{true_share_within(rows, k):.3f}" for k in ks)]]
+    shares += [[method_name(key[2]), f"{key[3]:.3f}", *(mean_std(at(group, k, "share_within_k")) for k in ks)]
+               for key, group in groups.items()]
     lines = [
         f"Mode collapse of {run}: {num_modes} modes (per-label Gaussians of the training data, weighted by "
         "label share); the true mixture is the reference. Mean ± std over nets.",
@@ -286,32 +61,18 @@ def markdown_table(rows: list[dict], ks=KS, figure_k: float = 1.0, max_tv: float
         f"mixture puts within k = {HIT_K:g} std of it) and the TV distance to the true mixture over the modes plus an "
         f"off-mode bin (beyond k = {TV_K:g} std of every mode) is ≤ {max_tv:g}.",
         "",
-        f"| method | PR (step) | PR (achieved) "
-        f"| share within {figure_k:g} std (true {true_share_within(rows, figure_k):.3f}) "
-        f"| TV at {TV_K:g} std | modes hit at {HIT_K:g} std | passes |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for key, group in groups.items():
-        models = at(group, HIT_K, "passes")
-        lines.append(
-            f"| {names[key]} | {key[3]:.3f} | {at(group, HIT_K, 'prune_ratio').mean():.3f} "
-            f"| {mean_std(at(group, figure_k, 'share_within_k'))} | {mean_std(at(group, TV_K, 'tv_distance'))} "
-            f"| {mean_std(at(group, HIT_K, 'modes_hit'), 1)} / {num_modes} | {int(models.sum())}/{len(models)} |")
-    lines += [
+        *markdown_table(["method", "PR (step)", "PR (achieved)",
+                         f"share within {figure_k:g} std (true {true_share_within(rows, figure_k):.3f})",
+                         f"TV at {TV_K:g} std", f"modes hit at {HIT_K:g} std", "passes"], headline),
         "",
         "Share of samples within k std (Mahalanobis) of any mode:",
         "",
-        "| method | PR (step) | " + " | ".join(f"k={k:g}" for k in ks) + " |",
-        "|---|---|" + "---|" * len(ks),
-        "| true mixture | | " + " | ".join(f"{true_share_within(rows, k):.3f}" for k in ks) + " |",
+        *markdown_table(["method", "PR (step)", *(f"k={k:g}" for k in ks)], shares),
     ]
-    for key, group in groups.items():
-        cells = [mean_std(at(group, k, "share_within_k")) for k in ks]
-        lines.append(f"| {names[key]} | {key[3]:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def collapse_figure(rows: list[dict], figure_k: float = 1.0, max_tv: float = MAX_TV, title: str = ""):
+def collapse_figure(rows: list[dict], title: str, figure_k: float = 1.0, max_tv: float = MAX_TV):
     """Share within `figure_k` (true mixture dashed), TV distance at `TV_K` (threshold dashed) and
     modes hit at `HIT_K` (all modes dashed) vs step prune ratio, one line per method, mean ± std
     over nets (`rows` not empty; the caller leaves out steps outside the plotted range); one legend
@@ -331,7 +92,7 @@ def collapse_figure(rows: list[dict], figure_k: float = 1.0, max_tv: float = MAX
         for index, (key, points) in enumerate(summary.items()):
             ratio, mean, std = (np.array(values) for values in zip(*points))
             colour = method_color(key[1], index)
-            ax.plot(ratio, mean, color=colour, marker="o", markersize=3, label=method_label(key, summary))
+            ax.plot(ratio, mean, color=colour, marker="o", markersize=3, label=line_label(*key, {mode for mode, _ in summary}))
             ax.fill_between(ratio, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
         ax.axhline(reference, color="black", linestyle="--", linewidth=0.8, label="dashed: " + " / ".join(
             label for _, _, _, _, label, _ in panels))
@@ -341,8 +102,7 @@ def collapse_figure(rows: list[dict], figure_k: float = 1.0, max_tv: float = MAX
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncol=len(labels))
-    if title:
-        figure_title(figure, title)
+    figure_title(figure, title)
     return figure, axes
 
 
@@ -366,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     torch.set_num_threads(arguments.threads)
     for run in find_runs(arguments.target, arguments.overrides):
-        reason = fits(run)
+        reason = unmeasurable_reason(run)
         if reason:
             print(f"{run.path}: {reason}; skipped")
             continue
@@ -381,19 +141,19 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             cache = {}
         ks = sorted(set(KS) | {arguments.figure_k})
-        rows = run_measures(run, arguments.num_samples, arguments.seed, ks, arguments.hit_fraction,
+        rows = run_measures(run, label, arguments.num_samples, arguments.seed, ks, arguments.hit_fraction,
                             arguments.max_tv, cache)
         save_text(folder, cache_path.name, json.dumps(cache))
         written = [save_text(folder, f"mode_collapse_{label}.csv", rows_to_csv(rows)),
                    save_text(folder, f"mode_collapse_{label}.md",
-                             markdown_table(rows, ks, arguments.figure_k, arguments.max_tv))]
+                             collapse_markdown(rows, ks, arguments.figure_k, arguments.max_tv))]
         plotted = [row for row in rows if row["method"] == "dense"
                    or is_plotted(run.config["experiments"], row["step_prune_ratio"])]
-        figure, _ = collapse_figure(plotted, arguments.figure_k, arguments.max_tv, f"{label}: mode collapse")
+        figure, _ = collapse_figure(plotted, f"{label}: mode collapse", arguments.figure_k, arguments.max_tv)
         written += save_figure(figure, folder, f"mode_collapse_{label}")
         for key, group in method_groups(rows).items():
             verdicts = at(group, HIT_K, "passes")
-            print(f"{label}: {METHOD_NAMES.get(key[2], key[2])} at PR {key[3]:.3f}: "
+            print(f"{label}: {method_name(key[2])} at PR {key[3]:.3f}: "
                   f"{int(verdicts.sum())}/{len(verdicts)} models pass")
         for path in written:
             print(f"wrote {path}")

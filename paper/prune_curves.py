@@ -14,8 +14,6 @@ run's `experiments.plotting` range.
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import matplotlib.pyplot as plt
 
 from experiment.report import Point, dense_point, draw_prune_curves, plotted_lines, pruned_points
 from experiment.results import Run
+from experiment.results.tree import rows_to_csv
 from paper.common import (
     figure_title, find_runs, new_figure, output_folder, parse_arguments, quantity, run_label, save_figure, save_text,
     value_axis,
@@ -41,13 +40,8 @@ def curve_points(run: Run) -> tuple[Point | None, dict[tuple[str, str], list[Poi
 
 def points_csv(dense: Point | None, lines: dict[tuple[str, str], list[Point]]) -> str:
     """The plotted points as CSV text (CSV_COLUMNS; full float precision)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for point in ([dense] if dense else []) + [point for points in lines.values() for point in points]:
-        writer.writerow([point.method, point.mode, repr(point.target_prune_ratio), repr(point.prune_ratio_mean),
-                         repr(point.value_mean), repr(point.value_std), point.num_nets])
-    return buffer.getvalue()
+    points = ([dense] if dense else []) + [point for points in lines.values() for point in points]
+    return rows_to_csv([{column: getattr(point, column) for column in CSV_COLUMNS} for point in points], CSV_COLUMNS)
 
 
 def plot_curves(dense: Point | None, lines: dict[tuple[str, str], list[Point]], column: str, title: str) -> plt.Figure:

@@ -26,11 +26,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from experiment.analysis.flatness import select_rows
 from experiment.config import load_configs
 from experiment.plan import make_plan
 from experiment.results.tree import RunDir, is_failed, model_name, run_folder
 from experiment.runner import is_finished
-from paper.flatness import select_rows
 
 CONFIGS = Path("param/reproduction")
 COMMITTED = Path("paper/reproduction")

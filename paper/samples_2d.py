@@ -34,11 +34,10 @@ import numpy as np
 import torch
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
-from torchdiffeq import odeint
 
-from experiment.models import CNF, NeuralODEClassifier, parse_model_name
+from experiment.analysis.two_dimensional import fields_of, sample_flow, trajectories, two_d_family
 from experiment.pruning.rules import CONTROL_METHOD
-from experiment.report import METHOD_NAMES, is_plotted, step_prune_ratio
+from experiment.report import is_plotted, line_label, step_prune_ratio
 from experiment.results import Run
 from paper.common import (
     figure_title, find_runs, is_error_rate, new_figure, output_folder, parse_arguments, quantity, run_label, save_figure, style,
@@ -104,23 +103,7 @@ def grid_rows(selection: Selection) -> list[tuple[str, list[dict | None]]]:
     if not selection.cells:
         return [("dense", [selection.dense])]
     modes = {mode for mode, _ in selection.cells}
-    result = []
-    for (mode, method), cells in selection.cells.items():
-        label = METHOD_NAMES.get(method, method) + (f" ({mode})" if len(modes) > 1 else "")
-        result.append((label, [selection.dense, *cells]))
-    return result
-
-
-def is_2d_run(run: Run) -> str | None:
-    """'cnf' or 'node' for a run of a 2-D toy flow or classifier, else None."""
-    network = run.config["network"]
-    try:
-        family = parse_model_name(network["name"]).family
-    except ValueError:
-        return None
-    if family in ("cnf", "node") and int(network["outputSize"]) == 2:
-        return family
-    return None
+    return [(line_label(mode, method, modes), [selection.dense, *cells]) for (mode, method), cells in selection.cells.items()]
 
 
 # ------------------------------------------------------------------------------ model helpers
@@ -138,40 +121,6 @@ class ModelCache:
         if key not in self.models:
             self.models[key] = self.run.load_model(row)
         return self.models[key]
-
-
-def fields_of(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.Tensor, object]]:
-    """(f(t, z) module, end time T, solver options) of each ODE block of a 2-D model, in order."""
-    if isinstance(model, CNF):
-        return [(block.field.field, block.end_time.detach(), block.options) for block in model.blocks]
-    if isinstance(model, NeuralODEClassifier):
-        return [(model.block.field, model.block.end_time.detach(), model.block.options)]
-    raise TypeError(f"not a 2-D ODE model: {type(model).__name__}")
-
-
-@torch.no_grad()
-def trajectories(model: torch.nn.Module, x: torch.Tensor, num_times: int = 50) -> torch.Tensor:
-    """z(t) of the points `x` at `num_times` times per ODE block from t = 0 to T (blocks one after
-    the other), shape [times, N, 2]; solved with each block's own solver and tolerances."""
-    paths = []
-    z = x
-    for func, end_time, options in fields_of(model):
-        times = torch.linspace(0.0, float(end_time), num_times, dtype=x.dtype)
-        kwargs = dict(method=options.method, atol=options.atol, rtol=options.rtol)
-        if options.num_steps is not None:
-            steps = options.num_steps  # the same equal-step grid the model was trained with
-            kwargs["options"] = {"grid_constructor": lambda f, y0, t: torch.linspace(t[0], t[-1], steps + 1, dtype=t.dtype)}
-        path = odeint(lambda t, state: func(t, state), z, times, **kwargs)
-        paths.append(path if not paths else path[1:])
-        z = path[-1]
-    return torch.cat(paths)
-
-
-@torch.no_grad()
-def sample_flow(model: CNF, num_samples: int, seed: int) -> np.ndarray:
-    """`num_samples` samples of the flow: N(0, I) draws of a seeded generator pushed back through the ODE."""
-    generator = torch.Generator().manual_seed(seed)
-    return model.sample(num_samples, generator).double().numpy()
 
 
 def data_box(x: np.ndarray, margin: float = 0.1) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -255,13 +204,12 @@ def colour_bar(figure: plt.Figure, axes, norm: Normalize, cmap: str, label: str,
 # ------------------------------------------------------------------------------ figures
 
 
-def flow_samples_figure(run: Run, selection: Selection, models: ModelCache | None = None, num_samples: int = 20_000,
+def flow_samples_figure(run: Run, selection: Selection, models: ModelCache, num_samples: int = 20_000,
                         seed: int = 0, bins: int = 150):
     """Density histograms of the flow's samples: column 0 the test data (first row only), then the
     dense net and the selected ratios; rows = methods; one colour scale for all panels (up to the
     99.5th percentile of all their bins, so that one sharp model does not wash out the others).
     Returns (figure, axes [rows, 2 + ratios])."""
-    models = models or ModelCache(run)
     x_test = run.load_data()["test"][0].double().numpy()
     box = data_box(x_test)
     rows = grid_rows(selection)
@@ -292,10 +240,9 @@ def flow_samples_figure(run: Run, selection: Selection, models: ModelCache | Non
 
 
 @torch.no_grad()
-def decision_figure(run: Run, selection: Selection, models: ModelCache | None = None, resolution: int = 200):
+def decision_figure(run: Run, selection: Selection, models: ModelCache, resolution: int = 200):
     """Decision regions of the classifier (argmax of the logits on a grid) with the test data on
     top; rows = methods, columns = dense then the ratios. Returns (figure, axes [rows, 1 + ratios])."""
-    models = models or ModelCache(run)
     x_test, y_test = (tensor.numpy() for tensor in run.load_data()["test"])
     box = data_box(x_test, margin=0.2)
     gx, gy, points = grid_points(box, resolution)
@@ -320,11 +267,10 @@ def decision_figure(run: Run, selection: Selection, models: ModelCache | None = 
 
 
 @torch.no_grad()
-def field_figure(run: Run, selection: Selection, models: ModelCache | None = None, resolution: int = 40):
+def field_figure(run: Run, selection: Selection, models: ModelCache, resolution: int = 40):
     """Streamplots of the vector field f(T/2, z) of the first ODE block, coloured by its speed |f| on
     one scale for all panels (colour bar); rows = methods, columns = dense then the ratios.
     Returns (figure, axes)."""
-    models = models or ModelCache(run)
     x_test = run.load_data()["test"][0].double().numpy()
     box = data_box(x_test, margin=0.2)
     gx, gy, points = grid_points(box, resolution)
@@ -349,13 +295,12 @@ def field_figure(run: Run, selection: Selection, models: ModelCache | None = Non
     return figure, axes
 
 
-def trajectories_figure(run: Run, selection: Selection, models: ModelCache | None = None, num_points: int = 300,
+def trajectories_figure(run: Run, selection: Selection, models: ModelCache, num_points: int = 300,
                         num_times: int = 50, seed: int = 0):
     """Paths z(t), t from 0 to T, of `num_points` test points coloured by label (start: small dot,
     end: larger dot), one row: the dense net, then each method at the largest ratio shown, each
     panel at its own scale (a pruned field may shrink or stretch the paths many times).
     Returns (figure, axes [1, 1 + methods])."""
-    models = models or ModelCache(run)
     x_test, y_test = run.load_data()["test"]
     chosen = np.random.default_rng(seed).permutation(len(x_test))[:num_points]
     x, y = x_test[chosen], y_test[chosen].numpy()
@@ -401,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     torch.set_num_threads(arguments.threads)
     for run in find_runs(arguments.target, arguments.overrides):
-        family = is_2d_run(run)
+        family = two_d_family(run)
         if family is None:
             print(f"{run.path}: not a 2-D toy flow or classifier ({run.config['network']['name']}); skipped")
             continue

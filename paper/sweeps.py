@@ -19,8 +19,6 @@ Writes `prune_potential.png/.pdf/.csv/.md` and `error_vs_params.png/.pdf` into -
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import sys
@@ -30,36 +28,17 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from experiment.analysis.prune_potential import delta_of, prune_potential
 from experiment.results import Run
-from experiment.results.tree import RUN_ID_EXCLUDED_KEYS
+from experiment.results.tree import RUN_ID_EXCLUDED_KEYS, rows_to_csv
 from experiment.pruning.rules import CONTROL_METHOD
-from experiment.report import METHOD_NAMES, Point, dense_point, line_label, plotted_lines, pruned_points
-from paper.common import (
-    collection_folder, find_runs, new_figure, parse_arguments, quantity, save_figure, save_text, value_axis,
-)
+from experiment.report import Point, dense_point, line_label, method_name, plotted_lines, pruned_points
+from paper.common import markdown_table, new_figure, quantity, save_figure, save_text, value_axis, write_over_runs
 
-# Tolerance of the prune potential in plotted units (after the quantity's transform).
-DELTAS = {"nll": 0.005, "bits_per_dim": 0.005, "top1_acc": 0.5}
-DEFAULT_DELTA = 0.005
 KEY_ABBREVIATIONS = {"weight_decay": "wd"}
 
 POTENTIAL_COLUMNS = ("dataset", "run_id", "network", "label", "mode", "method", "metric", "delta", "dense_value",
                      "prune_potential", "value_at_potential", "nonzero_params_at_potential", "num_params", "num_nets")
-
-
-def delta_of(column: str) -> float:
-    if column in DELTAS:
-        return DELTAS[column]
-    if column.startswith("top") and column.endswith("_acc"):
-        return DELTAS["top1_acc"]
-    return DEFAULT_DELTA
-
-
-def prune_potential(dense: Point, points: list[Point], delta: float) -> Point | None:
-    """The pruned point with the largest mean achieved prune ratio whose mean value is at most
-    dense + δ (None: no pruned point is within δ, a prune potential of 0)."""
-    within = [point for point in points if point.value_mean <= dense.value_mean + delta]
-    return max(within, key=lambda point: point.prune_ratio_mean, default=None)
 
 
 # ------------------------------------------------------------------------------- labels of runs
@@ -185,25 +164,17 @@ def potential_rows(groups: dict[tuple[str, str], list[SweepRun]]) -> list[dict]:
     return rows
 
 
-def potential_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=POTENTIAL_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def potential_markdown(rows: list[dict]) -> str:
+    header = ["dataset", "run", "label", "mode", "method", "metric (δ)", "dense", "prune potential", "value there",
+              "non-zero params"]
+    cells = [[row["dataset"], row["run_id"], row["label"], row["mode"], method_name(row["method"]),
+              f"{row['metric']} ({row['delta']:g})", f"{row['dense_value']:.4f}", f"{100 * row['prune_potential']:.1f}%",
+              f"{row['value_at_potential']:.4f}",
+              f"{row['nonzero_params_at_potential']:,.0f} / {row['num_params']:,.0f}"] for row in rows]
     lines = ["# Prune potential", "",
              "Largest mean achieved prune ratio whose mean test value over nets is within δ of the dense nets' "
              "mean (δ = 0.005 nats / bits per dim, 0.5 percentage points of top-1 error).", "",
-             "| dataset | run | label | mode | method | metric (δ) | dense | prune potential | value there | non-zero params |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['dataset']} | {row['run_id']} | {row['label']} | {row['mode']} | "
-                     f"{METHOD_NAMES.get(row['method'], row['method'])} | {row['metric']} ({row['delta']:g}) | "
-                     f"{row['dense_value']:.4f} | {100 * row['prune_potential']:.1f}% | {row['value_at_potential']:.4f} | "
-                     f"{row['nonzero_params_at_potential']:,.0f} / {row['num_params']:,.0f} |")
+             *markdown_table(header, cells)]
     return "\n".join(lines) + "\n"
 
 
@@ -278,18 +249,14 @@ def write_sweeps(runs: list[Run], folder: Path) -> list[Path]:
     rows = potential_rows(groups)
     folder.mkdir(parents=True, exist_ok=True)
     paths = save_figure(plot_potential(groups, rows), folder, "prune_potential")
-    paths.append(save_text(folder, "prune_potential.csv", potential_csv(rows)))
+    paths.append(save_text(folder, "prune_potential.csv", rows_to_csv(rows, POTENTIAL_COLUMNS)))
     paths.append(save_text(folder, "prune_potential.md", potential_markdown(rows)))
     paths += save_figure(plot_error_vs_params(groups), folder, "error_vs_params")
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
-    arguments = parse_arguments(__doc__.split("\n\n")[0], argv)
-    runs = find_runs(arguments.target, arguments.overrides)
-    for path in write_sweeps(runs, collection_folder(arguments.out, arguments.target, runs)):
-        print(path)
-    return 0
+    return write_over_runs(__doc__.split("\n\n")[0], argv, write_sweeps)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from experiment.results import Run
 from experiment.pruning.rules import CONTROL_METHOD
-from experiment.report import METHOD_NAMES, Point, dense_point, pruned_points, quantity_of
-from paper.common import collection_folder, find_runs, parse_arguments, quantity, save_text
+from experiment.report import Point, dense_point, method_name, pruned_points, quantity_of
+from paper.common import markdown_table, quantity, save_text, write_over_runs
 
 # Published baselines, test NLL / parameter count (SPEC §8, table "Published baselines, test NLL /
 # parameter count": tabular sets in nats, images in bits/dim; parameter counts as computed by the
@@ -135,7 +135,7 @@ def per_run_rows(entries: list[TableEntry]) -> tuple[list[str], list[list[str]]]
             _mean_std(dense, entry.decimals) if dense else "–", str(dense.num_nets) if dense else "–",
             f"{dense.num_params:,.0f}" if dense else "–",
             _mean_std(best, entry.decimals) if best else "–",
-            (METHOD_NAMES.get(best.method, best.method) + ("" if best.mode == "cascade" else f" ({best.mode})")) if best else "–",
+            (method_name(best.method) + ("" if best.mode == "cascade" else f" ({best.mode})")) if best else "–",
             f"{100 * best.prune_ratio_mean:.1f}%" if best else "–",
             f"{best.nonzero_params_mean:,.0f}" if best else "–",
             _mean_std(entry.control, entry.decimals) if entry.control else "–",
@@ -184,16 +184,14 @@ def comparison_rows(entries: list[TableEntry]) -> tuple[list[str], list[list[str
             cells.append(("*" if value == best_in_column[dataset] else "") + text)
         rows.append([model, *cells])
     notes = [f"{DATASET_TITLES[dataset]}: ours = {entry.network}, run {entry.run_id}; pruned = "
-             f"{METHOD_NAMES.get(entry.best.method, entry.best.method) if entry.best else '–'}"
+             f"{method_name(entry.best.method) if entry.best else '–'}"
              for dataset, entry in ours.items()]
     return header, rows, notes
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        lines.append("| " + " | ".join(f"**{cell[1:]}**" if cell.startswith("*") else cell for cell in row) + " |")
-    return lines
+    """A table whose cells marked with a leading '*' are set in bold."""
+    return markdown_table(header, [[f"**{cell[1:]}**" if cell.startswith("*") else cell for cell in row] for row in rows])
 
 
 def markdown_tables(entries: list[TableEntry]) -> str:
@@ -253,11 +251,7 @@ def write_tables(runs: list[Run], folder: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    arguments = parse_arguments(__doc__.split("\n\n")[0], argv)
-    runs = find_runs(arguments.target, arguments.overrides)
-    for path in write_tables(runs, collection_folder(arguments.out, arguments.target, runs)):
-        print(path)
-    return 0
+    return write_over_runs(__doc__.split("\n\n")[0], argv, write_tables)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Tests of the mode-collapse measures (`paper.mode_collapse`, SPEC §8) on hand-made sample sets: the
-shares, distances and measures exactly on placed points, and the verdicts on a perfect mixture, a ring
-through the modes and a model on half of the modes. (The script end to end, on a trained flow, is
+"""Tests of the mode-collapse measures (`experiment.analysis.mode_collapse`, SPEC §8) on hand-made
+sample sets: the shares, distances and measures exactly on placed points, and the verdicts on a perfect
+mixture, a ring through the modes and a model on half of the modes. (The script end to end, on a trained flow, is
 tested in test_paper_2d.py.)"""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
+from experiment.analysis.mode_collapse import (HIT_K, KS, TV_K, mahalanobis_distances, measures, mode_shares,
+                                               mode_statistics, modes_hit, nearest_modes, passes, reference_shares,
+                                               sample_mixture, summarize, total_variation)
 from paper import mode_collapse
-from paper.mode_collapse import (HIT_K, KS, TV_K, mahalanobis_distances, measures, mode_shares, mode_statistics,
-                                 modes_hit, nearest_modes, passes, reference_shares, sample_mixture, total_variation)
 
 # ------------------------------------------------------------------------------ exact on placed points
 
@@ -228,17 +229,17 @@ def table_rows() -> list[dict]:
 
 
 def test_summary_keeps_noprune_steps_apart_at_their_step_ratio(table_rows):
-    summary = mode_collapse.summarize(table_rows, 1.0, "share_within_k")
+    summary = summarize(table_rows, 1.0, "share_within_k")
     assert set(summary) == {("cascade", "ThresNet"), ("cascade", "NoPrune")}
     expected = [(0.0, 0.15, 0.05), (0.4, 0.3, 0.0), (0.6, 0.3, 0.0)]  # dense first
     assert summary[("cascade", "ThresNet")] == [pytest.approx(point) for point in expected]
     assert [ratio for ratio, _, _ in summary[("cascade", "NoPrune")]] == [0.0, 0.4, 0.6]
-    tv = mode_collapse.summarize(table_rows, 3.0, "tv_distance")
+    tv = summarize(table_rows, 3.0, "tv_distance")
     assert tv[("cascade", "NoPrune")][2] == pytest.approx((0.6, 0.25, 0.05))
 
 
 def test_markdown_table_has_a_verdict_per_method_and_ratio(table_rows):
-    text = mode_collapse.markdown_table(table_rows, ks=(1.0, 2.0, 3.0))
+    text = mode_collapse.collapse_markdown(table_rows, ks=(1.0, 2.0, 3.0))
     lines = [line for line in text.splitlines() if line.startswith("| ")]
     assert any(line.startswith("| WT | 0.600 | 0.600 |") and line.endswith("| 2/2 |") for line in lines)
     assert any(line.startswith("| NoPrune | 0.400 | 0.000 |") and line.endswith("| 0/2 |") for line in lines)
@@ -248,7 +249,7 @@ def test_markdown_table_has_a_verdict_per_method_and_ratio(table_rows):
 
 
 def test_figure_draws_the_true_mixture_and_the_thresholds(table_rows):
-    figure, axes = mode_collapse.collapse_figure(table_rows, figure_k=1.0)
+    figure, axes = mode_collapse.collapse_figure(table_rows, "r: mode collapse", figure_k=1.0)
     for ax in axes:
         assert len(ax.get_lines()) == 2 + 1  # WT, NoPrune and the dashed reference
     assert axes[0].get_lines()[-1].get_ydata()[0] == pytest.approx(0.4)  # the true mixture's share

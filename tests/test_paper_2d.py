@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from conftest import PARAM, cli_command, cli_env, describe, run_folders
+from experiment.analysis.mode_collapse import HIT_K, KS, unmeasurable_reason
+from experiment.analysis.two_dimensional import trajectories, two_d_family
 from experiment.results import Run
 from paper import mode_collapse, prune_curves, samples_2d
 from paper.common import STYLES, use_style
-from paper.mode_collapse import HIT_K, KS
 
 # ------------------------------------------------------------------------------ model selection
 
@@ -39,13 +40,13 @@ def test_only_2d_toy_models_fit():
     def fake(name, size):
         return SimpleNamespace(config={"network": {"name": name, "outputSize": size, "dataset": "ToyGaussians"}})
 
-    assert samples_2d.is_2d_run(fake("cnf_l3_h32_tanh_da", 2)) == "cnf"
-    assert samples_2d.is_2d_run(fake("ffjord_l4_h64_sigmoid_da", 2)) == "cnf"
-    assert samples_2d.is_2d_run(fake("node_l2_h64_tanh_da", 2)) == "node"
-    assert samples_2d.is_2d_run(fake("ffjord_l3_hm10_f5_tanh", 6)) is None
-    assert samples_2d.is_2d_run(fake("ffjord_multiscale_mnist", 784)) is None
-    assert mode_collapse.fits(fake("node_l2_h64_tanh_da", 2)) is not None
-    assert mode_collapse.fits(fake("cnf_l3_h32_tanh_da", 2)) is None
+    assert two_d_family(fake("cnf_l3_h32_tanh_da", 2)) == "cnf"
+    assert two_d_family(fake("ffjord_l4_h64_sigmoid_da", 2)) == "cnf"
+    assert two_d_family(fake("node_l2_h64_tanh_da", 2)) == "node"
+    assert two_d_family(fake("ffjord_l3_hm10_f5_tanh", 6)) is None
+    assert two_d_family(fake("ffjord_multiscale_mnist", 784)) is None
+    assert unmeasurable_reason(fake("node_l2_h64_tanh_da", 2)) is not None
+    assert unmeasurable_reason(fake("cnf_l3_h32_tanh_da", 2)) is None
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -98,7 +99,7 @@ def test_selection_of_the_tiny_runs(results):
 def test_samples_figure_grid(results, one_thread):
     torch.set_num_threads(1)
     run = the_run(results, "ToyGaussians")
-    figure, axes = samples_2d.flow_samples_figure(run, samples_2d.select_models(run), num_samples=500)
+    figure, axes = samples_2d.flow_samples_figure(run, samples_2d.select_models(run), samples_2d.ModelCache(run), num_samples=500)
     assert axes.shape == (2, 3)  # rows FT, WT; columns data, dense, PR 0.5
     visible = [ax for ax in axes.flat if ax.axison]
     assert len(visible) == 2 * 2 + 1  # the data panel only once
@@ -114,7 +115,7 @@ def test_trajectories_end_where_the_model_maps_the_points(results, one_thread):
         run = the_run(results, dataset)
         model = run.load_model(run.rows[0])
         x = run.load_data()["test"][0][:64]
-        path = samples_2d.trajectories(model, x, num_times=11)
+        path = trajectories(model, x, num_times=11)
         assert path.shape == (11, 64, 2)
         assert torch.equal(path[0], x)
         with torch.no_grad():

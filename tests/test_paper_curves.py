@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from conftest import NODE_BASE, REPO, cli_env, describe, run_cli, write_yaml
+from experiment.analysis.prune_potential import delta_of, prune_potential
 from experiment.config import load_configs
 from paper import all as paper_all
 from paper import prune_curves, sweeps, tables
@@ -168,9 +169,9 @@ def test_prune_potential_is_the_largest_ratio_within_delta():
         return Point("cascade", "ThresNet", pr, pr, value, 0.0, 1.0, 1.0, 1)
     dense = point(0.0, 1.0)
     points = [point(0.2, 0.9), point(0.5, 1.004), point(0.7, 1.006), point(0.9, 1.5)]
-    assert sweeps.prune_potential(dense, points, 0.005).prune_ratio_mean == 0.5
-    assert sweeps.prune_potential(dense, points[2:], 0.005) is None
-    assert sweeps.delta_of("nll") == sweeps.delta_of("bits_per_dim") == 0.005 and sweeps.delta_of("top1_acc") == 0.5
+    assert prune_potential(dense, points, 0.005).prune_ratio_mean == 0.5
+    assert prune_potential(dense, points[2:], 0.005) is None
+    assert delta_of("nll") == delta_of("bits_per_dim") == 0.005 and delta_of("top1_acc") == 0.5
 
 
 def test_sweep_labels_come_from_the_config_differences():

@@ -1,5 +1,5 @@
-"""Tests of paper/flatness.py: the restricted Hessian's HVPs, eigenvalues and trace against a dense
-`torch.autograd.functional.hessian`, the restriction to surviving parameters, the random-subset control
+"""Tests of the flatness analysis (experiment/analysis/hessian.py and flatness.py) and of paper/flatness.py:
+the restricted Hessian's HVPs, eigenvalues and trace against a dense `torch.autograd.functional.hessian`, the restriction to surviving parameters, the random-subset control
 (the dense Hessian's principal submatrices), the Lanczos iteration and SLQ density, and the CLI end to
 end on a tiny real results tree (with a NoPrune control model added)."""
 
@@ -17,13 +17,15 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from conftest import describe, load_weights, run_cli, the_run_folder
-from experiment.models import build_model
+from experiment.analysis.flatness import (CONTROL_COLUMNS, control_columns, placed_ratio, random_subset_control,
+                                          random_subsets, restricted_loss, select_rows, training_subset)
+from experiment.analysis.hessian import (HessianOperator, RestrictedLoss, SurvivingParameters, dense_hessian, density_grid,
+                                         differentiable_copy, gauss_quadrature, hutchinson_trace, lanczos, measure, slq,
+                                         spectral_density)
+from experiment.models import ODEBlock, build_model
 from experiment.results import Run
 from experiment.results.tree import read_csv, rows_to_csv
 from paper import flatness
-from paper.flatness import (CONTROL_COLUMNS, HessianOperator, RestrictedLoss, SurvivingParameters, control_columns,
-                            dense_hessian, differentiable_copy, gauss_quadrature, hutchinson_trace, lanczos, measure,
-                            random_subset_control, random_subsets, select_rows, slq, spectral_density)
 
 NODE = "node_l2_h8_tanh_da"  # adjoint model: the HVP copy must switch to backprop through the solver
 CNF = "cnf_l2_h8_tanh_da"
@@ -183,22 +185,23 @@ def test_restricted_hessian_is_the_dense_submatrix_on_survivors():
         assert torch.all(rebuilt[name][p == 0] == 0)
 
 
-def test_surviving_parameters_with_support():
+def test_surviving_parameters_leave_out_a_pruned_parameter():
     model = build_model(NODE, 2)
-    weight = [n for n, _ in model.named_parameters()][0]
-    support = {weight: torch.zeros_like(dict(model.named_parameters())[weight])}
-    space = SurvivingParameters.of(model, support)
-    assert space.size == sum(p.numel() for p in model.parameters()) - support[weight].numel()
+    weight = next(parameter for parameter in model.parameters())
+    with torch.no_grad():
+        weight.zero_()
+    space = SurvivingParameters.of(model)
+    assert space.size == sum(p.numel() for p in model.parameters()) - weight.numel()
 
 
 def test_adjoint_model_gets_a_backprop_copy():
     model = build_model(NODE, 2)
-    assert all(block.options.adjoint for block in model.modules() if isinstance(block, flatness.ODEBlock))
+    assert all(block.options.adjoint for block in model.modules() if isinstance(block, ODEBlock))
     copied = differentiable_copy(model)
-    blocks = [block for block in copied.modules() if isinstance(block, flatness.ODEBlock)]
+    blocks = [block for block in copied.modules() if isinstance(block, ODEBlock)]
     assert blocks and not any(block.options.adjoint for block in blocks)
     assert all(p.dtype == torch.float64 for p in copied.parameters())
-    assert all(block.options.adjoint for block in model.modules() if isinstance(block, flatness.ODEBlock))  # original untouched
+    assert all(block.options.adjoint for block in model.modules() if isinstance(block, ODEBlock))  # original untouched
 
 
 # ------------------------------------------------------------------------------ the random-subset control
@@ -310,7 +313,7 @@ def test_slq_density_integrates_to_one_and_has_the_trace_mean():
     matrix = random_symmetric(200, 2)
     operator = HessianOperator.of_matrix(matrix)
     quadratures = slq(operator, vectors=40, steps=30, seed=0)
-    grid, sigma = flatness.density_grid(quadratures, 0.01, points=4000)
+    grid, sigma = density_grid(quadratures, 0.01, points=4000)
     density = spectral_density(quadratures, grid, sigma)
     assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-3)
     mean = np.trapezoid(grid * density, grid)
@@ -329,7 +332,7 @@ def test_slq_on_a_net_hessian():
     for nodes, weights in quadratures:
         assert nodes.max() == pytest.approx(eigenvalues[-1], rel=1e-6)
         assert weights.sum() == pytest.approx(1.0)
-    grid, sigma = flatness.density_grid(quadratures, 0.01)
+    grid, sigma = density_grid(quadratures, 0.01)
     density = spectral_density(quadratures, grid, sigma)
     assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-3)
     quotients = np.array([nodes @ weights for nodes, weights in quadratures])
@@ -359,7 +362,7 @@ def test_select_rows_picks_closest_steps_per_method():
                   step_prune_ratio=ratio) for step, ratio in enumerate([0.2, 0.36, 0.49, 0.59, 0.67, 0.8, 0.9], start=1)]
     chosen = select_rows(rows, net=0, ratios=(0.5, 0.9, 0.95))
     assert [row["step"] for row in chosen if row["method"] == "NoPrune"] == [3, 7]
-    assert [flatness.placed_ratio(row) for row in chosen if row["method"] == "NoPrune"] == [0.49, 0.9]
+    assert [placed_ratio(row) for row in chosen if row["method"] == "NoPrune"] == [0.49, 0.9]
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -418,8 +421,8 @@ def test_cli_end_to_end(results_tree, capsys):
     # the control beside each model: the dense net's Hessian (from autograd) on 3 random subsets of the
     # model's size (the default --control-subsets), mean and std over them
     run = Run(run_folder)
-    x, y = flatness.training_subset(run, 0.1, 0)
-    dense_hessian_matrix = reference_hessian(flatness.restricted_loss(run, run.load_model("dense_net0"), x, y))
+    x, y = training_subset(run, 0.1, 0)
+    dense_hessian_matrix = reference_hessian(restricted_loss(run, run.load_model("dense_net0"), x, y))
     for row in rows:
         size = int(row["num_surviving_params"])
         subsets = random_subsets(len(dense_hessian_matrix), size, 3, seed=0, net=0)

@@ -72,7 +72,7 @@ import socket
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import yaml
@@ -306,10 +306,12 @@ def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return train, valid
 
 
-def rows_to_csv(rows: list[dict]) -> str:
-    columns: list[str] = []
-    for row in rows:
-        columns += [name for name in row if name not in columns]
+def rows_to_csv(rows: list[dict], columns: Sequence[str] | None = None) -> str:
+    """The CSV text of `rows` (every CSV file of the project is written by this): the header is
+    `columns`, or else every key of the rows in first-seen order; a row without a column leaves its
+    cell empty."""
+    if columns is None:
+        columns = list(dict.fromkeys(name for row in rows for name in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()

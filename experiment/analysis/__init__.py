@@ -1,0 +1,10 @@
+"""The analyses of trained runs that the `paper/` scripts draw and tabulate, as a library: typed
+inputs, rows and arrays out, no command lines and no figures.
+
+* `hessian`: the Hessian of a loss restricted to a model's surviving parameters, Lanczos, stochastic
+  Lanczos quadrature and the spectral quantities (λ_max, trace, κ, density);
+* `flatness`: those quantities for a run's dense and pruned nets, with the random-subset control;
+* `mode_collapse`: the modes of a 2-D flow's training mixture and how a model's samples cover them;
+* `two_dimensional`: which runs are 2-D toy runs, flow samples and ODE trajectories of their models;
+* `prune_potential`: the sparsest pruned point within δ of the dense nets.
+"""

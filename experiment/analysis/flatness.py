@@ -1,0 +1,221 @@
+"""Loss-surface flatness of a run's dense and pruned nets (SPEC §8): the Hessian of the *training*
+loss restricted to each model's surviving parameters (`experiment.analysis.hessian`), on a fixed
+seeded subset of the training data, next to a random-subset control.
+
+The control. H restricted to k surviving parameters is a principal submatrix, so by Cauchy
+interlacing its λ_max is at most that of the full Hessian, and its trace sums only k diagonal
+entries (k/n · tr H on average for a random set), whatever the pruning does to the surface. Beside
+each model with k survivors the same quantities are therefore measured for H_dense[S, S], the
+Hessian of its dense net on a uniformly random set S of k parameters (the others held at their dense
+values): mean and population std over `FlatnessSettings.control_subsets` sets, drawn from a
+generator seeded by (seed, net, k). With k = n the only such set is every parameter, and the
+control is the dense net's own measurement.
+
+The subset is a seeded choice of rows of the run's training split, passed once through the training
+transforms (seeded too), so the loss is a fixed deterministic function of θ and every model of a run
+is measured on the same data. Flows of dimension ≤ 8 use the exact trace in log p(x); larger flows
+Hutchinson's estimator with its noise fixed by seeding torch before every chunk's forward pass. The
+adjoint method has no double backward, so the Hessian is taken on a copy of the model that
+backpropagates through the solver (`differentiable_copy`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from experiment.analysis.hessian import (
+    Flatness, HessianOperator, RestrictedLoss, SurvivingParameters, differentiable_copy, measure, uses_exact_path,
+)
+from experiment.data.transforms import build_transform
+from experiment.pruning.rules import CONTROL_METHOD
+from experiment.report import step_prune_ratio
+from experiment.results import Run
+from experiment.results.tree import model_name
+from experiment.training.evaluate import trace_estimator_for
+from experiment.training.losses import build_loss
+
+DEFAULT_RATIOS = (0.25, 0.5, 0.75, 0.9, 0.95)
+CONTROL_QUANTITIES = {"lambda_max": "lambda_max", "trace": "trace", "condition": "condition_number"}  # column stem → Flatness field
+CONTROL_COLUMNS = tuple(f"control_{stem}_{statistic}" for stem in CONTROL_QUANTITIES for statistic in ("mean", "std")) + ("control_subsets",)
+COLUMNS = ("run", "mode", "method", "net", "step", "prune_ratio", "step_prune_ratio", "num_surviving_params", "lambda_max",
+           "trace", "trace_stderr", "condition_number", *CONTROL_COLUMNS, "lambda_min", "hessian", "subset_size", "seconds")
+
+
+@dataclass(frozen=True)
+class FlatnessSettings:
+    """What `analyse_run` measures and how.
+
+    Which models: net `net`'s dense net and, per (mode, method), its pruned nets of repetition
+    `repetition` at the steps closest to `ratios` (`select_rows`; every step with `all_steps`).
+    The data: a `subset` share of the training split, chosen with `seed` (which also seeds the
+    probes, starting vectors and control subsets), `chunk_size` samples per forward pass, in `dtype`.
+    The Hessian: formed in full up to `exact_max` surviving parameters, else `probes` Hutchinson
+    probes and `slq_vectors` × `slq_steps` Lanczos steps of SLQ; eigenvalues ≤ `eig_tol` · λ_max are
+    left out of κ; `hvp_batch` products per backward pass; `cache_graph` keeps every chunk's gradient
+    graph for reuse. The control: `control_subsets` random subsets per model size (0: none)."""
+
+    subset: float = 0.1
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    all_steps: bool = False
+    net: int = 0
+    repetition: int = 0
+    seed: int = 0
+    exact_max: int = 2000
+    probes: int = 100
+    slq_vectors: int = 3
+    slq_steps: int = 80
+    eig_tol: float = 1e-6
+    chunk_size: int = 1024
+    hvp_batch: int = 16
+    cache_graph: bool = True
+    dtype: torch.dtype = torch.float64
+    control_subsets: int = 3
+
+    def measure_options(self) -> dict:
+        """The keyword arguments of `measure` these settings fix."""
+        return dict(exact_max=self.exact_max, probes=self.probes, slq_vectors=self.slq_vectors,
+                    slq_steps=self.slq_steps, eig_tol=self.eig_tol, seed=self.seed, batch=self.hvp_batch)
+
+
+# ------------------------------------------------------------------------------ the random-subset control
+
+
+def random_subsets(num_params: int, size: int, count: int, seed: int, net: int) -> list[np.ndarray]:
+    """`count` uniformly random `size`-subsets of range(`num_params`), each sorted, from a generator
+    seeded by (seed, net, size): the control of a model is a function of its dense net and its number
+    of surviving parameters only, so it is deterministic and shared by all models of that size.
+    Of size `num_params` there is exactly one subset, every parameter."""
+    if size == num_params:
+        return [np.arange(num_params)]
+    generator = np.random.default_rng([seed, net, size])
+    return [np.sort(generator.choice(num_params, size=size, replace=False)) for _ in range(count)]
+
+
+def random_subset_control(dense: HessianOperator, dense_flatness: Flatness, subsets: list[np.ndarray],
+                          **measure_options) -> list[Flatness]:
+    """The flatness of the dense Hessian H restricted to each index set S of `subsets`, i.e. of the
+    principal submatrix H[S, S] (no spectral density). A subset of every parameter is H itself, whose
+    measurement `dense_flatness` is reused."""
+    return [dense_flatness if len(subset) == dense.size else
+            measure(dense.restricted(subset), spectrum=False, **measure_options) for subset in subsets]
+
+
+def control_columns(control: list[Flatness]) -> dict[str, float | int]:
+    """Mean and population std over the subsets of λ_max, tr H and κ (a NaN κ of one subset makes the
+    mean NaN); NaN when there is no control (no dense net, or no control subsets)."""
+    columns: dict[str, float | int] = {"control_subsets": len(control)}
+    for stem, field in CONTROL_QUANTITIES.items():
+        values = np.array([getattr(result, field) for result in control], dtype=np.float64)
+        columns[f"control_{stem}_mean"] = float(values.mean()) if len(values) else math.nan
+        columns[f"control_{stem}_std"] = float(values.std()) if len(values) else math.nan
+    return columns
+
+
+# ------------------------------------------------------------------------------ runs → rows
+
+
+def placed_ratio(row: dict) -> float:
+    """Where a model sits on the prune-ratio axis: its achieved prune ratio; the NoPrune control
+    (same training chain, nothing pruned, achieved ratio 0) at the ratio the pruning methods are
+    scheduled to reach at its step."""
+    return step_prune_ratio(row) if row["method"] == CONTROL_METHOD else float(row["prune_ratio"])
+
+
+def select_rows(rows: list[dict], net: int = 0, ratios: tuple[float, ...] = DEFAULT_RATIOS, all_steps: bool = False,
+                repetition: int = 0) -> list[dict]:
+    """The dense net `net`, then per (mode, method) the pruned nets of that net and repetition at every
+    step (`all_steps`) or at the steps whose `placed_ratio` (the achieved prune ratio; NoPrune: the
+    scheduled one) is closest to each of `ratios`."""
+    chosen = [row for row in rows if row["method"] == "dense" and int(row["net"]) == net]
+    pruned = [row for row in rows if row["method"] != "dense" and int(row["net"]) == net and int(row["repetition"]) == repetition]
+    for group in dict.fromkeys((row["mode"], row["method"]) for row in pruned):
+        candidates = sorted((row for row in pruned if (row["mode"], row["method"]) == group), key=lambda row: int(row["step"]))
+        if all_steps:
+            chosen += candidates
+            continue
+        steps = {int(min(candidates, key=lambda row: abs(placed_ratio(row) - ratio))["step"]) for ratio in ratios}
+        chosen += [row for row in candidates if int(row["step"]) in steps]
+    return chosen
+
+
+def training_subset(run: Run, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded choice of round(fraction · N) rows of the run's training split, through the training transforms."""
+    x, y = run.load_data()["train"]
+    count = min(len(x), max(1, round(fraction * len(x))))
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), size=count, replace=False))
+    index = torch.as_tensor(rows, dtype=torch.long)
+    schedule = run.config["training"]
+    transform = build_transform(schedule.get("transformsTrain", []) + schedule.get("transformsFinal", []))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(x[index]), y[index]
+
+
+def restricted_loss(run: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dtype: torch.dtype = torch.float64,
+                    chunk_size: int = 1024, seed: int = 0, cache_graph: bool = True, hvp_batch: int = 16) -> RestrictedLoss:
+    """The run's training loss of `model` on (x, y), as a function of its surviving parameters."""
+    schedule = run.config["training"]
+    data_dim = int(np.prod(x.shape[1:]))
+    loss_fn = build_loss(schedule["loss"], schedule.get("lossKwargs", {}) or {}, data_dim)
+    trace = trace_estimator_for(model, data_dim)
+    return RestrictedLoss(differentiable_copy(model, dtype), loss_fn, x, y, trace=trace, chunk_size=chunk_size, seed=seed,
+                          cache_graph=cache_graph, hvp_batch=hvp_batch)
+
+
+def analyse_run(run: Run, label: str, settings: FlatnessSettings) -> tuple[list[dict], list[dict]]:
+    """(table rows, spectrum rows) for the selected models of `run` (`label` in their `run` column),
+    each table row (COLUMNS) with its random-subset control: the dense net's Hessian on
+    `settings.control_subsets` random sets of as many parameters as the model has survivors
+    (computed once per size, right after the dense net, from its Hessian). A spectrum row is one
+    quadrature node and weight of one starting vector of one model."""
+    x, y = training_subset(run, settings.subset, settings.seed)
+    measure_options = settings.measure_options()
+    selected = select_rows(run.rows, settings.net, tuple(settings.ratios), settings.all_steps, settings.repetition)
+    models = [run.load_model(row) for row in selected]
+    sizes = sorted({SurvivingParameters.of(model).size for model in models})
+    controls: dict[int, list[Flatness]] = {}  # number of surviving parameters → the control's measurements
+    table, spectra = [], []
+    for row, model in zip(selected, models):  # the dense net comes first (select_rows)
+        started = time.perf_counter()
+        loss = restricted_loss(run, model, x, y, dtype=settings.dtype, chunk_size=settings.chunk_size, seed=settings.seed,
+                               cache_graph=settings.cache_graph, hvp_batch=settings.hvp_batch)
+        operator = HessianOperator.of(loss)
+        is_dense = row["method"] == "dense"
+        if is_dense and uses_exact_path(operator.size, settings.exact_max):
+            operator = operator.materialised(settings.hvp_batch)  # kept: the control's submatrices need no HVPs
+        result = measure(operator, **measure_options)
+        seconds = round(time.perf_counter() - started, 2)
+        if is_dense and settings.control_subsets > 0:
+            for size in sizes:  # while the dense gradient graph is still alive
+                control_started = time.perf_counter()
+                subsets = random_subsets(result.num_params, size, settings.control_subsets, settings.seed, int(row["net"]))
+                controls[size] = random_subset_control(operator, result, subsets, **measure_options)
+                summary = control_columns(controls[size])
+                print(f"{label} control n={size}: λ_max={summary['control_lambda_max_mean']:.5g}±{summary['control_lambda_max_std']:.2g}, "
+                      f"trace={summary['control_trace_mean']:.5g}±{summary['control_trace_std']:.2g} "
+                      f"({len(subsets)} subsets, {time.perf_counter() - control_started:.1f} s)", flush=True)
+        loss.release()
+        entry = {
+            "run": label, "mode": row["mode"], "method": row["method"], "net": int(row["net"]), "step": int(row["step"]),
+            "prune_ratio": float(row["prune_ratio"]), "step_prune_ratio": step_prune_ratio(row),
+            "num_surviving_params": result.num_params, "lambda_max": result.lambda_max, "trace": result.trace,
+            "trace_stderr": result.trace_stderr, "condition_number": result.condition_number,
+            **control_columns(controls.get(result.num_params, [])), "lambda_min": result.lambda_min,
+            "hessian": result.hessian, "subset_size": len(x), "seconds": seconds,
+        }
+        table.append(entry)
+        for vector, (nodes, weights) in enumerate(result.quadrature):
+            spectra += [{"run": label, "mode": row["mode"], "method": row["method"], "step": int(row["step"]),
+                         "prune_ratio": float(row["prune_ratio"]), "vector": vector, "node": float(node), "weight": float(weight)}
+                        for node, weight in zip(nodes, weights)]
+        print(f"{label} {model_name(row)}: PR {entry['prune_ratio']:.3f}, n={result.num_params}, λ_max={result.lambda_max:.5g} "
+              f"(control {entry['control_lambda_max_mean']:.5g}), trace={result.trace:.5g}±{result.trace_stderr:.2g} "
+              f"(control {entry['control_trace_mean']:.5g}), κ={result.condition_number:.4g} ({result.hessian}, {seconds:.1f} s)",
+              flush=True)
+    return table, spectra
