@@ -9,71 +9,37 @@ prunes nothing, by the ratio scheduled for its step, `experiment.report.step_pru
 
 * ``lambda_max``: the largest (algebraic) eigenvalue of the restricted Hessian H;
 * ``trace``: tr H (and ``trace_stderr``, the standard error of Hutchinson's estimate; 0 when exact);
-* ``condition_number``: κ = λ_max / λ_min⁺, where λ_min⁺ is the smallest eigenvalue above the tolerance
-  ``eig_tol · λ_max`` (default 1e-6). Eigenvalues at or below it — the (near-)null directions, e.g.
-  weights into dead neurons, and the negative curvature of a non-convex loss — are left out, so κ is
-  the condition number of H on its numerically positive-definite part. It is exact when the full
-  Hessian is computed; on the iterative path λ_min⁺ is only available when the smallest algebraic
-  eigenvalue (Lanczos, ``eigsh(which="SA")``) is itself above the tolerance, otherwise κ is NaN.
-  ``lambda_min`` (the smallest algebraic eigenvalue) is reported alongside so negative curvature is visible;
+* ``condition_number``: κ = λ_max / λ_min⁺, λ_min⁺ the smallest eigenvalue above ``--eig-tol`` · λ_max
+  (default 1e-6): the condition number of H on its numerically positive-definite part (NaN on the
+  iterative path when the smallest eigenvalue is not above the tolerance); ``lambda_min``, the
+  smallest algebraic eigenvalue, is reported alongside so negative curvature is visible;
 * the spectral density: a Gaussian-broadened density of the eigenvalues (exact path) or its stochastic
   Lanczos quadrature (SLQ) estimate (iterative path), ∫ρ = 1, ∫λρ(λ)dλ ≈ tr H / n;
-* the random-subset control (``control_*`` columns). H restricted to k surviving parameters is a
-  principal submatrix, so by Cauchy interlacing its λ_max is at most that of the full Hessian (and
-  falls along nested index sets), and its trace sums only k diagonal entries (k/n · tr H on average
-  for a random set), whatever the pruning does to the surface. Beside each model with k survivors the
-  same quantities are therefore reported for H_dense[S, S], the Hessian of its dense net (same net
-  index, at the dense weights) on a uniformly random set S of k parameters (the others held at their
-  dense values): mean and population std over ``--control-subsets`` sets (default 3), drawn from a
-  generator seeded by (``--seed``, net, k), so they are deterministic and shared by all models with k
-  survivors. With k = every parameter (the dense net itself, NoPrune) the only such set is all of them
-  and the control is the dense net's own measurement (std 0). A pruned net whose λ_max lies below
-  its control is flatter than a random restriction of the dense surface of the same size; the control
-  does not account for the retraining after pruning (that is what the NoPrune models are for).
+* the random-subset control (``control_*`` columns): the same quantities of H_dense[S, S], the
+  Hessian of the model's dense net on ``--control-subsets`` uniformly random sets S of as many
+  parameters as the model keeps (mean and population std; 0 switches the control off). A pruned net
+  whose λ_max lies below its control is flatter than a random restriction of the dense surface of
+  the same size (interlacing alone puts a restriction below the dense λ_max); the control does not
+  account for the retraining after pruning (that is what the NoPrune models are for).
 
-How. θ ∈ ℝⁿ holds the surviving entries only; the pruned entries stay exactly zero (they are rebuilt
-as constants around θ and the model is called with `torch.func.functional_call`). The loss is
-L(θ) = Σ_c (|c| / N) · loss(model_θ(x_c), y_c) over chunks c of the subset (``--chunk-size``, default
-1024, so toy subsets are one chunk). For mean losses this is the full-batch loss exactly with fixed-grid
-solvers; adaptive solvers choose their steps per chunk, so there it agrees up to solver tolerance. Hessian-vector products are double backprop (`torch.autograd.grad(..., create_graph=True)`,
-then the gradient of gᵀv), several vectors at once with ``is_grads_batched``. The gradient graph of
-every chunk is built once and reused by every product (``--no-cache-graph`` rebuilds it per product).
-
-* The adjoint method (names with ``_da``, ``_adjoint``) does not support double backward, so the
-  Hessian is taken on a copy of the model whose ODE blocks backpropagate through the solver
-  (``SolverOptions(adjoint=False)``, same weights, solver and tolerances). This differentiates the
-  discretised solve, whose gradient the adjoint approximates; the adaptive step sizes depend on θ
-  and are differentiated through as torchdiffeq computes them.
-* Flows of dimension ≤ 8 use the exact trace in log p(x) (deterministic loss); larger flows use
-  Hutchinson's trace estimator with its noise fixed by seeding torch before every chunk's forward pass.
-* The subset is a seeded choice (``--seed``) of rows of the run's training split, passed once through
-  the training transforms (seeded too), so the loss is a fixed deterministic function of θ and every
-  model of a run is measured on the same data.
-* Computation is in float64 by default (``--dtype``) so that roundoff stays far below the
-  eigenvalue tolerance.
-
-Exact path (n ≤ ``--exact-max``, default 2000): the full Hessian from n HVPs with the unit vectors,
-symmetrised, then `numpy.linalg.eigvalsh` gives exact λ_max, λ_min, trace, κ and spectrum.
-Iterative path: `scipy.sparse.linalg.eigsh` (ARPACK Lanczos) on a LinearOperator of the HVP for the
-largest ('LA') and smallest ('SA') algebraic eigenvalue; Hutchinson's trace estimator with Rademacher
-probes (``--probes``); SLQ with ``--slq-vectors`` Rademacher starting vectors and ``--slq-steps``
-Lanczos steps with full reorthogonalisation (`experiment.analysis.hessian.lanczos`).
+How they are computed, with the maths: `experiment.analysis.hessian` (the restricted loss, its
+Hessian-vector products, the exact and the iterative path, Lanczos and SLQ) and
+`experiment.analysis.flatness` (the data subset, the models, the control). The options: the subset
+is a ``--subset`` share of the training split chosen with ``--seed`` (which also seeds probes,
+starting vectors and control subsets), in ``--chunk-size`` samples per forward pass, computed in
+``--dtype`` (float64 by default, so that roundoff stays far below the eigenvalue tolerance). Up to
+``--exact-max`` surviving parameters the full Hessian is formed (n HVPs); beyond, ARPACK Lanczos
+gives λ_max and λ_min, Hutchinson's estimator with ``--probes`` Rademacher probes the trace, and SLQ
+with ``--slq-vectors`` × ``--slq-steps`` Lanczos steps the density. ``--hvp-batch`` products share a
+backward pass; ``--no-cache-graph`` rebuilds the gradient graph for every product (less memory).
 
 Cost: the exact path needs n HVPs (≈ seconds for the toy NODEs); the iterative path a few hundred to
 a thousand (ffjord_l4_h64, n ≈ 8.6k, 10 % of ToyGaussians: ≈ 2 min on one CPU thread). The SLQ basis
-holds slq_vectors × slq_steps × n floats.
+holds slq_vectors × slq_steps × n floats. The control is computed once per distinct number of
+survivors k, right after the dense net and from its operator: on the exact path each subset costs one
+k × k `eigvalsh` and no HVP; on the iterative path about a pruned model's cost less SLQ.
 
-The control is computed once per distinct k, right after the dense net and from its operator
-(`HessianOperator.restricted`: H_dense[S, S]·v = (H_dense·P v)[S], P v being v padded with zeros, the
-same principal-submatrix restriction as to the survivors). On the exact path the dense Hessian is formed
-once anyway (n_dense HVPs, as before), so each subset costs one k × k `eigvalsh` and no HVP. On the
-iterative path each subset is a further measurement through the dense net's gradient graph without SLQ
-(eigsh twice and Hutchinson; k HVPs if k ≤ ``--exact-max``), i.e. about ``--control-subsets`` × (a pruned
-model's cost less SLQ) per distinct k; ``--control-subsets 0`` switches the control off.
-
-The analysis is `experiment.analysis.flatness` (runs → rows) on `experiment.analysis.hessian` (the
-restricted Hessian and its spectrum); this script parses the command line and writes the tables and
-figures. Outputs in the output folder (per run): ``flatness_<run>.csv`` / ``.md`` (one row per evaluated
+Outputs in the output folder (per run): ``flatness_<run>.csv`` / ``.md`` (one row per evaluated
 model, with its control), ``flatness_<run>.png/.pdf`` (λ_max, trace and κ against prune ratio, one
 solid line per method and its control dashed in the same colour),
 ``spectrum_<run>.png/.pdf`` (spectral densities overlaid, coloured by prune ratio) and

@@ -34,8 +34,8 @@ from experiment.analysis.hessian import (
 )
 from experiment.data.transforms import build_transform
 from experiment.pruning.rules import CONTROL_METHOD
-from experiment.report import step_prune_ratio
 from experiment.results import Run
+from experiment.results.rows import step_prune_ratio
 from experiment.results.tree import model_name
 from experiment.training.evaluate import trace_estimator_for
 from experiment.training.losses import build_loss

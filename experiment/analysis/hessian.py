@@ -19,7 +19,19 @@ From the products (`HessianOperator`):
   starts, whose tridiagonal T gives Gauss quadrature nodes and weights, Σ_j τ_j f(θ_j) ≈ q₁ᵀ f(H) q₁.
 
 The condition number is κ = λ_max / λ_min⁺, λ_min⁺ the smallest eigenvalue above ``eig_tol · λ_max``:
-the (near-)null directions and negative curvature are left out.
+the (near-)null directions (e.g. weights into dead neurons) and the negative curvature of a
+non-convex loss are left out, so κ is the condition number of H on its numerically positive-definite
+part. It is exact on the exact path; on the iterative path λ_min⁺ is only known when the smallest
+algebraic eigenvalue (``eigsh(which="SA")``) is itself above the tolerance, otherwise κ is NaN.
+
+Restricting H to an index set S (`HessianOperator.restricted`) gives the principal submatrix
+H[S, S]·v = (H · P v)[S], P v being v padded with zeros: the Hessian in the coordinates S with every
+other coordinate held fixed. The restriction of a model's loss to its survivors is the same thing.
+
+The adjoint method has no double backward, so the Hessian is taken on a copy of the model whose ODE
+blocks backpropagate through the solver (`differentiable_copy`: same weights, solver and
+tolerances). This differentiates the discretised solve, whose gradient the adjoint approximates; the
+adaptive step sizes depend on θ and are differentiated through as torchdiffeq computes them.
 """
 
 from __future__ import annotations
@@ -239,7 +251,7 @@ class HessianOperator:
 
     @classmethod
     def of_matrix(cls, matrix: np.ndarray) -> "HessianOperator":
-        """A fixed matrix, symmetrised (a formed Hessian, or a test matrix)."""
+        """A fixed matrix, symmetrised (a formed Hessian or one of its principal submatrices)."""
         matrix = np.asarray(matrix, dtype=np.float64)
         matrix = 0.5 * (matrix + matrix.T)
         tensor = torch.as_tensor(matrix)
@@ -335,15 +347,15 @@ def hutchinson_trace(operator: HessianOperator, probes: int = 100, seed: int = 0
     return float(samples.mean()), stderr
 
 
-def lanczos(matmat: Callable[[np.ndarray], np.ndarray], starts: np.ndarray, steps: int,
-            reorthogonalize: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+def lanczos(matmat: Callable[[np.ndarray], np.ndarray], starts: np.ndarray, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The Lanczos iteration for a symmetric operator, run from every column of `starts` ([n, k]) in lockstep
     (one `matmat` call per step serves all runs).
 
     From q₁ = s/‖s‖ it builds orthonormal q₁..q_m and the tridiagonal T = Qᵀ H Q with diagonal α and
     off-diagonal β: w = H q_j − α_j q_j − β_{j−1} q_{j−1}, α_j = q_jᵀ H q_j, β_j = ‖w‖, q_{j+1} = w/β_j.
-    With `reorthogonalize`, w is orthogonalised against every previous q (twice, classical Gram–Schmidt),
-    which keeps Q orthonormal in floating point (no spurious copies of converged Ritz values).
+    w is orthogonalised against every previous q (full reorthogonalisation, twice, classical
+    Gram–Schmidt), which keeps Q orthonormal in floating point (no spurious copies of converged Ritz
+    values).
     A run stops early when β_j ≈ 0 (Krylov space invariant: T's eigenvalues are then exact eigenvalues).
     Returns, per start, (α of length m, β of length m − 1)."""
     starts = np.asarray(starts, dtype=np.float64)
@@ -364,10 +376,9 @@ def lanczos(matmat: Callable[[np.ndarray], np.ndarray], starts: np.ndarray, step
         w = matmat(q[runs].T).T  # [len(runs), n]
         alpha = np.einsum("kn,kn->k", w, q[runs])
         w = w - alpha[:, None] * q[runs] - beta_previous[runs, None] * q_previous[runs]
-        if reorthogonalize:
-            for _ in range(2):
-                previous = basis[runs, :j + 1]  # [len(runs), j+1, n]
-                w = w - np.einsum("kjn,kj->kn", previous, np.einsum("kjn,kn->kj", previous, w))
+        for _ in range(2):
+            previous = basis[runs, :j + 1]  # [len(runs), j+1, n]
+            w = w - np.einsum("kjn,kj->kn", previous, np.einsum("kjn,kn->kj", previous, w))
         beta = np.linalg.norm(w, axis=1)
         alphas[runs, j] = alpha
         betas[runs, j] = beta
@@ -447,8 +458,8 @@ def uses_exact_path(n: int, exact_max: int) -> bool:
 
 
 def measure(operator: HessianOperator, *, exact_max: int = 2000, probes: int = 100, slq_vectors: int = 3,
-            slq_steps: int = 80, eig_tol: float = 1e-6, arpack_tol: float = 1e-8, seed: int = 0,
-            batch: int = 16, spectrum: bool = True) -> Flatness:
+            slq_steps: int = 80, eig_tol: float = 1e-6, seed: int = 0, batch: int = 16,
+            spectrum: bool = True) -> Flatness:
     """λ_max, λ_min, trace, κ and spectral quadrature of the operator: exactly (full Hessian) when
     n ≤ `exact_max`, else by Lanczos (eigsh), Hutchinson and SLQ (skipped without `spectrum`: then
     the quadrature is empty on the iterative path)."""
@@ -460,8 +471,8 @@ def measure(operator: HessianOperator, *, exact_max: int = 2000, probes: int = 1
         return Flatness(n, float(eigenvalues[-1]), float(eigenvalues[0]), float(eigenvalues.sum()), 0.0,
                         condition_number(float(eigenvalues[-1]), eigenvalues, eig_tol),
                         [(eigenvalues, np.full(n, 1.0 / n))], "exact")
-    lambda_max = extreme_eigenvalue(operator, "LA", arpack_tol, seed=seed)
-    lambda_min = extreme_eigenvalue(operator, "SA", arpack_tol, seed=seed + 1)
+    lambda_max = extreme_eigenvalue(operator, "LA", seed=seed)
+    lambda_min = extreme_eigenvalue(operator, "SA", seed=seed + 1)
     trace, stderr = hutchinson_trace(operator, probes, seed + 2, batch)
     quadrature = slq(operator, slq_vectors, slq_steps, seed + 3) if spectrum else []
     kappa = lambda_max / lambda_min if lambda_max > 0 and lambda_min > eig_tol * lambda_max else math.nan

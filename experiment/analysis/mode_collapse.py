@@ -51,8 +51,8 @@ import math
 import numpy as np
 
 from experiment.analysis.two_dimensional import sample_flow, two_d_family
-from experiment.report import step_prune_ratio
 from experiment.results import Run, model_name
+from experiment.results.rows import step_prune_ratio
 
 KS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)
 HIT_K = 2.0  # modes hit are judged within 2 std
