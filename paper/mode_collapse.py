@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -40,7 +41,8 @@ def mean_std(values: np.ndarray, digits: int = 3) -> str:
     return f"{values.mean():.{digits}f}±{values.std():.{digits}f}"
 
 
-def collapse_markdown(rows: list[dict], ks=KS, figure_k: float = 1.0, max_tv: float = MAX_TV) -> str:
+def collapse_markdown(rows: list[dict], ks: Sequence[float] = KS, figure_k: float = 1.0,
+                      max_tv: float = MAX_TV) -> str:
     """Per method and step prune ratio: the headline measures with the verdict, then the share
     within k for every k under the true mixture's; means ± stds over nets (`rows` not empty)."""
     groups = method_groups(rows)
@@ -92,7 +94,8 @@ def collapse_figure(rows: list[dict], title: str, figure_k: float = 1.0, max_tv:
         for index, (key, points) in enumerate(summary.items()):
             ratio, mean, std = (np.array(values) for values in zip(*points))
             colour = method_color(key[1], index)
-            ax.plot(ratio, mean, color=colour, marker="o", markersize=3, label=line_label(*key, {mode for mode, _ in summary}))
+            ax.plot(ratio, mean, color=colour, marker="o", markersize=3,
+                    label=line_label(*key, {mode for mode, _ in summary}))
             ax.fill_between(ratio, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
         ax.axhline(reference, color="black", linestyle="--", linewidth=0.8, label="dashed: " + " / ".join(
             label for _, _, _, _, label, _ in panels))

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -94,7 +95,8 @@ def nearest_modes(samples: np.ndarray, means: np.ndarray, covariances: np.ndarra
     return nearest, distances[np.arange(len(distances)), nearest]
 
 
-def mode_shares(samples: np.ndarray, means: np.ndarray, covariances: np.ndarray, ks=KS) -> np.ndarray:
+def mode_shares(samples: np.ndarray, means: np.ndarray, covariances: np.ndarray,
+                ks: Sequence[float] = KS) -> np.ndarray:
     """s[a, j] = share of the samples whose nearest mode (Mahalanobis) is j and lies within ks[a] of
     them; [len(ks), M]. The off-mode share at ks[a] is 1 − s[a].sum()."""
     nearest, distance = nearest_modes(samples, means, covariances)
@@ -114,7 +116,7 @@ def sample_mixture(means: np.ndarray, covariances: np.ndarray, weights: np.ndarr
                            for mean, covariance, count in zip(means, covariances, counts)])
 
 
-def reference_shares(means: np.ndarray, covariances: np.ndarray, weights: np.ndarray, ks=KS,
+def reference_shares(means: np.ndarray, covariances: np.ndarray, weights: np.ndarray, ks: Sequence[float] = KS,
                      num_samples: int = REFERENCE_SAMPLES, seed: int = REFERENCE_SEED) -> np.ndarray:
     """r[a, j]: `mode_shares` of the true mixture, estimated on `num_samples` of its draws (standard
     error ≤ 0.5/sqrt(num_samples) per entry)."""
@@ -136,7 +138,8 @@ def modes_hit(shares: np.ndarray, reference: np.ndarray, hit_fraction: float = H
     return (shares >= hit_fraction * reference).sum(1)
 
 
-def measures(shares: np.ndarray, reference: np.ndarray, ks=KS, hit_fraction: float = HIT_FRACTION) -> dict[float, dict]:
+def measures(shares: np.ndarray, reference: np.ndarray, ks: Sequence[float] = KS,
+             hit_fraction: float = HIT_FRACTION) -> dict[float, dict]:
     """k → {share_within_k, reference_share_within_k, tv_distance, modes_hit} of a model's shares
     [len(ks), M] against the true mixture's."""
     tv = total_variation(shares, reference)
@@ -171,8 +174,8 @@ def checkpoint_signature(run: Run, row: dict) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
-def run_measures(run: Run, label: str, num_samples: int, seed: int, ks=KS, hit_fraction: float = HIT_FRACTION,
-                 max_tv: float = MAX_TV, cache: dict | None = None) -> list[dict]:
+def run_measures(run: Run, label: str, num_samples: int, seed: int, ks: Sequence[float] = KS,
+                 hit_fraction: float = HIT_FRACTION, max_tv: float = MAX_TV, cache: dict | None = None) -> list[dict]:
     """One row per (model of the run, k): run, method, mode, net, repetition, step, target, step and
     achieved prune ratio, k, the measures of `measures`, num_modes, hit_fraction and `passes` (the
     model's verdict, the same on all its rows). `cache` (a dict, updated in place) holds per-model
