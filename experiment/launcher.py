@@ -25,7 +25,7 @@ import logging
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -216,20 +216,21 @@ def gpus_required(configs: Sequence[dict], workers: int, gpus_per_job: float | N
 
 
 class ShardTask:
-    """What a job-array task runs: `python -m experiment.main COMMAND --shard I/N`, in its process.
+    """What a job-array task runs: `entry(COMMAND + ["--shard", "I/N"])` in its process, `entry` being
+    `experiment.main.main` (handed in, so that this module, which experiment.main imports, imports
+    nothing of it; pickled by reference, it is imported in the task).
 
     submitit calls `checkpoint` when SLURM preempts the task or its time limit nears (the SIGUSR2
     submitit asks SLURM for); the submission it returns, the same shard, is requeued and resumes
     from the results tree's progress files."""
 
-    def __init__(self, command: Sequence[str]) -> None:
+    def __init__(self, command: Sequence[str], entry: Callable[[list[str]], int]) -> None:
         self.command = list(command)
+        self.entry = entry
 
     def __call__(self, shard: str) -> None:
-        from experiment.main import main  # not at the top: experiment.main imports this module
-
         logging.getLogger("submitit").propagate = False  # it has handlers; main's root handler would repeat it
-        code = main([*self.command, "--shard", shard])
+        code = self.entry([*self.command, "--shard", shard])
         if code not in (0, MODELS_FAILED):  # failed models are the run's results, reported by `wait_for`
             raise RuntimeError(f"shard {shard} failed (exit code {code}); the lines above say why")
 
@@ -239,8 +240,8 @@ class ShardTask:
         return DelayedSubmission(self, shard)
 
 
-def submit(launch: Launch) -> list[submitit.Job]:
-    """Submits the array; one submitit job per task, in shard order."""
+def submit(launch: Launch, entry: Callable[[list[str]], int]) -> list[submitit.Job]:
+    """Submits the array, each task running `entry` (see ShardTask); one submitit job per task, in shard order."""
     try:
         import submitit
     except ImportError:
@@ -253,7 +254,7 @@ def submit(launch: Launch) -> list[submitit.Job]:
                           "machine)") from None
     executor.update_parameters(**launch.executor_parameters())
     try:
-        return executor.map_array(ShardTask(launch.command), [str(shard) for shard in launch.shards])
+        return executor.map_array(ShardTask(launch.command, entry), [str(shard) for shard in launch.shards])
     except RuntimeError as error:  # sbatch refused the array
         raise LaunchError(f"--launcher {launch.cluster}: the submission failed: {error}") from None
 
@@ -330,9 +331,10 @@ def failure(error_log: Path) -> str:
     return "\n".join(f"    {line}" for line in lines[-12:])
 
 
-def launch(arguments: argparse.Namespace, plans: Sequence[Plan], jobs: Sequence[Job]) -> int:
+def launch(arguments: argparse.Namespace, plans: Sequence[Plan], jobs: Sequence[Job], entry: Callable[[list[str]], int]) -> int:
     """`--launcher`: the array planned, then printed (`--dry-run`) or submitted and summarised (and
-    with `--wait` waited for). Raises ConfigError or LaunchError before anything is submitted."""
+    with `--wait` waited for), each task calling `entry` (experiment.main.main) with its command line.
+    Raises ConfigError or LaunchError before anything is submitted."""
     configs = [plan.config for plan in plans]
     unfinished = JobRunner(configs).unfinished(jobs)
     planned = plan_launch(arguments, configs, jobs, unfinished)
@@ -342,6 +344,6 @@ def launch(arguments: argparse.Namespace, plans: Sequence[Plan], jobs: Sequence[
     if not unfinished:
         print(f"all {len(jobs)} job(s) are finished: nothing to submit")
         return 0
-    submitted = submit(planned)
+    submitted = submit(planned, entry)
     print_summary(planned, submitted, jobs, unfinished)
     return wait_for(planned, submitted, plans) if arguments.wait else 0

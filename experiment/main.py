@@ -151,7 +151,7 @@ def launch_array(plans: list[Plan], jobs: list[Job], arguments: argparse.Namespa
     if arguments.dry_run:
         print_dry_run(plans, jobs, None)
     try:
-        return launcher.launch(arguments, plans, jobs)
+        return launcher.launch(arguments, plans, jobs, entry=main)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
     except launcher.LaunchError as error:

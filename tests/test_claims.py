@@ -78,3 +78,67 @@ def test_claims_command_writes_markdown_and_csv(tmp_path):
     assert "| (a) | ToyGaussians ffjord_l4_h64_sigmoid_da |" in table and "| holds |" in table
     assert "FT NLL − dense, mean over PR ≤ 0.8: -0.0400 ± 0.0000 (n = 2)" in table
     assert (tmp_path / "out" / "claims.csv").read_text().count("\n") == 1 + 4 + 2
+
+
+RUN = "ToyGaussians_ffjord_l4_h64_sigmoid_da_84d8a919273b"
+
+
+def mode_collapse_csv(path: Path, passes: dict[str, tuple[int, ...]]) -> Path:
+    """A `paper.mode_collapse` table: per method, model i (net i) at PR 0.5 passes or not (two k
+    rows per model, as the script writes several); one FT model at PR 0.9, beyond the moderate range,
+    that fails."""
+    rows = []
+    for method, verdicts in passes.items():
+        for net, verdict in enumerate(verdicts):
+            for k in (2.0, 3.0):
+                rows.append({"run": RUN, "method": method, "mode": "train" if method == "dense" else "cascade", "net": net,
+                             "repetition": 0, "step": 0 if method == "dense" else 8, "k": k, "passes": verdict,
+                             "step_prune_ratio": 0.0 if method == "dense" else 0.5})
+    rows += [{"run": RUN, "method": "FilterThresNet", "mode": "cascade", "net": 0, "repetition": 0, "step": 25, "k": 2.0,
+              "passes": 0, "step_prune_ratio": 0.9}]
+    path.write_text(rows_to_csv(rows))
+    return path
+
+
+def test_mode_collapse_claim_compares_pass_shares_with_dense_and_the_control(tmp_path):
+    table = mode_collapse_csv(tmp_path / "modes.csv", {"dense": (0, 1), "FilterThresNet": (1, 1), "ThresNet": (1, 0),
+                                                        "NoPrune": (1, 0)})
+    measures, verdict = claims.mode_collapse_claim(table)
+    assert measured(measures, "FT", "share").mean == 1.0 and measured(measures, "FT", "share").count == 2  # PR 0.9 left out
+    assert measured(measures, "dense", "share").mean == 0.5 and measured(measures, "WT", "share").mean == 0.5
+    assert verdict.verdict == "holds" and "FT above dense and NoPrune" in verdict.why and verdict.run == "ToyGaussians ffjord_l4_h64_sigmoid_da"
+
+    table = mode_collapse_csv(tmp_path / "modes.csv", {"dense": (0, 1), "FilterThresNet": (1, 1), "NoPrune": (1, 1)})
+    assert claims.mode_collapse_claim(table)[1].verdict == "does not hold"  # the control passes as often: extra training
+    table = mode_collapse_csv(tmp_path / "modes.csv", {"dense": (1, 1), "FilterThresNet": (1, 1), "NoPrune": (1, 1)})
+    assert claims.mode_collapse_claim(table)[1].verdict == "does not apply"
+
+
+def flatness_csv(path: Path, models: dict[str, tuple[tuple[float, float], ...]]) -> Path:
+    """A `paper.flatness` table of net 0: per method, per step (1, 2, ...), (λ_max, mean λ_max of
+    the random-subset control); NoPrune rows give λ_max only."""
+    rows = []
+    for method, values in models.items():
+        for step, (lambda_max, subset) in enumerate(values, start=1):
+            rows.append({"run": RUN, "mode": "cascade", "method": method, "net": 0, "step": step, "lambda_max": lambda_max,
+                         "control_lambda_max_mean": subset})
+    path.write_text(rows_to_csv(rows))
+    return path
+
+
+def test_flatness_claim_needs_both_the_random_subset_and_the_control_to_be_sharper(tmp_path):
+    table = flatness_csv(tmp_path / "flat.csv", {"FilterThresNet": ((1.0, 2.0), (1.0, 4.0), (3.0, 2.0)),
+                                                  "ThresNet": ((2.0, 1.0), (2.0, 1.0), (2.0, 1.0)),
+                                                  "NoPrune": ((2.0, ""), (2.0, ""), (2.0, ""))})
+    measures, verdict = claims.flatness_claim(table)
+    assert measured(measures, "FT", "λ_max / random-subset").mean == pytest.approx((0.5 + 0.25 + 1.5) / 3)
+    assert measured(measures, "FT", "λ_max / NoPrune").mean == pytest.approx((0.5 + 0.5 + 1.5) / 3)
+    assert measured(measures, "WT", "λ_max / random-subset").mean == pytest.approx(2.0)
+    assert verdict.verdict == "holds" and "FT: 2 of 3" in verdict.why and "WT: 0 of 3" in verdict.why
+
+    # flatter than its random subsets, but not than the equally trained control: not flatter by pruning
+    table = flatness_csv(tmp_path / "flat.csv", {"FilterThresNet": ((1.0, 2.0), (1.0, 2.0)), "NoPrune": ((0.5, ""), (0.5, ""))})
+    assert claims.flatness_claim(table)[1].verdict == "does not hold"
+    table = flatness_csv(tmp_path / "flat.csv", {"FilterThresNet": ((1.0, 2.0), (3.0, 2.0), (3.0, 2.0)),
+                                                  "NoPrune": ((2.0, ""), (2.0, ""), (2.0, ""))})
+    assert claims.flatness_claim(table)[1].verdict == "inconclusive"  # 1 of 3

@@ -1,6 +1,9 @@
-"""The multilayer perceptron vector fields of the toy models (SPEC §4)."""
+"""The multilayer perceptron vector fields of the toy models (SPEC §4), and the stack of
+time-conditioned layers that the tabular and image flows' fields are."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -37,3 +40,20 @@ class AutonomousField(nn.Module):
         members = list(self.net) if isinstance(self.net, nn.Sequential) else [self.net]
         return [ChainLayer(member, zero_preserving=position + 1 < len(members) and maps_zero_to_zero(members[position + 1]))
                 for position, member in enumerate(members) if isinstance(member, nn.Linear)]
+
+
+class LayerStack(nn.Module):
+    """f(t, z) = L_K(t, σ(L_{K−1}(t, … σ(L_1(t, z))))): time-conditioned layers L_k(t, ·), the
+    activation σ after every layer but the last."""
+
+    def __init__(self, layers: Iterable[nn.Module], activation: nn.Module):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.activation = activation
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            z = layer(t, z)
+            if index < len(self.layers) - 1:
+                z = self.activation(z)
+        return z

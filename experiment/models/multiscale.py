@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from experiment.models.cnf import DensityDynamics, standard_normal_log_prob
+from experiment.models.mlp import LayerStack
 from experiment.models.ode import ODEBlock, SolverOptions, odesolve
 from experiment.models.prunable import ChainLayer
 
@@ -89,20 +90,12 @@ class ConcatConv2d(nn.Module):
         return self.conv(torch.cat([time, x], dim=1))
 
 
-class ConvField(nn.Module):
+class ConvField(LayerStack):
     """f(t, z) on [B, C, H, W]: ConcatConv2d C→64→64→64→C, softplus between layers."""
 
     def __init__(self, channels: int, hidden: int = HIDDEN, num_hidden: int = 3):
-        super().__init__()
         widths = [channels] + [hidden] * num_hidden + [channels]
-        self.layers = nn.ModuleList(ConcatConv2d(a, b) for a, b in zip(widths[:-1], widths[1:]))
-
-    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        for index, layer in enumerate(self.layers):
-            z = layer(t, z)
-            if index < len(self.layers) - 1:
-                z = F.softplus(z)
-        return z
+        super().__init__((ConcatConv2d(a, b) for a, b in zip(widths[:-1], widths[1:])), nn.Softplus())
 
     def prunable_chain(self) -> list[ChainLayer]:
         """The convolutions; each reads the time as input channel 0, the previous filters after it

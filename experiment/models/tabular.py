@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from experiment.models.cnf import CNF
-from experiment.models.mlp import ACTIVATION_MODULES
+from experiment.models.mlp import ACTIVATION_MODULES, LayerStack
 from experiment.models.names import ModelSpec
 from experiment.models.ode import SolverOptions
 from experiment.models.prunable import ChainLayer
@@ -74,21 +74,13 @@ class ConcatSquashLinear(nn.Module):
         return ChainLayer(self.linear, companions=(self.time.gate_weight, self.time.gate_bias, self.time.shift_weight))
 
 
-class ConcatSquashField(nn.Module):
+class ConcatSquashField(LayerStack):
     """f(t, z): concat-squash layers D→H, (NH−1)×(H→H), H→D, the activation after all but the last."""
 
     def __init__(self, dim: int, hidden: int, num_hidden_layers: int, activation: str):
-        super().__init__()
         widths = [dim] + [hidden] * num_hidden_layers + [dim]
-        self.layers = nn.ModuleList(ConcatSquashLinear(width_in, width_out) for width_in, width_out in zip(widths[:-1], widths[1:]))
-        self.activation = ACTIVATION_MODULES[activation]()
-
-    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        for index, layer in enumerate(self.layers):
-            z = layer(t, z)
-            if index < len(self.layers) - 1:
-                z = self.activation(z)
-        return z
+        super().__init__((ConcatSquashLinear(width_in, width_out) for width_in, width_out in zip(widths[:-1], widths[1:])),
+                         ACTIVATION_MODULES[activation]())
 
     def prunable_chain(self) -> list[ChainLayer]:
         """Every layer's main Linear, its time gate as companions."""
