@@ -1,5 +1,5 @@
-"""paper.claims decides each claim from the numbers: metrics rows with known values give the known
-differences, prune potentials and verdicts."""
+"""The claims (`experiment.analysis.claims`, written by `paper.claims`) are decided from the numbers:
+metrics rows with known values give the known differences, prune potentials and verdicts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from conftest import REPO
+from experiment.analysis.claims import Measure, flatness_claim, improvement_claim, mode_collapse_claim, potential_claim
 from experiment.config import load_configs
+from experiment.results import Run
 from experiment.results.tree import rows_to_csv
 from paper import claims
 
@@ -39,34 +41,34 @@ def flow_run(folder: Path, nll: dict[str, tuple[float, ...]]) -> Path:
     return folder
 
 
-def measured(measures: list[claims.Measure], method: str, start: str) -> claims.Measure:
+def measured(measures: list[Measure], method: str, start: str) -> Measure:
     (found,) = [m for m in measures if m.method == method and m.measure.startswith(start)]
     return found
 
 
 def test_pruning_that_beats_dense_and_the_control_holds(tmp_path):
-    run = claims.Run(flow_run(tmp_path / "run", {"dense": (1.20,), "FilterThresNet": (1.15, 1.17, 1.40),
+    run = Run(flow_run(tmp_path / "run", {"dense": (1.20,), "FilterThresNet": (1.15, 1.17, 1.40),
                                                   "ThresNet": (1.25, 1.26, 1.50), "NoPrune": (1.18, 1.18, 1.18)}))
-    measures, verdict = claims.improvement_claim(run)
+    measures, verdict = improvement_claim(run)
     assert measured(measures, "FT", "NLL − dense").mean == pytest.approx(-0.04)  # (1.15 + 1.17) / 2 - 1.20
     assert measured(measures, "FT", "NLL − NoPrune").mean == pytest.approx(-0.02)
     assert measured(measures, "WT", "NLL − dense").mean == pytest.approx(0.055)
     assert measured(measures, "FT", "NLL − dense").count == 2
     assert verdict.verdict == "holds"
 
-    measures, verdict = claims.potential_claim(run)
+    measures, verdict = potential_claim(run)
     assert measured(measures, "FT", "prune potential").mean == pytest.approx(0.5)  # 1.17 <= 1.20 + 0.005 < 1.40
     assert measured(measures, "WT", "prune potential").mean == 0.0
     assert verdict.verdict == "does not hold"
 
 
 def test_pruning_that_only_matches_the_extra_training_does_not_hold(tmp_path):
-    run = claims.Run(flow_run(tmp_path / "run", {"dense": (1.20,), "FilterThresNet": (1.15, 1.17, 1.19),
+    run = Run(flow_run(tmp_path / "run", {"dense": (1.20,), "FilterThresNet": (1.15, 1.17, 1.19),
                                                   "ThresNet": (1.16, 1.16, 1.2), "NoPrune": (1.10, 1.10, 1.10)}))
-    measures, verdict = claims.improvement_claim(run)
+    measures, verdict = improvement_claim(run)
     assert measured(measures, "WT", "NLL − NoPrune").mean == pytest.approx(0.06)
     assert verdict.verdict == "does not hold"
-    _, verdict = claims.potential_claim(run)
+    _, verdict = potential_claim(run)
     assert verdict.verdict == "does not hold"  # PR 0.9 is within δ, but the schedule goes to 0.98
 
 
@@ -103,15 +105,15 @@ def mode_collapse_csv(path: Path, passes: dict[str, tuple[int, ...]]) -> Path:
 def test_mode_collapse_claim_compares_pass_shares_with_dense_and_the_control(tmp_path):
     table = mode_collapse_csv(tmp_path / "modes.csv", {"dense": (0, 1), "FilterThresNet": (1, 1), "ThresNet": (1, 0),
                                                         "NoPrune": (1, 0)})
-    measures, verdict = claims.mode_collapse_claim(table)
+    measures, verdict = mode_collapse_claim(table)
     assert measured(measures, "FT", "share").mean == 1.0 and measured(measures, "FT", "share").count == 2  # PR 0.9 left out
     assert measured(measures, "dense", "share").mean == 0.5 and measured(measures, "WT", "share").mean == 0.5
     assert verdict.verdict == "holds" and "FT above dense and NoPrune" in verdict.why and verdict.run == "ToyGaussians ffjord_l4_h64_sigmoid_da"
 
     table = mode_collapse_csv(tmp_path / "modes.csv", {"dense": (0, 1), "FilterThresNet": (1, 1), "NoPrune": (1, 1)})
-    assert claims.mode_collapse_claim(table)[1].verdict == "does not hold"  # the control passes as often: extra training
+    assert mode_collapse_claim(table)[1].verdict == "does not hold"  # the control passes as often: extra training
     table = mode_collapse_csv(tmp_path / "modes.csv", {"dense": (1, 1), "FilterThresNet": (1, 1), "NoPrune": (1, 1)})
-    assert claims.mode_collapse_claim(table)[1].verdict == "does not apply"
+    assert mode_collapse_claim(table)[1].verdict == "does not apply"
 
 
 def flatness_csv(path: Path, models: dict[str, tuple[tuple[float, float], ...]]) -> Path:
@@ -130,7 +132,7 @@ def test_flatness_claim_needs_both_the_random_subset_and_the_control_to_be_sharp
     table = flatness_csv(tmp_path / "flat.csv", {"FilterThresNet": ((1.0, 2.0), (1.0, 4.0), (3.0, 2.0)),
                                                   "ThresNet": ((2.0, 1.0), (2.0, 1.0), (2.0, 1.0)),
                                                   "NoPrune": ((2.0, ""), (2.0, ""), (2.0, ""))})
-    measures, verdict = claims.flatness_claim(table)
+    measures, verdict = flatness_claim(table)
     assert measured(measures, "FT", "λ_max / random-subset").mean == pytest.approx((0.5 + 0.25 + 1.5) / 3)
     assert measured(measures, "FT", "λ_max / NoPrune").mean == pytest.approx((0.5 + 0.5 + 1.5) / 3)
     assert measured(measures, "WT", "λ_max / random-subset").mean == pytest.approx(2.0)
@@ -138,7 +140,7 @@ def test_flatness_claim_needs_both_the_random_subset_and_the_control_to_be_sharp
 
     # flatter than its random subsets, but not than the equally trained control: not flatter by pruning
     table = flatness_csv(tmp_path / "flat.csv", {"FilterThresNet": ((1.0, 2.0), (1.0, 2.0)), "NoPrune": ((0.5, ""), (0.5, ""))})
-    assert claims.flatness_claim(table)[1].verdict == "does not hold"
+    assert flatness_claim(table)[1].verdict == "does not hold"
     table = flatness_csv(tmp_path / "flat.csv", {"FilterThresNet": ((1.0, 2.0), (3.0, 2.0), (3.0, 2.0)),
                                                   "NoPrune": ((2.0, ""), (2.0, ""), (2.0, ""))})
-    assert claims.flatness_claim(table)[1].verdict == "inconclusive"  # 1 of 3
+    assert flatness_claim(table)[1].verdict == "inconclusive"  # 1 of 3

@@ -6,5 +6,6 @@ inputs, rows and arrays out, no command lines and no figures.
 * `flatness`: those quantities for a run's dense and pruned nets, with the random-subset control;
 * `mode_collapse`: the modes of a 2-D flow's training mixture and how a model's samples cover them;
 * `two_dimensional`: which runs are 2-D toy runs, flow samples and ODE trajectories of their models;
-* `prune_potential`: the sparsest pruned point within δ of the dense nets.
+* `prune_potential`: the sparsest pruned point within δ of the dense nets;
+* `claims`: the paper's claims measured from the runs and the tables above, with verdicts.
 """
