@@ -2,15 +2,22 @@
 (holds / does not hold / inconclusive) and the reason, computed from run folders' metrics.csv and
 from the CSVs that `paper.mode_collapse` and `paper.flatness` write.
 
-    python -m paper.claims RUN_FOLDER [RUN_FOLDER ...] [--mode-collapse CSV ...] [--flatness CSV ...] [--out DIR]
+    python -m paper.claims RUN_FOLDER [RUN_FOLDER ...] [--mode-collapse CSV ...] [--flatness CSV ...] [--out DIR] [--into FILE]
 
 The claims, and how each is decided: `experiment.analysis.claims`. Writes `claims.md` (a row per
 claim and run: its measures, the verdict and why) and `claims.csv` (a row per measure) into --out.
+With `--into FILE` (a markdown file, e.g. paper/README.md) the table also replaces the one between
+the lines `<!-- claims: COMMAND -->` and `<!-- /claims -->` there, COMMAND being this command line,
+so that the file says how its table was made (and a test can make it again).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import re
+import shlex
+import sys
 from pathlib import Path
 
 from experiment.analysis.claims import Measure, Verdict, measure_claims
@@ -34,11 +41,31 @@ def claims_csv(measures: list[Measure], verdicts: list[Verdict]) -> str:
 def claims_markdown(measures: list[Measure], verdicts: list[Verdict]) -> str:
     """One table row per (claim, run): its measures as 'method measure: mean ± std (n)', the verdict, why."""
     rows = [[f"({verdict.claim})", verdict.run,
-             "<br>".join(f"{m.method} {m.measure}: {m.mean:.4f} ± {m.std:.4f} (n = {m.count})"
+             "<br>".join(f"{m.method} {m.measure}: {m.mean:.4f}{f' ± {m.std:.4f}' if math.isfinite(m.std) else ''} (n = {m.count})"
                          for m in measures if (m.claim, m.run) == (verdict.claim, verdict.run)),
              verdict.verdict, verdict.why]
             for verdict in verdicts]
     return "\n".join(markdown_table(["claim", "run", "measured (mean ± std over n)", "verdict", "why"], rows)) + "\n"
+
+
+BLOCK = re.compile(r"(?P<start><!-- claims: (?P<command>[^\n]*?) -->\n).*?(?P<end><!-- /claims -->)", re.DOTALL)
+
+
+def embedded_command(text: str, path: Path) -> list[str]:
+    """The arguments of `python -m paper.claims` in the claims block of markdown `text` (file `path`)."""
+    match = BLOCK.search(text)
+    if match is None:
+        raise SystemExit(f"error: {path} has no block '<!-- claims: COMMAND -->' ... '<!-- /claims -->'")
+    words = shlex.split(match["command"])
+    if words[:3] != ["python", "-m", "paper.claims"]:
+        raise SystemExit(f"error: {path}: the claims block's command is not 'python -m paper.claims ...': {match['command']}")
+    return words[3:]
+
+
+def replace_block(text: str, table: str, command: list[str]) -> str:
+    """`text` with its claims block holding `table`, made by `python -m paper.claims` with arguments `command`."""
+    start = f"<!-- claims: {shlex.join(['python', '-m', 'paper.claims', *command])} -->\n"
+    return BLOCK.sub(lambda match: start + table + match["end"], text, count=1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,12 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode-collapse", nargs="*", default=[], metavar="CSV", help="mode_collapse_<run>.csv files")
     parser.add_argument("--flatness", nargs="*", default=[], metavar="CSV", help="flatness_<run>.csv files")
     parser.add_argument("--out", default=".", help="folder for claims.md and claims.csv (default: .)")
+    parser.add_argument("--into", metavar="FILE", help="markdown file whose claims block gets the table (see above)")
     arguments = parser.parse_intermixed_args(argv)
     measures, verdicts = measure_claims([Run(path) for path in arguments.runs], arguments.mode_collapse, arguments.flatness)
     out = Path(arguments.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "claims.md", claims_markdown(measures, verdicts))
     atomic_write_text(out / "claims.csv", claims_csv(measures, verdicts))
+    if arguments.into:
+        into = Path(arguments.into)
+        text = into.read_text()
+        embedded_command(text, into)  # the block is there
+        atomic_write_text(into, replace_block(text, claims_markdown(measures, verdicts), list(argv if argv is not None else sys.argv[1:])))
     print(claims_markdown(measures, verdicts), end="")
     return 0
 

@@ -19,9 +19,11 @@ STEPS = (0.2, 0.5, 0.9)  # two moderate steps (PR <= 0.8) and one beyond
 
 
 def flow_run(folder: Path, nll: dict[str, tuple[float, ...]]) -> Path:
-    """A run folder of the Gaussians flow config whose nets have the test NLLs `nll`: 'dense' per
-    net, and per method the value at each of STEPS (the same in both nets, plus the net's offset)."""
-    (config,) = load_configs(REPO / "param" / "reproduction" / "flow_gaussians.yaml")
+    """A finished run folder of the Gaussians flow config with the ratios STEPS whose nets have the
+    test NLLs `nll`: 'dense' per net, and per method the value at each of STEPS (the same in both
+    nets, plus the net's offset)."""
+    (config,) = load_configs(REPO / "param" / "reproduction" / "flow_gaussians.yaml",
+                             [f"experiments.spacing=[{{type: manual, values: {[round(1 - ratio, 9) for ratio in STEPS]}}}]"])
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     rows = []
@@ -79,7 +81,8 @@ def test_claims_command_writes_markdown_and_csv(tmp_path):
     table = (tmp_path / "out" / "claims.md").read_text()
     assert "| (a) | ToyGaussians ffjord_l4_h64_sigmoid_da |" in table and "| holds |" in table
     assert "FT NLL − dense, mean over PR ≤ 0.8: -0.0400 ± 0.0000 (n = 2)" in table
-    assert (tmp_path / "out" / "claims.csv").read_text().count("\n") == 1 + 4 + 2
+    assert (tmp_path / "out" / "claims.csv").read_text().count("\n") == 1 + 4 + 4  # (d): dense, FT's potential and NLL there, WT's
+    assert "so far" not in table  # the run has every row of its config
 
 
 RUN = "ToyGaussians_ffjord_l4_h64_sigmoid_da_84d8a919273b"
@@ -144,3 +147,31 @@ def test_flatness_claim_needs_both_the_random_subset_and_the_control_to_be_sharp
     table = flatness_csv(tmp_path / "flat.csv", {"FilterThresNet": ((1.0, 2.0), (3.0, 2.0), (3.0, 2.0)),
                                                   "NoPrune": ((2.0, ""), (2.0, ""), (2.0, ""))})
     assert flatness_claim(table)[1].verdict == "inconclusive"  # 1 of 3
+
+
+def test_the_claims_table_of_paper_readme_is_made_again_from_the_committed_runs(tmp_path, monkeypatch):
+    """paper/README.md's claims block names its command; run on the committed metrics (and analysis
+    tables) it makes the same table, number for number."""
+    readme = REPO / "paper" / "README.md"
+    command = claims.embedded_command(readme.read_text(), readme)
+    assert any("paper/reproduction/" in word for word in command)
+    copy = tmp_path / "README.md"
+    copy.write_text(readme.read_text())
+    without_outputs = [word for index, word in enumerate(command)
+                       if word not in ("--out", "--into") and (index == 0 or command[index - 1] not in ("--out", "--into"))]
+    monkeypatch.chdir(REPO)
+    assert claims.main([*without_outputs, "--out", str(tmp_path), "--into", str(copy)]) == 0
+    made = claims.BLOCK.search(copy.read_text())
+    committed = claims.BLOCK.search(readme.read_text())
+    assert made.group(0).partition("-->\n")[2] == committed.group(0).partition("-->\n")[2]
+    assert "| (d) | ToyMoons node_l2_h64_tanh_da |" in committed.group(0)
+
+
+def test_verdicts_on_an_unfinished_run_say_so(tmp_path):
+    folder = flow_run(tmp_path / "run", {"dense": (1.20,), "FilterThresNet": (1.15, 1.17, 1.40), "ThresNet": (1.25, 1.26, 1.50),
+                                         "NoPrune": (1.18, 1.18, 1.18)})
+    metrics = folder / "metrics.csv"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:-1]))  # net 1's last NoPrune step to go
+    _, verdicts = claims.measure_claims([claims.Run(folder)])
+    assert [verdict.verdict for verdict in verdicts] == ["holds so far", "does not hold so far"]
+    assert all(verdict.why.startswith("run unfinished (19 models, 1 of 8 jobs not done): ") for verdict in verdicts)

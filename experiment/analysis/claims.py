@@ -26,6 +26,7 @@ The claims (the paper's abstract and §5) and how each is decided:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +34,15 @@ from pathlib import Path
 import numpy as np
 
 from experiment.analysis.prune_potential import delta_of, prune_potential
+from experiment.config import load_configs
+from experiment.jobs import jobs_of
+from experiment.plan import make_plan
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import dense_point, main_metric, method_name, pruned_points, quantity_of
 from experiment.results import Run
 from experiment.results.rows import step_prune_ratio
 from experiment.results.tree import read_csv
+from experiment.runner import finished_jobs
 
 MODERATE_MAX_RATIO = 0.8  # the geometric part of the paper's schedule (PR 0.2 .. 0.8)
 FULL_POTENTIAL = 0.975  # an achieved ratio this high is the schedule's last step, PR 0.98
@@ -46,7 +51,8 @@ PRUNING_METHODS = ("FilterThresNet", "ThresNet")
 
 @dataclass(frozen=True)
 class Measure:
-    """One number of a claim row: `mean` ± `std` over `count` nets (or models)."""
+    """One number of a claim row: `mean` ± `std` over `count` nets (or models); `std` is NaN for a
+    number that has no spread (one of the mean curve)."""
 
     claim: str
     run: str
@@ -154,14 +160,21 @@ def potential_claim(run: Run) -> tuple[list[Measure], Verdict]:
     dense = dense_point(run.rows, column, transform)
     lines = pruned_points(run.rows, column, transform)
     delta = delta_of(column)
+    unit = quantity_of(column)[0]
     measures, potentials = [], {}
+    if dense is not None:
+        measures.append(Measure("d", label, "dense", unit, dense.value_mean, dense.value_std, dense.num_nets))
     for (mode, method), points in sorted(lines.items()):
         if method == CONTROL_METHOD or dense is None:
             continue
         best = prune_potential(dense, points, delta)
         potential = best.prune_ratio_mean if best else 0.0
         name = method_name(method)
-        measures.append(Measure("d", label, name, f"prune potential (δ = {delta:g})", potential, 0.0, dense.num_nets))
+        # (a property of the mean curve: no spread over nets)
+        measures.append(Measure("d", label, name, f"prune potential (δ = {delta:g}), mean achieved PR", potential, math.nan,
+                                best.num_nets if best else dense.num_nets))
+        if best is not None:
+            measures.append(Measure("d", label, name, f"{unit} there", best.value_mean, best.value_std, best.num_nets))
         potentials[name] = potential
     if not potentials:
         return measures, Verdict("d", label, "not measured", "no pruned models")
@@ -225,15 +238,34 @@ def flatness_claim(path: Path) -> tuple[list[Measure], Verdict]:
     return measures, Verdict("c", label, "inconclusive", f"models flatter than both controls: {shown}")
 
 
+def unfinished_jobs(run: Run) -> tuple[int, int]:
+    """(jobs with rows missing, all jobs) of the run's config — dense nets and prune chains — the
+    config as the validator resolves it today (one written before a key existed lacks it)."""
+    plan = make_plan(load_configs(run.folder.config_file)[0])
+    jobs = len(jobs_of(plan))
+    return jobs - len(finished_jobs(plan, run.folder)), jobs
+
+
+def so_far(result: tuple[list[Measure], Verdict], run: Run) -> tuple[list[Measure], Verdict]:
+    """A claim of an unfinished run, its verdict marked as one on the rows so far."""
+    measures, verdict = result
+    missing, jobs = unfinished_jobs(run)
+    if not missing:
+        return result
+    return measures, Verdict(verdict.claim, verdict.run, f"{verdict.verdict} so far",
+                             f"run unfinished ({len(run.rows)} models, {missing} of {jobs} jobs not done): {verdict.why}")
+
+
 def measure_claims(runs: Sequence[Run], mode_collapse: Sequence[Path] = (), flatness: Sequence[Path] = ()) -> tuple[list[Measure], list[Verdict]]:
-    """Every claim's measures and verdicts for the given runs and analysis CSVs, in claim order."""
+    """Every claim's measures and verdicts for the given runs and analysis CSVs, in claim order; the
+    verdicts on a run whose jobs are not all finished say so."""
     results = []
     for run in runs:
         if main_metric(run.config["training"]) == "nll":
-            results.append(improvement_claim(run))
+            results.append(so_far(improvement_claim(run), run))
     results += [mode_collapse_claim(Path(path)) for path in mode_collapse]
     results += [flatness_claim(Path(path)) for path in flatness]
-    results += [potential_claim(run) for run in runs]
+    results += [so_far(potential_claim(run), run) for run in runs]
     measures = [measure for found, _ in results for measure in found]
     verdicts = [verdict for _, verdict in results]
     return measures, verdicts
