@@ -13,10 +13,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt
+import matplotlib.style
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from experiment.config import ConfigError, add_overrides_argument, load_configs
@@ -123,20 +122,22 @@ def style() -> Style:
 
 
 def new_figure(rows: int = 1, columns: int = 1, aspect: float = 0.7, wide: bool | None = None, **subplots) -> tuple:
-    """`plt.subplots(rows, columns)` at the style's width, single-column for one panel and
-    double-column for several (or as `wide` says), `aspect` × width high, constrained layout (so the
-    saved file has exactly that width)."""
+    """(figure, axes) of `rows` × `columns` panels at the style's width, single-column for one panel
+    and double-column for several (or as `wide` says), `aspect` × width high, constrained layout (so
+    the saved file has exactly that width). A bare Figure, not pyplot's: no backend, no registry of
+    open figures; saving renders it with the file format's canvas."""
     width = style().double_width if (columns > 1 if wide is None else wide) else style().single_width
-    return plt.subplots(rows, columns, figsize=(width, aspect * width), layout="constrained", **subplots)
+    figure = Figure(figsize=(width, aspect * width), layout="constrained")
+    return figure, figure.subplots(rows, columns, **subplots)
 
 
-def figure_title(figure: plt.Figure, text: str) -> None:
+def figure_title(figure: Figure, text: str) -> None:
     """A descriptive title (run id and all) on screen; none in a paper, where the caption says it."""
     if style().titles:
         figure.suptitle(text)
 
 
-def value_axis(axes: plt.Axes, column: str, values: Sequence[float]) -> None:
+def value_axis(axes: Axes, column: str, values: Sequence[float]) -> None:
     """The axis of a main quantity (`quantity_of`). Error rates in % go on a symlog scale, linear
     from 0 to 1 % and logarithmic above, up to the next tick above the largest of `values`: errors of
     0–4 % stay apart next to a breakdown to 80 % at the highest prune ratio (paper/README.md)."""
@@ -162,8 +163,8 @@ def run_label(run: Run) -> str:
     return f"{network['dataset']}_{network['name']}_{run.path.name}"
 
 
-def save_figure(figure: plt.Figure, folder: Path, name: str) -> list[Path]:
-    """Writes `name`.png and `name`.pdf into `folder` (atomically) and closes the figure."""
+def save_figure(figure: Figure, folder: Path, name: str) -> list[Path]:
+    """Writes `name`.png and `name`.pdf into `folder` (atomically)."""
     paths = []
     for suffix in ("png", "pdf"):
         buffer = io.BytesIO()
@@ -171,7 +172,6 @@ def save_figure(figure: plt.Figure, folder: Path, name: str) -> list[Path]:
         path = folder / f"{name}.{suffix}"
         atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
-    plt.close(figure)
     return paths
 
 

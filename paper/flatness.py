@@ -54,13 +54,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from experiment.analysis.flatness import COLUMNS, FlatnessSettings, analyse_run, placed_ratio
 from experiment.analysis.hessian import density_grid, spectral_density
 from experiment.report import line_label, method_color, prune_ratio_axis
 from experiment.results.tree import rows_to_csv
 from paper.common import (
-    figure_title, find_runs, markdown_table, new_figure, output_folder, parse_arguments, plt, run_label, save_figure,
+    figure_title, find_runs, markdown_table, new_figure, output_folder, parse_arguments, run_label, save_figure,
     save_text,
 )
 
@@ -92,7 +97,7 @@ def _lines(rows: list[dict]) -> dict[str, list[dict]]:
 CONTROL_LABEL = "dense, random subset of same size"
 
 
-def plot_flatness(rows: list[dict], title: str) -> plt.Figure:
+def plot_flatness(rows: list[dict], title: str) -> Figure:
     """λ_max, tr H and κ against prune ratio, one solid line per (mode, method), and beside it, dashed
     in the same colour, its random-subset control (mean ± std over the subsets); one legend below."""
     figure, axes = new_figure(1, 3, aspect=0.36)
@@ -114,22 +119,22 @@ def plot_flatness(rows: list[dict], title: str) -> plt.Figure:
     if any(row["condition_number"] > 0 for row in rows):
         axes[2].set_yscale("log")
     handles, labels = axes[0].get_legend_handles_labels()
-    control = plt.Line2D([], [], color="grey", linestyle="--", linewidth=0.8, marker="x", markersize=3)
+    control = Line2D([], [], color="grey", linestyle="--", linewidth=0.8, marker="x", markersize=3)
     figure.legend(handles + [control], labels + [f"dashed: {CONTROL_LABEL}"], loc="outside lower center",
                   ncol=len(labels) + 1)
     figure_title(figure, title)
     return figure
 
 
-def plot_spectra(rows: list[dict], quadratures: dict[tuple, list], title: str, sigma_fraction: float) -> plt.Figure:
+def plot_spectra(rows: list[dict], quadratures: dict[tuple, list], title: str, sigma_fraction: float) -> Figure:
     """One panel per (mode, method): the densities of the dense net (black) and of every pruned net,
     coloured by prune ratio (`placed_ratio`, colour bar)."""
     lines = _lines(rows)
     figure, axes = new_figure(1, len(lines), aspect=0.36 if len(lines) > 1 else 0.72, squeeze=False, sharey=True)
     everything = [q for parts in quadratures.values() for q in parts]
     grid, sigma = density_grid(everything, sigma_fraction)
-    colours = plt.get_cmap("viridis")
-    norm = plt.Normalize(0.0, 1.0)
+    colours = colormaps["viridis"]
+    norm = Normalize(0.0, 1.0)
     for axis, (name, line) in zip(axes[0], lines.items()):
         for row in line:
             density = spectral_density(quadratures[(row["mode"], row["method"], row["step"])], grid, sigma)
@@ -142,7 +147,7 @@ def plot_spectra(rows: list[dict], quadratures: dict[tuple, list], title: str, s
         axis.grid(alpha=0.3)
     axes[0, 0].set_ylabel("spectral density ρ(λ)")
     axes[0, 0].legend(loc="upper right")
-    figure.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=colours), ax=axes, label="prune ratio (%)",
+    figure.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=axes, label="prune ratio (%)",
                     format=lambda value, _: f"{100 * value:.0f}", shrink=0.9)
     figure_title(figure, f"{title} (Gaussian broadening σ = {sigma:.3g})")
     return figure

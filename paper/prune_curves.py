@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from experiment.report import Point, dense_point, draw_prune_curves, plotted_lines, pruned_points
 from experiment.results import Run
@@ -44,7 +44,7 @@ def points_csv(dense: Point | None, lines: dict[tuple[str, str], list[Point]]) -
     return rows_to_csv([{column: getattr(point, column) for column in CSV_COLUMNS} for point in points], CSV_COLUMNS)
 
 
-def plot_curves(dense: Point | None, lines: dict[tuple[str, str], list[Point]], column: str, title: str) -> plt.Figure:
+def plot_curves(dense: Point | None, lines: dict[tuple[str, str], list[Point]], column: str, title: str) -> Figure:
     """The curves (`draw_prune_curves`) on the value axis of `column` (`value_axis`), `title` on screen only."""
     figure, axes = new_figure(aspect=0.72)
     draw_prune_curves(axes, dense, lines)

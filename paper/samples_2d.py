@@ -29,11 +29,13 @@ import math
 import sys
 from dataclasses import dataclass, field
 
-import matplotlib.pyplot as plt
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.collections import LineCollection
+from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.figure import Figure
 
 from experiment.analysis.two_dimensional import fields_of, sample_flow, trajectories, two_d_family
 from experiment.pruning.rules import CONTROL_METHOD
@@ -44,7 +46,7 @@ from paper.common import (
 )
 
 METRIC_SHORT = {"nll": "NLL", "bits_per_dim": "bits/dim"}
-CLASS_COLOURS = plt.get_cmap("tab10").colors
+CLASS_COLOURS = matplotlib.colormaps["tab10"].colors
 
 
 # ------------------------------------------------------------------------------ which models
@@ -157,7 +159,7 @@ def make_grid(num_rows: int, num_columns: int, colour_bar: bool = False, shared:
     """A grid of square panels without ticks at the style's double-column width (room on the right
     for a colour bar if `colour_bar`), as high as the panels and their two-line titles need; the
     panels show the same window if `shared`."""
-    width, text = style().double_width, plt.rcParams["font.size"] / 72  # inches
+    width, text = style().double_width, matplotlib.rcParams["font.size"] / 72  # inches
     panel = (width - 3 * text - (8 * text if colour_bar else 0)) / num_columns  # less the row labels and colour bar
     title = 5 * text  # two lines of title and their padding
     height = num_rows * (panel + title) + (3 * text if style().titles else 0)  # and the figure's title
@@ -196,7 +198,7 @@ def panels(run: Run, axes, rows, first_column: int = 0):
             yield ax, row
 
 
-def colour_bar(figure: plt.Figure, axes, norm: Normalize, cmap: str, label: str, extend: str = "neither") -> None:
+def colour_bar(figure: Figure, axes, norm: Normalize, cmap: str, label: str, extend: str = "neither") -> None:
     """One colour bar for all `axes`, which share `norm`."""
     figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label=label, shrink=0.8, aspect=30, extend=extend)
 
@@ -249,7 +251,7 @@ def decision_figure(run: Run, selection: Selection, models: ModelCache, resoluti
     rows = grid_rows(selection)
     num_classes = int(run.config["network"]["outputSize"])
     colours = [CLASS_COLOURS[index % 10] for index in range(num_classes)]
-    cmap = plt.matplotlib.colors.ListedColormap(colours)
+    cmap = ListedColormap(colours)
     figure, axes = make_grid(len(rows), len(rows[0][1]))
     predictions: dict[int, np.ndarray] = {}
     for ax, row in panels(run, axes, rows):
@@ -314,7 +316,7 @@ def trajectories_figure(run: Run, selection: Selection, models: ModelCache, num_
             continue
         path = trajectories(models(row), x, num_times).double().numpy()
         segments = np.transpose(path, (1, 0, 2))  # [N, times, 2]
-        lines = plt.matplotlib.collections.LineCollection(segments, colors=colours, linewidths=0.4, alpha=0.5)
+        lines = LineCollection(segments, colors=colours, linewidths=0.4, alpha=0.5)
         ax.add_collection(lines)
         ax.scatter(path[0, :, 0], path[0, :, 1], c=colours, s=2, linewidths=0)
         ax.scatter(path[-1, :, 0], path[-1, :, 1], c=colours, s=8, linewidths=0, edgecolors="k")

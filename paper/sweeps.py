@@ -25,7 +25,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 import numpy as np
 
 from experiment.analysis.prune_potential import delta_of, prune_potential
@@ -178,7 +179,7 @@ def potential_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _panels(count: int, max_columns: int, aspect: float, wide: bool | None = None) -> tuple[plt.Figure, list[plt.Axes]]:
+def _panels(count: int, max_columns: int, aspect: float, wide: bool | None = None) -> tuple[Figure, list[Axes]]:
     """One panel per (dataset, metric), at most `max_columns` side by side, each `aspect` × its
     width high (`new_figure` picks the width: single-column for one panel unless `wide`)."""
     columns = min(count, max_columns)
@@ -189,7 +190,7 @@ def _panels(count: int, max_columns: int, aspect: float, wide: bool | None = Non
     return figure, list(axes.flat[:count])
 
 
-def plot_potential(groups: dict[tuple[str, str], list[SweepRun]], rows: list[dict]) -> plt.Figure:
+def plot_potential(groups: dict[tuple[str, str], list[SweepRun]], rows: list[dict]) -> Figure:
     figure, panels = _panels(len(groups), 3, 1.0)
     for axes, ((dataset, column), entries) in zip(panels, groups.items()):
         mine = [row for row in rows if row["dataset"] == dataset and row["metric"] == column]
@@ -214,7 +215,7 @@ def plot_potential(groups: dict[tuple[str, str], list[SweepRun]], rows: list[dic
     return figure
 
 
-def plot_error_vs_params(groups: dict[tuple[str, str], list[SweepRun]]) -> plt.Figure:
+def plot_error_vs_params(groups: dict[tuple[str, str], list[SweepRun]]) -> Figure:
     figure, panels = _panels(len(groups), 1, 0.35, wide=True)  # room for the legend of many runs beside each panel
     markers = {"FilterThresNet": "o", "ThresNet": "^"}
     styles = {("cascade", "FilterThresNet"): "-", ("cascade", "ThresNet"): "--", ("retrain", "FilterThresNet"): "-.",

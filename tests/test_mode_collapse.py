@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -256,4 +255,3 @@ def test_figure_draws_the_true_mixture_and_the_thresholds(table_rows):
     assert axes[1].get_lines()[-1].get_ydata()[0] == pytest.approx(0.1)  # the TV threshold
     assert axes[2].get_lines()[-1].get_ydata()[0] == 6
     assert list(axes[0].get_lines()[1].get_xdata()) == [0.0, 0.4, 0.6]  # NoPrune at its steps' ratios
-    plt.close(figure)

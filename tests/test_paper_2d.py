@@ -106,7 +106,6 @@ def test_samples_figure_grid(results, one_thread):
     assert axes[0, 0].get_title() == "data (test)"
     assert "PR 49" in axes[0, 2].get_title() and "NLL" in axes[0, 2].get_title()
     assert "PR 50.0%" in axes[1, 2].get_title()
-    samples_2d.plt.close(figure)
 
 
 def test_trajectories_end_where_the_model_maps_the_points(results, one_thread):
