@@ -100,6 +100,7 @@ def make_plan(config: dict) -> Plan:
     experiments = settings.experiments
     ratios = keep_ratios(experiments.spacing)
     methods = experiments.methods if experiments.mode != "train" else ()
+    retrain_iterations = experiments.retrain_iterations
     return Plan(
         config=config,
         settings=settings,
@@ -110,6 +111,6 @@ def make_plan(config: dict) -> Plan:
         repetitions=experiments.num_repetitions,
         methods=methods,
         keep_ratios=tuple(ratios) if methods else (),
-        retrain_steps=len(ratios) if experiments.retrain_iterations == -1 else min(experiments.retrain_iterations, len(ratios)),
+        retrain_steps=len(ratios) if retrain_iterations == -1 else min(retrain_iterations, len(ratios)),
         stop_rule=experiments.stop_rule,
     )

@@ -374,8 +374,8 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
         # A step computed anew (a changed ratio history, a damaged checkpoint) replaces its earlier row.
         if trained.fresh or needs_row(experiment, key):
             evaluated = compact(trained.model, trained.masks).model if method in STRUCTURED_METHODS else trained.model
-            if not record(experiment, trained.model, key, plan.settings.retraining, trained.seconds, trained.epochs, step_prune_ratio,
-                          evaluated=evaluated):
+            if not record(experiment, trained.model, key, plan.settings.retraining, trained.seconds, trained.epochs,
+                          step_prune_ratio, evaluated=evaluated):
                 return
         if experiment.ranks.from_leader(end_of_chain(experiment, method, net, repetition, final=False)):
             return  # (every rank stops with rank 0, which alone reads the rows)
@@ -535,9 +535,10 @@ def report(plan: Plan, run: RunDir, replot: bool = True) -> None:
 
 def record(experiment: Experiment, model: nn.Module, key: ModelKey, schedule: Schedule, train_seconds: float, epochs: int,
            step_prune_ratio: float | None = None, evaluated: nn.Module | None = None) -> bool:
-    """Evaluates `model` on the test set with `schedule` (the one it was trained with last), and on the validation set (the `valid_*` columns, what a
-    stop rule may judge by: experiment.stopping), and upserts its metrics row (experiment/results/rows.py);
-    rank 0's job alone. `evaluated`, if given, is what runs instead: a model with the same outputs
+    """Evaluates `model` with `schedule` (the one it was trained with last: its test batch size, loss,
+    metrics and transforms) on the test set, and on the validation set (the `valid_*` columns, what a
+    stop rule may judge by: experiment.stopping), and upserts its metrics row
+    (experiment/results/rows.py); rank 0's job alone. `evaluated`, if given, is what runs instead: a model with the same outputs
     (`model`'s compact twin), while the sparsity columns count `model` itself. A non-finite loss or
     metric, or a failed solve, makes the row a failed one; False then."""
     if not experiment.ranks.leader:

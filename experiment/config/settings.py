@@ -155,7 +155,7 @@ class Settings:
 
 def settings_of(config: Mapping[str, Any]) -> Settings:
     """The settings of a resolved, validated config (`load_configs`; every key present)."""
-    network, experiments, directories, launcher = (config[key] for key in ("network", "experiments", "directories", "launcher"))
+    network, experiments, launcher = config["network"], config["experiments"], config["launcher"]
     return Settings(
         network=NetworkSettings(name=network["name"], dataset=network["dataset"], output_size=network["outputSize"],
                                 atol=network["tolerances"]["atol"], rtol=network["tolerances"]["rtol"],
@@ -167,7 +167,8 @@ def settings_of(config: Mapping[str, Any]) -> Settings:
             num_repetitions=experiments["numRepetitions"], spacing=tuple(map(_spacing, experiments["spacing"])),
             retrain_iterations=experiments["retrainIterations"], plotting=plotted_keep_ratios_of(experiments),
             stop_rule=None if experiments["stopRule"] is None else StopRule(**experiments["stopRule"])),
-        directories=Directories(results=directories["results"], training_data=directories["training_data"]),
+        directories=Directories(results=config["directories"]["results"],
+                                training_data=config["directories"]["training_data"]),
         seed=config["seed"],
         device=config["device"],
         tf32=config["tf32"],
