@@ -334,7 +334,8 @@ def failure(error_log: Path) -> str:
 def launch(arguments: argparse.Namespace, plans: Sequence[Plan], jobs: Sequence[Job]) -> int:
     """`--launcher`: the array planned, then printed (`--dry-run`) or submitted and summarised (and
     with `--wait` waited for). Raises ConfigError or LaunchError before anything is submitted."""
-    unfinished = JobRunner([plan.config for plan in plans]).unfinished(jobs)
+    configs = [plan.config for plan in plans]
+    unfinished = JobRunner(configs).unfinished(jobs)
     planned = plan_launch(arguments, [plan.settings for plan in plans], jobs, unfinished)
     if arguments.dry_run:
         print_tasks(planned, jobs, unfinished)
