@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from experiment.config import load_configs
+from experiment.config import Schedule, load_configs, settings_of
 from experiment.data.toy import gaussians
 from experiment.models import build_model, count_nfe
 from experiment.pruning.compaction import compact
@@ -49,10 +49,10 @@ CONFIG = Path(__file__).resolve().parents[1] / "param/toy/ffjord/gaussians/l4_h6
 class Subject:
     """One model under test with its own optimizer and masks."""
 
-    def __init__(self, model: nn.Module, masks: Masks, schedule: dict):
+    def __init__(self, model: nn.Module, masks: Masks, schedule: Schedule):
         self.model, self.masks = model, masks
-        self.optimizer = build_optimizer(model.parameters(), schedule["optimizer"], schedule["optimizerKwargs"])
-        self.loss = build_loss(schedule["loss"], schedule["lossKwargs"], 2)
+        self.optimizer = build_optimizer(model.parameters(), schedule.optimizer, schedule.optimizer_kwargs)
+        self.loss = build_loss(schedule.loss, schedule.loss_kwargs, 2)
 
     def evaluation_forward(self, x: torch.Tensor) -> int:
         """A forward solve without gradients with evaluation's trace estimator; its NFE."""
@@ -95,8 +95,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024, help="samples per solve")
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
-    config = load_configs(CONFIG, [])[0]
-    schedule, network = config["training"], config["network"]["name"]
+    settings = settings_of(load_configs(CONFIG, [])[0])
+    schedule, network = settings.training, settings.network.name
     x = torch.tensor(gaussians(arguments.batch, np.random.default_rng(1))[0], dtype=torch.float32)
 
     torch.manual_seed(0)

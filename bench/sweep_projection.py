@@ -50,26 +50,28 @@ def main() -> None:
     arguments = parser.parse_args()
     process.configure(arguments.threads)
 
-    schedule = make_plan(load_configs(arguments.config, [])[0])  # the experiment being projected
-    dense_epochs, retrain_epochs = schedule.config["training"]["numEpochs"], schedule.config["retraining"]["numEpochs"]
+    projected = make_plan(load_configs(arguments.config, [])[0])  # the experiment being projected
+    dense_epochs, retrain_epochs = projected.settings.training.num_epochs, projected.settings.retraining.num_epochs
     with tempfile.TemporaryDirectory() as results:
         config = load_configs(arguments.config, [f"directories.results={results}", "experiments.numNets=1",
                                                  f"training.numEpochs={arguments.dense_epochs}",
                                                  f"retraining.numEpochs={arguments.retrain_epochs}"])[0]
         experiment = prepare(config, progress_bars=False)
-        print(f"{config['network']['name']} on {config['network']['dataset']}, torch {torch.__version__}, "
+        network = experiment.settings.network
+        print(f"{network.name} on {network.dataset}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} thread(s)")
 
         torch.manual_seed(0)
         dense = experiment.new_model()
         started = time.perf_counter()
-        train(dense, config["training"], experiment.data_for("training"), experiment.loss("training"), seed=0,
+        schedule = experiment.settings.training
+        train(dense, schedule, experiment.data_for(schedule), experiment.loss(schedule), seed=0,
               progress_file=experiment.run.progress("dense"), progress_bars=False)
         dense_seconds = (time.perf_counter() - started) * dense_epochs / arguments.dense_epochs
         print(f"dense: {dense_seconds:.0f} s per training ({arguments.dense_epochs} epochs measured, scaled to {dense_epochs})")
 
         per_method = {}
-        for method in schedule.methods:
+        for method in projected.methods:
             seconds_per_epoch = []
             for ratio in arguments.ratios:
                 model = experiment.new_model()
@@ -79,15 +81,15 @@ def main() -> None:
                 retrain(experiment, method, model, masks, f"{method}_{ratio}", seed=0, description=method)
                 seconds_per_epoch.append((time.perf_counter() - started) / arguments.retrain_epochs)
                 print(f"{method} PR {ratio:.2f}: {seconds_per_epoch[-1]:.2f} s per retraining epoch")
-            per_epoch = np.interp(schedule.prune_ratios, arguments.ratios, seconds_per_epoch)
+            per_epoch = np.interp(projected.prune_ratios, arguments.ratios, seconds_per_epoch)
             per_method[method] = float(per_epoch.sum()) * retrain_epochs
 
     per_net = dense_seconds + sum(per_method.values())
-    total = len(schedule.nets) * per_net
+    total = len(projected.nets) * per_net
     print(f"one net: dense {dense_seconds / 3600:.2f} h + " +
           " + ".join(f"{method} chain {seconds / 3600:.2f} h" for method, seconds in per_method.items()) +
-          f" ({len(schedule.prune_ratios)} retrainings of {retrain_epochs} epochs each) = {per_net / 3600:.2f} h")
-    print(f"projected CPU time of the experiment ({len(schedule.nets)} nets): {total / 3600:.1f} h")
+          f" ({len(projected.prune_ratios)} retrainings of {retrain_epochs} epochs each) = {per_net / 3600:.2f} h")
+    print(f"projected CPU time of the experiment ({len(projected.nets)} nets): {total / 3600:.1f} h")
     print(f"projected wall time with --workers {arguments.workers}: {total / arguments.workers / 3600:.1f} h")
 
 

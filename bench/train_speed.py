@@ -31,12 +31,13 @@ def bench(network: str, epochs: int, device: str, results: str) -> dict:
     experiment = prepare(config)
     torch.manual_seed(0)
     model = experiment.new_model()
-    outcome = train(model, config["training"], experiment.data_for("training"), experiment.loss("training"), seed=0,
+    schedule = experiment.settings.training
+    outcome = train(model, schedule, experiment.data_for(schedule), experiment.loss(schedule), seed=0,
                     progress_file=experiment.run.progress("bench"), description=network)
-    iterations = sum(-(-len(experiment.data.x_train) // config["training"]["batchSize"]) for _ in outcome.curve)
+    iterations = sum(-(-len(experiment.data.x_train) // schedule.batch_size) for _ in outcome.curve)
     train_seconds = sum(row["seconds"] for row in outcome.curve)
-    test = evaluate(model, experiment.x_test, experiment.y_test, config["training"]["testBatchSize"],
-                    experiment.loss("training"), config["training"]["metricsTest"], experiment.data.data_dim)
+    test = evaluate(model, experiment.x_test, experiment.y_test, schedule.test_batch_size,
+                    experiment.loss(schedule), schedule.metrics_test, experiment.data.data_dim)
     return {
         "network": network,
         "s/iter": train_seconds / iterations,  # includes the per-epoch validation pass

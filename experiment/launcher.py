@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from experiment.config import ConfigError
+from experiment.config.settings import LauncherSettings, Settings
 from experiment.jobs import Job, Shard
 from experiment.plan import Plan
 from experiment.results.tree import RunDir
@@ -162,49 +163,49 @@ class Launch:
         ])
 
 
-def plan_launch(arguments: argparse.Namespace, configs: Sequence[dict], jobs: Sequence[Job],
+def plan_launch(arguments: argparse.Namespace, settings: Sequence[Settings], jobs: Sequence[Job],
                 unfinished: Sequence[Job]) -> Launch:
-    """The job array for the `jobs` of `configs` (`unfinished` of them left to do), as the configs'
+    """The job array for the `jobs` of the configs of `settings` (`unfinished` of them left to do), as their
     `launcher` section (with the flags' overrides) and `arguments` (--launcher, --workers, --threads,
     --gpus-per-job) ask. Raises ConfigError or LaunchError for a launch that cannot work."""
-    section = common_section(configs, arguments.config)
-    tasks = section["tasks"]
+    section = common_section(settings, arguments.config)
+    tasks = section.tasks
     if tasks is None:  # the jobs that can start at once, but no task without something left to do
         tasks = max(1, min(sum(job.kind == "dense" for job in jobs), len(unfinished)))
     if tasks > len(jobs):
         raise LaunchError(f"launcher.tasks: {tasks} tasks for {len(jobs)} job(s); at most one task per job")
-    needed, why = gpus_required(configs, arguments.workers, arguments.gpus_per_job)
-    gpus = needed if section["gpusPerTask"] is None else section["gpusPerTask"]
+    needed, why = gpus_required(settings, arguments.workers, arguments.gpus_per_job)
+    gpus = needed if section.gpus_per_task is None else section.gpus_per_task
     if gpus < needed:
         raise LaunchError(f"launcher.gpusPerTask: {gpus} GPU(s) per task, but {why} needs {needed}")
-    results = Path(configs[0]["directories"]["results"])
+    results = Path(settings[0].directories.results)
     command = [str(Path(arguments.config).absolute()), *arguments.overrides, *overrides(arguments),
                "--workers", str(arguments.workers), "--threads", str(arguments.threads)]
     if arguments.gpus_per_job is not None:
         command += ["--gpus-per-job", str(arguments.gpus_per_job)]
-    cpus = arguments.workers * arguments.threads if section["cpusPerTask"] is None else section["cpusPerTask"]
+    cpus = arguments.workers * arguments.threads if section.cpus_per_task is None else section.cpus_per_task
     return Launch(
-        cluster=arguments.launcher, command=tuple(command), tasks=tasks, time_min=section["timeMin"],
-        timeout_requeues=section["timeoutRequeues"], gpus=gpus, cpus=cpus, mem_gb=section["memGb"],
-        partition=section["partition"], account=section["account"],
-        array_parallelism=min(section["arrayParallelism"] or tasks, tasks), job_name=section["jobName"],
-        logs=Path(section["logs"] or results / "submitit" / "%j").absolute())
+        cluster=arguments.launcher, command=tuple(command), tasks=tasks, time_min=section.time_min,
+        timeout_requeues=section.timeout_requeues, gpus=gpus, cpus=cpus, mem_gb=section.mem_gb,
+        partition=section.partition, account=section.account,
+        array_parallelism=min(section.array_parallelism or tasks, tasks), job_name=section.job_name,
+        logs=Path(section.logs or results / "submitit" / "%j").absolute())
 
 
-def common_section(configs: Sequence[dict], config_file: str) -> dict:
+def common_section(settings: Sequence[Settings], config_file: str) -> LauncherSettings:
     """The `launcher` section, which all configs of a sweep must share: one command, one array."""
-    for index, config in enumerate(configs[1:], start=2):
-        if config["launcher"] != configs[0]["launcher"]:
-            raise ConfigError(config_file, "launcher", f"experiment {index} of {len(configs)} has another launcher "
+    for index, each in enumerate(settings[1:], start=2):
+        if each.launcher != settings[0].launcher:
+            raise ConfigError(config_file, "launcher", f"experiment {index} of {len(settings)} has another launcher "
                                                        "section than experiment 1; one command submits one job array")
-    return configs[0]["launcher"]
+    return settings[0].launcher
 
 
-def gpus_required(configs: Sequence[dict], workers: int, gpus_per_job: float | None) -> tuple[int, str]:
+def gpus_required(settings: Sequence[Settings], workers: int, gpus_per_job: float | None) -> tuple[int, str]:
     """The fewest GPUs a task can run the configs with, and what needs them: a config's `cuda:N`
     needs N + 1 (`cuda` is cuda:0), `--gpus-per-job` as many as the workers fill; cpu and auto none."""
     needed, why = 0, ""
-    for device in (config["device"] for config in configs if config["device"].startswith("cuda")):
+    for device in (each.device for each in settings if each.device.startswith("cuda")):
         if (torch.device(device).index or 0) + 1 > needed:
             needed, why = (torch.device(device).index or 0) + 1, f"device {device}"
     if gpus_per_job is not None and gpus_needed(workers, gpus_per_job) > needed:
@@ -337,7 +338,7 @@ def launch(arguments: argparse.Namespace, plans: Sequence[Plan], jobs: Sequence[
     Raises ConfigError or LaunchError before anything is submitted."""
     configs = [plan.config for plan in plans]
     unfinished = JobRunner(configs).unfinished(jobs)
-    planned = plan_launch(arguments, configs, jobs, unfinished)
+    planned = plan_launch(arguments, [plan.settings for plan in plans], jobs, unfinished)
     if arguments.dry_run:
         print_tasks(planned, jobs, unfinished)
         return 0

@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from experiment import launcher, process
-from experiment.config import ConfigError, add_overrides_argument, load_configs
+from experiment.config import ConfigError, Settings, add_overrides_argument, load_configs, settings_of
 from experiment.devices import resolve_device
 from experiment.files import DamagedFileError
 from experiment.distributed import SINGLE, Ranks, join, leave, ranks_from_environment
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     plans = [make_plan(config) for config in configs]
     if not arguments.dry_run:
         try:  # (a finished run is only read: a read-only copy of a results tree can be rerun)
-            check_results_folders([plan.config for plan in plans if not is_finished(plan, RunDir(plan.run_folder))])
+            check_results_folders([plan.settings for plan in plans if not is_finished(plan, RunDir(plan.run_folder))])
         except (ValueError, DamagedFileError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ranks = ranks_from_environment()
     try:
-        check_devices(configs, arguments.workers, arguments.gpus_per_job, ranks)
+        check_devices([plan.settings for plan in plans], arguments.workers, arguments.gpus_per_job, ranks)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
@@ -171,28 +171,28 @@ def print_dry_run(plans: list[Plan], jobs: list[Job], selected_shard: Shard | No
         print(job if job.dense is None else f"{job}  (after {job.dense})")
 
 
-def check_devices(configs: list[dict], workers: int, gpus_per_job: float | None, ranks: Ranks) -> None:
+def check_devices(settings: list[Settings], workers: int, gpus_per_job: float | None, ranks: Ranks) -> None:
     """Raises ConfigError for a device that is not there, ValueError for more workers than the GPUs
     hold or for workers under torchrun: before anything is written."""
     if ranks.parallel:
         if workers > 1 or gpus_per_job is not None:
             raise ValueError("under torchrun every rank trains the same model: --workers and --gpus-per-job do not apply")
-        kinds = {resolve_device(config["device"]).type for config in configs}
+        kinds = {resolve_device(each.device).type for each in settings}
         if len(kinds) > 1:
             raise ConfigError("<config>", "device", f"under torchrun all experiments need one kind of device, got {sorted(kinds)}")
     if gpus_per_job is not None and torch.cuda.device_count() == 0 and any(
-            config["device"].startswith("cuda") for config in configs):
+            each.device.startswith("cuda") for each in settings):
         raise ConfigError("<config>", "device", "--gpus-per-job with a cuda device, but no GPU is visible")
-    for config in configs:
-        resolve_device(config["device"])
+    for each in settings:
+        resolve_device(each.device)
     worker_devices(workers, gpus_per_job, torch.cuda.device_count())
 
 
-def check_results_folders(configs: list[dict]) -> None:
+def check_results_folders(settings: list[Settings]) -> None:
     """Raises ValueError naming a results folder (`directories.results`) this process could not
     create or write in, before anything is written: otherwise the first write, deep in a run, fails
     with a traceback. Looks only, creates nothing."""
-    for results in dict.fromkeys(os.path.abspath(config["directories"]["results"]) for config in configs):
+    for results in dict.fromkeys(os.path.abspath(each.directories.results) for each in settings):
         existing = Path(results)
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
@@ -207,7 +207,7 @@ def run_data_parallel(configs: list[dict], jobs: list[Job], selected_shard: Shar
                       arguments: argparse.Namespace, ranks: Ranks) -> int:
     """This rank's part of `jobs` under torchrun: rank 0 as `run_jobs` does, the others following it
     (each on its own GPU, cuda:LOCAL_RANK, when the configs ask for a GPU)."""
-    device = join(ranks, resolve_device(configs[0]["device"]))
+    device = join(ranks, resolve_device(settings_of(configs[0]).device))
     try:
         configs = [{**config, "device": str(device)} for config in configs]
         if ranks.leader:

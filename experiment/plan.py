@@ -4,41 +4,44 @@ metrics rows of a run folder are of the models it asks for (`Plan.wants`)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from experiment.config.settings import RangeSpacing, RelativeSpacing, Settings, Spacing, settings_of
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.results.rows import step_prune_ratio
 from experiment.results.tree import run_folder, run_id
 from experiment.stopping import StopRule
 
 
-def keep_ratios(spacing: list[dict]) -> list[float]:
+def keep_ratios(spacing: Sequence[Spacing]) -> list[float]:
     """The keep ratios of `experiments.spacing`, its entries concatenated in order:
-    geometric → geomspace(maxVal, minVal, numIntervals), linear → linspace(...), manual → values,
-    relative → each of maxSteps steps prunes `ratio` of what the previous keep ratio k left:
+    geometric → geomspace(max_val, min_val, num_intervals), linear → linspace(...), manual → values,
+    relative → each of max_steps steps prunes `ratio` of what the previous keep ratio k left:
     k·(1 − ratio), starting from the last ratio before the entry (1 at first)."""
     ratios: list[float] = []
     for entry in spacing:
-        if entry["type"] == "geometric":
-            ratios += np.geomspace(entry["maxVal"], entry["minVal"], entry["numIntervals"]).tolist()
-        elif entry["type"] == "linear":
-            ratios += np.linspace(entry["maxVal"], entry["minVal"], entry["numIntervals"]).tolist()
-        elif entry["type"] == "relative":
+        if isinstance(entry, RangeSpacing):
+            space = np.geomspace if entry.type == "geometric" else np.linspace
+            ratios += space(entry.max_val, entry.min_val, entry.num_intervals).tolist()
+        elif isinstance(entry, RelativeSpacing):
             start = ratios[-1] if ratios else 1.0
-            ratios += [start * (1.0 - entry["ratio"]) ** step for step in range(1, entry["maxSteps"] + 1)]
+            ratios += [start * (1.0 - entry.ratio) ** step for step in range(1, entry.max_steps + 1)]
         else:
-            ratios += [float(value) for value in entry["values"]]
+            ratios += list(entry.values)
     return ratios
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The work of one resolved config. Prune ratio = 1 − keep ratio."""
+    """The work of one resolved config. Prune ratio = 1 − keep ratio. `config` is the resolved dict
+    (what the run id hashes and config.yaml records), `settings` its typed view."""
 
     config: dict
+    settings: Settings
     run_id: str
     run_folder: Path
     mode: str
@@ -72,17 +75,17 @@ class Plan:
         lines = [
             f"run folder: {self.run_folder}",
             f"run id:     {self.run_id}",
-            f"network:    {self.config['network']['name']} on {self.config['network']['dataset']}",
+            f"network:    {self.settings.network.name} on {self.settings.network.dataset}",
             f"mode:       {self.mode}",
             f"dense nets: {len(self.nets)} (nets {', '.join(map(str, self.nets))}), "
-            f"{self.config['training']['numEpochs']} epochs each",
+            f"{self.settings.training.num_epochs} epochs each",
         ]
         if self.mode != "train" and self.methods:
             ratios = ", ".join(f"{ratio:.3f}" for ratio in self.prune_ratios)
             lines += [
                 f"methods:    {', '.join(self.methods)} x {self.repetitions} repetition(s)",
                 f"prune ratios ({len(self.prune_ratios)}): {ratios}",
-                f"retraining: {self.config['retraining']['numEpochs']} epochs after each of the first "
+                f"retraining: {self.settings.retraining.num_epochs} epochs after each of the first "
                 f"{self.retrain_steps} prune step(s)",
             ]
             if self.stop_rule is not None:
@@ -93,19 +96,21 @@ class Plan:
 
 
 def make_plan(config: dict) -> Plan:
-    experiments = config["experiments"]
-    ratios = keep_ratios(experiments["spacing"])
-    methods = tuple(experiments["methods"]) if experiments["mode"] != "train" else ()
-    retrain_iterations = experiments["retrainIterations"]
+    settings = settings_of(config)
+    experiments = settings.experiments
+    ratios = keep_ratios(experiments.spacing)
+    methods = experiments.methods if experiments.mode != "train" else ()
+    retrain_iterations = experiments.retrain_iterations
     return Plan(
         config=config,
+        settings=settings,
         run_id=run_id(config),
         run_folder=run_folder(config),
-        mode=experiments["mode"],
-        nets=tuple(range(experiments["numNets"])),
-        repetitions=experiments["numRepetitions"],
+        mode=experiments.mode,
+        nets=tuple(range(experiments.num_nets)),
+        repetitions=experiments.num_repetitions,
         methods=methods,
         keep_ratios=tuple(ratios) if methods else (),
         retrain_steps=len(ratios) if retrain_iterations == -1 else min(retrain_iterations, len(ratios)),
-        stop_rule=StopRule.of(config),
+        stop_rule=experiments.stop_rule,
     )

@@ -42,6 +42,7 @@ from filelock import Timeout
 from torch import nn
 
 from experiment import process
+from experiment.config.settings import Schedule, Settings
 from experiment.data.transforms import build_transform
 from experiment.devices import resolve_device
 from experiment.distributed import SINGLE, Ranks
@@ -62,7 +63,7 @@ from experiment.results.tree import RunDir, is_failed, metric_key, model_name
 from experiment.seeds import derive_seed
 from experiment.stopping import ChainDecision, chain_decision
 from experiment.training.evaluate import evaluate
-from experiment.training.losses import build_loss
+from experiment.training.losses import Loss, build_loss
 from experiment.training.loop import TrainData, TrainingFailed, TrainOutcome, train
 
 log = logging.getLogger("experiment")
@@ -85,25 +86,23 @@ class Experiment:
     ranks: Ranks = SINGLE  # the processes training each model together; rank 0 alone writes files
 
     @property
-    def config(self) -> dict:
-        return self.plan.config
+    def settings(self) -> Settings:
+        return self.plan.settings
 
     @property
     def checkpoints(self) -> Checkpoints:
         return Checkpoints(self.run, self.device, self.ranks.leader)
 
     def new_model(self) -> nn.Module:
-        return build_run_model(self.config, self.device)
+        return build_run_model(self.settings.network, self.device)
 
-    def loss(self, section: str):
-        schedule = self.config[section]
-        return build_loss(schedule["loss"], schedule["lossKwargs"], self.data.data_dim)
+    def loss(self, schedule: Schedule) -> Loss:
+        return build_loss(schedule.loss, schedule.loss_kwargs, self.data.data_dim)
 
-    def data_for(self, section: str) -> TrainData:
-        """The data with the per-batch transforms of the `training` or `retraining` section."""
-        schedule = self.config[section]
-        return replace(self.data, train_transform=build_transform(schedule["transformsTrain"] + schedule["transformsFinal"]),
-                       eval_transform=build_transform(schedule["transformsTest"] + schedule["transformsFinal"]))
+    def data_for(self, schedule: Schedule) -> TrainData:
+        """The data with the per-batch transforms of `schedule` (the settings' `training` or `retraining`)."""
+        return replace(self.data, train_transform=build_transform(schedule.transforms_train + schedule.transforms_final),
+                       eval_transform=build_transform(schedule.transforms_test + schedule.transforms_final))
 
 
 def prepare(config: dict, progress_bars: bool = True, ranks: Ranks = SINGLE) -> Experiment:
@@ -111,10 +110,10 @@ def prepare(config: dict, progress_bars: bool = True, ranks: Ranks = SINGLE) -> 
     train/validation split (made by the first process that needs it; of several ranks, by rank 0,
     which prepares before the others)."""
     plan = make_plan(config)
-    device = resolve_device(config["device"])
+    device = resolve_device(plan.settings.device)
     run = RunDir(plan.run_folder)
     run.path.mkdir(parents=True, exist_ok=True)
-    loaded = load_run_data(config, run, make_split=True)
+    loaded = load_run_data(plan.settings, run, make_split=True)
     parts = {name: tuple(tensor.to(device) for tensor in pair) for name, pair in loaded.splits.items()}
     data = TrainData(*parts["train"], *parts["valid"], loaded.dim)
     return Experiment(plan, run, device, data, *parts["test"], progress_bars=progress_bars, ranks=ranks)
@@ -125,8 +124,8 @@ def run_experiment(config: dict) -> RunDir:
     run folder. Other processes may work on the same run meanwhile (see JobRunner). A run with
     nothing left to do is only read: its table printed, nothing written (no request recorded; the plot
     only if it is missing)."""
-    resolve_device(config["device"])  # a missing GPU is a config error, found before anything is written
     plan = make_plan(config)
+    resolve_device(plan.settings.device)  # a missing GPU is a config error, found before anything is written
     if is_finished(plan, RunDir(plan.run_folder)):
         log.info("run %s: %s has nothing left to do", plan.run_id, plan.run_folder)
         report(plan, RunDir(plan.run_folder), replot=False)
@@ -285,7 +284,7 @@ def stop_decision(plan: Plan, rows: list[dict], method: str, net: int, repetitio
     if rule is None or not rule.applies_to(method):
         return None
     dense_row = next((row for row in rows if row["method"] == "dense" and row["net"] == net and not is_failed(row)), None)
-    return chain_decision(rule, chain_rows(plan, rows, method, net, repetition), dense_row, main_metric(plan.config["retraining"]), len(plan.keep_ratios))
+    return chain_decision(rule, chain_rows(plan, rows, method, net, repetition), dense_row, main_metric(plan.settings.retraining), len(plan.keep_ratios))
 
 
 def run_job(experiment: Experiment, job: Job) -> None:
@@ -293,7 +292,7 @@ def run_job(experiment: Experiment, job: Job) -> None:
     its dense net. The chain takes its dense net under the dense job's lock (rank 0; the other ranks
     follow it), since a damaged dense checkpoint is trained again then, and this process writes its
     files; a dense job is never held while waiting for a chain, so this cannot deadlock."""
-    process.set_tf32(experiment.config["tf32"])  # every rank, worker and main process trains through here
+    process.set_tf32(experiment.settings.tf32)  # every rank, worker and main process trains through here
     if job.kind == "dense":
         train_dense(experiment, job.net)
         return
@@ -316,19 +315,19 @@ def train_dense(experiment: Experiment, net: int) -> nn.Module | None:
     if trained is None:
         return None
     if needs_row(experiment, key):
-        record(experiment, trained.model, key, "training", trained.seconds, trained.epochs)
+        record(experiment, trained.model, key, experiment.settings.training, trained.seconds, trained.epochs)
     return trained.model
 
 
 def initialise_and_train(experiment: Experiment, key: ModelKey) -> Training | None:
     """A dense net initialised from its seed and trained with the `training` schedule, resuming from
     its progress file; None if training fails (its failed row says why)."""
-    run, seed, name = experiment.run, experiment.config["seed"], key.name
+    run, seed, name, schedule = experiment.run, experiment.settings.seed, key.name, experiment.settings.training
     torch.manual_seed(derive_seed(seed, "init", key.net))
     model = experiment.new_model()
     log.info("training %s", name)
     try:
-        outcome = train(model, experiment.config["training"], experiment.data_for("training"), experiment.loss("training"),
+        outcome = train(model, schedule, experiment.data_for(schedule), experiment.loss(schedule),
                         seed=derive_seed(seed, "train", key.net), progress_file=run.progress(name), description=name,
                         progress_bars=experiment.progress_bars, ranks=experiment.ranks, curve_file=run.curve(name))
     except TrainingFailed as failure:
@@ -375,8 +374,8 @@ def prune_chain(experiment: Experiment, method: str, net: int, repetition: int, 
         # A step computed anew (a changed ratio history, a damaged checkpoint) replaces its earlier row.
         if trained.fresh or needs_row(experiment, key):
             evaluated = compact(trained.model, trained.masks).model if method in STRUCTURED_METHODS else trained.model
-            if not record(experiment, trained.model, key, "retraining", trained.seconds, trained.epochs, step_prune_ratio,
-                          evaluated=evaluated):
+            if not record(experiment, trained.model, key, plan.settings.retraining, trained.seconds, trained.epochs,
+                          step_prune_ratio, evaluated=evaluated):
                 return
         if experiment.ranks.from_leader(end_of_chain(experiment, method, net, repetition, final=False)):
             return  # (every rank stops with rank 0, which alone reads the rows)
@@ -427,7 +426,7 @@ def prune_and_retrain(experiment: Experiment, key: ModelKey, step_prune_ratio: f
     """Prune step `key` of a chain computed: a copy of `start` (under `start_masks`) pruned to the
     step's target, then retrained if the step is one of the plan's first `retrain_steps`; its
     checkpoint records the keep ratios so far, `history`. None if retraining fails (its row says why)."""
-    plan, seed, name = experiment.plan, experiment.config["seed"], key.name
+    plan, seed, name = experiment.plan, experiment.settings.seed, key.name
     model = experiment.new_model()
     model.load_state_dict(start.state_dict())
     masks = prune(model, key.method, key.target_prune_ratio, start_masks)
@@ -484,7 +483,8 @@ def retrain(experiment: Experiment, method: str, model: nn.Module, masks: Masks,
     if method in STRUCTURED_METHODS and not run.progress(progress).exists():
         compacted = compact(model, masks)
         trained, trained_masks, progress = compacted.model, compacted.masks, f"{progress}_compact"
-    outcome = train(trained, experiment.config["retraining"], experiment.data_for("retraining"), experiment.loss("retraining"),
+    schedule = experiment.settings.retraining
+    outcome = train(trained, schedule, experiment.data_for(schedule), experiment.loss(schedule),
                     seed=seed, progress_file=run.progress(progress), masks=trained_masks, description=description,
                     progress_bars=experiment.progress_bars, ranks=experiment.ranks,
                     curve_file=None if curve is None else run.curve(curve))
@@ -513,12 +513,12 @@ def report(plan: Plan, run: RunDir, replot: bool = True) -> None:
     (`quantity_of`: top-k error in %, NLL, bits/dim; failed models left out, and listed below)
     and plots it into the run folder (under report.lock, which also clears a killed plot's leftover
     temporary file); with `replot=False` (a finished run, only read) only if the plot is missing."""
-    metric = main_metric(plan.config["training"])
+    metric = main_metric(plan.settings.training)
     label, transform = quantity_of(metric)  # what the paper/ figures show: top-k error in %, NLL, bits/dim
     rows = [row for row in plan.planned_rows(run.read_metrics()) if not is_failed(row)]
     dense, lines = dense_point(rows, metric, transform), pruned_points(rows, metric, transform)
     selected = selected_points(rows, metric, transform) if plan.stop_rule is not None else {}
-    title = f"{plan.config['network']['name']} on {plan.config['network']['dataset']}"
+    title = f"{plan.settings.network.name} on {plan.settings.network.dataset}"
     print(f"\n{title} ({run.path}), {label}, mean ± std over nets:")
     if dense is not None or lines:
         print(format_table(dense, lines, label))
@@ -528,30 +528,31 @@ def report(plan: Plan, run: RunDir, replot: bool = True) -> None:
         if replot or not path.exists():
             with run.lock("report"):
                 remove_temporaries(run.path, lambda name: name == path.name)
-                plot_prune_curve(dense, plotted_lines(plan.config["experiments"], lines), label, title, path, selected)
+                plot_prune_curve(dense, plotted_lines(plan.settings.experiments.plotting, lines), label, title, path, selected)
     for failure in failures(plan, run):
         print(f"FAILED {failure}")
 
 
-def record(experiment: Experiment, model: nn.Module, key: ModelKey, section: str, train_seconds: float, epochs: int,
+def record(experiment: Experiment, model: nn.Module, key: ModelKey, schedule: Schedule, train_seconds: float, epochs: int,
            step_prune_ratio: float | None = None, evaluated: nn.Module | None = None) -> bool:
-    """Evaluates `model` on the test set, and on the validation set (the `valid_*` columns, what a
-    stop rule may judge by: experiment.stopping), and upserts its metrics row (experiment/results/rows.py);
-    rank 0's job alone. `evaluated`, if given, is what runs instead: a model with the same outputs
+    """Evaluates `model` with `schedule` (the one it was trained with last: its test batch size, loss,
+    metrics and transforms) on the test set, and on the validation set (the `valid_*` columns, what a
+    stop rule may judge by: experiment.stopping), and upserts its metrics row
+    (experiment/results/rows.py); rank 0's job alone. `evaluated`, if given, is what runs instead: a model with the same outputs
     (`model`'s compact twin), while the sparsity columns count `model` itself. A non-finite loss or
     metric, or a failed solve, makes the row a failed one; False then."""
     if not experiment.ranks.leader:
         return True
-    schedule, seed = experiment.config[section], experiment.config["seed"]
+    seed = experiment.settings.seed
     measured = model if evaluated is None else evaluated
-    data = experiment.data_for(section)
+    data = experiment.data_for(schedule)
     try:
         torch.manual_seed(derive_seed(seed, "test", *key.seed_path()))
-        test = evaluate(measured, experiment.x_test, experiment.y_test, schedule["testBatchSize"], experiment.loss(section),
-                        schedule["metricsTest"], data.data_dim, data.eval_transform)
+        test = evaluate(measured, experiment.x_test, experiment.y_test, schedule.test_batch_size, experiment.loss(schedule),
+                        schedule.metrics_test, data.data_dim, data.eval_transform)
         torch.manual_seed(derive_seed(seed, "valid", *key.seed_path()))
-        valid = evaluate(measured, data.x_valid, data.y_valid, schedule["testBatchSize"], experiment.loss(section),
-                         schedule["metricsTest"], data.data_dim, data.eval_transform)
+        valid = evaluate(measured, data.x_valid, data.y_valid, schedule.test_batch_size, experiment.loss(schedule),
+                         schedule.metrics_test, data.data_dim, data.eval_transform)
     except SolverError as error:
         record_failure(experiment, key, step_prune_ratio, f"evaluation: solver failed: {error}")
         return False

@@ -30,11 +30,6 @@ class StopRule:
     measure: str = "loss"
     patience: int = 0
 
-    @classmethod
-    def of(cls, config: dict) -> "StopRule | None":
-        rule = config["experiments"]["stopRule"]
-        return None if rule is None else cls(**rule)
-
     def applies_to(self, method: str) -> bool:
         """The NoPrune control always runs its whole chain: it measures the extra training at every step."""
         return method != CONTROL_METHOD

@@ -23,6 +23,7 @@ from multiprocessing.connection import wait
 import torch
 
 from experiment import process
+from experiment.config import settings_of
 from experiment.jobs import Job
 from experiment.runner import JobRunner
 
@@ -84,6 +85,6 @@ def work(worker: int, configs: list[dict], jobs: list[Job], threads: int, device
     process.configure(threads)
     logging.basicConfig(level=logging.INFO, format=f"worker {worker}: %(message)s", stream=sys.stdout, force=True)
     if device is not None:
-        configs = [config if config["device"] == "cpu" else {**config, "device": device} for config in configs]
+        configs = [config if settings_of(config).device == "cpu" else {**config, "device": device} for config in configs]
     log.info("pid %d, device %s, %d thread(s)", os.getpid(), device or "as configured", threads)
     JobRunner(configs, progress_bars=False).run(jobs)

@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiment.config import load_configs
+from experiment.config import Schedule, load_configs, settings_of
 from experiment.data.toy import gaussians
 from experiment.models import build_model, count_nfe
 from experiment.models.multiscale import MultiscaleCNF
@@ -230,8 +231,11 @@ def toy_classes(dtype: torch.dtype) -> TrainData:
     return TrainData(x[:512], y[:512], x[512:], y[512:], 2)
 
 
-SCHEDULE = dict(optimizer="AdamW", optimizerKwargs={"lr": 5e-3, "weight_decay": 1e-5}, lrSchedulers=[], startEpoch=0,
-                numEpochs=2, earlyStopEpoch=None, batchSize=128, testBatchSize=512)
+def twin_schedule() -> Schedule:
+    """NODE_BASE's training schedule with the optimizer, epochs and batch sizes of this comparison."""
+    return replace(settings_of(load_configs(NODE_BASE)[0]).training, optimizer="AdamW",
+                   optimizer_kwargs={"lr": 5e-3, "weight_decay": 1e-5}, lr_schedulers=(), start_epoch=0, num_epochs=2,
+                   early_stop_epoch=None, batch_size=128, test_batch_size=512)
 
 
 @pytest.mark.parametrize("name, loss, make_data", [
@@ -246,10 +250,10 @@ def test_training_the_twin_follows_the_masked_training(name, loss, make_data, tm
     model = build_model(name, 2)
     masks = prune(model, "FilterThresNet", 0.8, {})
     compacted = compact(model, masks)
-    data, loss_fn = make_data(torch.float32), build_loss(loss, {}, 2)
-    masked = train(model, SCHEDULE, data, loss_fn, seed=3, progress_file=tmp_path / "masked.pt", masks=masks,
+    data, loss_fn, schedule = make_data(torch.float32), build_loss(loss, {}, 2), twin_schedule()
+    masked = train(model, schedule, data, loss_fn, seed=3, progress_file=tmp_path / "masked.pt", masks=masks,
                    progress_bars=False)
-    twin = train(compacted.model, SCHEDULE, data, loss_fn, seed=3, progress_file=tmp_path / "twin.pt",
+    twin = train(compacted.model, schedule, data, loss_fn, seed=3, progress_file=tmp_path / "twin.pt",
                  masks=compacted.masks, progress_bars=False)
     assert len(twin.curve) == len(masked.curve) == 2
     for epoch_twin, epoch_masked in zip(twin.curve, masked.curve):
@@ -278,11 +282,11 @@ def write_node_config(folder: Path, retraining: dict) -> Path:
 def test_retrain_uses_the_twin_and_resumes_a_masked_retraining_begun_before_compaction(tmp_path):
     config = load_configs(write_node_config(tmp_path, {"numEpochs": 2, "batchSize": 256}))[0]
     experiment = prepare(config, progress_bars=False)
-    schedule = config["retraining"]
+    schedule = experiment.settings.retraining
     torch.manual_seed(0)
     model = experiment.new_model()
     masks = prune(model, "FilterThresNet", 0.6, {})
-    data, loss = experiment.data_for("retraining"), experiment.loss("retraining")
+    data, loss = experiment.data_for(schedule), experiment.loss(schedule)
 
     # no progress file: the twin trains, under its own progress name, and comes back in the full layout
     fresh = copy.deepcopy(model)
@@ -293,7 +297,7 @@ def test_retrain_uses_the_twin_and_resumes_a_masked_retraining_begun_before_comp
 
     # a masked retraining interrupted after epoch 1, with the progress name of before compaction
     masked = copy.deepcopy(model)
-    train(masked, {**schedule, "numEpochs": 1}, data, loss, seed=5, progress_file=experiment.run.progress("old"),
+    train(masked, replace(schedule, num_epochs=1), data, loss, seed=5, progress_file=experiment.run.progress("old"),
           masks=masks, progress_bars=False)
     first_epoch = load_weights(experiment.run.progress("old"))["curve"]
     resumed = copy.deepcopy(model)

@@ -6,6 +6,7 @@ import copy
 import json
 import pickle
 import time
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -13,9 +14,12 @@ import pytest
 import yaml
 
 from conftest import REPO
-from experiment.config import ConfigError, load_configs
+from experiment.config import ConfigError, load_configs, recorded_settings, settings_of
 from experiment.config.schema import IGNORED_ORIGINAL_KEYS, UNSUPPORTED_ORIGINAL_KEYS, format_key_path
+from experiment.config.settings import (LRSchedulerSpec, ManualSpacing, NetworkSettings, PlottedKeepRatios, RangeSpacing,
+                                       RelativeSpacing)
 from experiment.main import main
+from experiment.stopping import StopRule
 from experiment.results import run_folder, run_id
 
 VALID: dict[str, Any] = {
@@ -119,6 +123,39 @@ def test_retraining_inherits_training_and_replaces_given_keys(tmp_path: Path) ->
     assert retraining["optimizer"] == "Adam" and retraining["metricsTest"] == training["metricsTest"]
     assert retraining["lrSchedulers"] == training["lrSchedulers"]
     assert retraining["lrSchedulers"] is not training["lrSchedulers"]
+
+
+def test_settings_are_the_resolved_config_typed(tmp_path: Path) -> None:
+    config = load_one(write(tmp_path, "main.yaml", config_with({
+        "retraining": {"numEpochs": 30}, "experiments.stopRule": {"tolerance": 0.5},
+        "experiments.spacing": [ratio_range("linear", 0.8, 0.2), {"type": "manual", "values": [0.1]},
+                                {"type": "relative", "ratio": 0.5, "maxSteps": 2}]})))
+    settings = settings_of(config)
+    assert settings.network == NetworkSettings(name="node_l2_h64_tanh_da", dataset="ToyMoons", output_size=2,
+                                               atol=None, rtol=None, max_steps=config["network"]["maxSteps"])
+    assert (settings.training.num_epochs, settings.retraining.num_epochs) == (50, 30)
+    assert settings.training.test_batch_size == 128 and settings.training.optimizer_kwargs == {"lr": 0.01, "weight_decay": 1.0e-4}
+    assert settings.training.lr_schedulers == (LRSchedulerSpec("MultiStepLR", {"gamma": 0.1}, {"milestones": [40, 45]}),)
+    assert settings.experiments.spacing == (RangeSpacing("linear", 2, 0.8, 0.2), ManualSpacing((0.1,)), RelativeSpacing(0.5, 2))
+    assert settings.experiments.stop_rule == StopRule(tolerance=0.5)
+    assert settings.experiments.plotting == PlottedKeepRatios(min_val=0.02, max_val=0.85)
+    assert (settings.seed, settings.device, settings.tf32, settings.directories.results) == (0, "auto", False, "./data/results")
+    with pytest.raises(FrozenInstanceError):
+        settings.training.num_epochs = 1  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(settings)) == settings  # settings travel to worker processes with their plans
+
+
+def test_recorded_settings_fill_keys_added_since_and_name_the_file(tmp_path: Path) -> None:
+    """A run's config.yaml from before a key existed reads with the key's default; a bad value names the file."""
+    recorded = load_one(write(tmp_path, "main.yaml", VALID))
+    del recorded["network"]["maxSteps"], recorded["tf32"]
+    settings = recorded_settings(recorded, "run/config.yaml")
+    assert settings.network.max_steps == settings_of(load_one(tmp_path / "main.yaml")).network.max_steps
+    assert settings.tf32 is False
+    recorded["training"]["batchSize"] = 0
+    with pytest.raises(ConfigError) as error:
+        recorded_settings(recorded, "run/config.yaml")
+    assert (error.value.file, error.value.key) == ("run/config.yaml", "training.batchSize")
 
 
 def test_include_inside_a_section_resolves_relative_to_including_file(tmp_path: Path) -> None:

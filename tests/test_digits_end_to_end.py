@@ -44,9 +44,9 @@ def test_digits_flow_trains_prunes_and_lowers_bits_per_dim(tmp_path):
     dense_row = table.where(method="dense")
     for model, expected in ((trained, dense_row.column("bits_per_dim")[0]), (initial, None)):
         torch.manual_seed(derive_seed(config["seed"], "test", "train", "dense", 0, 0, 0, 0.0))
-        result = evaluate(model, experiment.x_test, experiment.y_test, 200, experiment.loss("training"),
-                          config["training"]["metricsTest"], experiment.data.data_dim,
-                          experiment.data_for("training").eval_transform)
+        schedule = experiment.settings.training
+        result = evaluate(model, experiment.x_test, experiment.y_test, 200, experiment.loss(schedule),
+                          schedule.metrics_test, experiment.data.data_dim, experiment.data_for(schedule).eval_transform)
         if expected is not None:
             assert abs(result.metrics["bits_per_dim"] - expected) < 1e-4  # the stored row is reproducible
         else:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import describe, file_states, run_cli, run_folders, tiny_config, write_yaml
-from experiment.config import ConfigError, load_configs
+from experiment.config import ConfigError, load_configs, settings_of
 from experiment.models import SolverError, build_model
 from experiment.results import Run, load_results, run_id
 from experiment.runner import MODELS_FAILED
@@ -56,7 +56,7 @@ def test_training_that_stiffens_the_field_fails_at_the_step_cap_instead_of_hangi
     model = build_model("node_l2_h16_tanh_da", 2, max_steps=200)
     loss = build_loss(config["training"]["loss"], config["training"]["lossKwargs"], 2)
     with pytest.raises(TrainingFailed, match=r"^epoch 0: solver failed: dopri5: more than 200 steps") as failure:
-        train(model, config["training"], TrainData(x[:512], y[:512], x[512:], y[512:], 2), loss, seed=0,
+        train(model, settings_of(config).training, TrainData(x[:512], y[:512], x[512:], y[512:], 2), loss, seed=0,
               progress_file=tmp_path / "progress.pt", progress_bars=False)
     assert failure.value.epoch == 0 and not (tmp_path / "progress.pt").exists()
 

@@ -59,8 +59,9 @@ def retrain_step(folder: Path, start: str, step: int, tmp_path: Path) -> dict[st
     model = experiment.new_model()
     model.load_state_dict(load_weights(folder / "checkpoints" / f"{start}.pt")["model"])
     key = dict(mode=experiment.plan.mode, method="NoPrune", net=0, repetition=0, step=step, target_prune_ratio=0.0)
-    train(model, experiment.config["retraining"], experiment.data_for("retraining"), experiment.loss("retraining"),
-          seed=derive_seed(experiment.config["seed"], "retrain", *key.values()), progress_file=tmp_path / "progress.pt")
+    schedule = experiment.settings.retraining
+    train(model, schedule, experiment.data_for(schedule), experiment.loss(schedule),
+          seed=derive_seed(experiment.settings.seed, "retrain", *key.values()), progress_file=tmp_path / "progress.pt")
     return model.state_dict()
 
 

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from conftest import (
     PARAM, REPO, TINY_NETWORK, cli_command, cli_env, describe, file_states, load_weights, run_cli, the_run_folder,
     tiny_config, write_yaml,
 )
-from experiment.config import load_configs
+from experiment.config import load_configs, settings_of
 from experiment.data import load_dataset
 from experiment.main import main
 from experiment.models import build_model
@@ -239,7 +240,7 @@ def test_the_curve_file_grows_every_epoch_and_a_resume_rewrites_it(tmp_path, mon
     y = (x[:, 0] * x[:, 1] > 0).long()
     data = TrainData(x[:256], y[:256], x[256:], y[256:], 2)
     loss = build_loss(config["training"]["loss"], config["training"]["lossKwargs"], 2)
-    schedule = {**config["training"], "numEpochs": 4}
+    schedule = replace(settings_of(config).training, num_epochs=4)
     curve_file = tmp_path / "curves" / "net.csv"
     seen = []  # the curve file's epochs whenever a progress file is saved
 
@@ -253,7 +254,7 @@ def test_the_curve_file_grows_every_epoch_and_a_resume_rewrites_it(tmp_path, mon
     def run(name: str, num_epochs: int) -> list[dict]:
         torch.manual_seed(1)
         model = build_model(TINY_NETWORK, 2)
-        return train(model, {**schedule, "numEpochs": num_epochs}, data, loss, seed=3, progress_file=tmp_path / name,
+        return train(model, replace(schedule, num_epochs=num_epochs), data, loss, seed=3, progress_file=tmp_path / name,
                      progress_bars=False, curve_file=curve_file).curve
 
     curve_file.parent.mkdir()

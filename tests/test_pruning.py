@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from experiment.config import load_configs
+from experiment.config import load_configs, settings_of
 from experiment.models import build_model
 from experiment.pruning.layers import input_offset, prunable_chains
 from experiment.pruning.liveness import remove_dead
@@ -353,9 +354,8 @@ def tiny_data(seed: int = 0) -> TrainData:
 
 @pytest.mark.parametrize("method", ["ThresNet", "FilterThresNet"])
 def test_training_keeps_masked_entries_zero(method, tmp_path):
-    schedule = copy.deepcopy(load_configs(NODE_BASE)[0]["retraining"])
-    schedule.update(numEpochs=2, batchSize=32, testBatchSize=64, optimizer="Adam",
-                    optimizerKwargs={"lr": 0.05, "weight_decay": 1e-4})
+    schedule = replace(settings_of(load_configs(NODE_BASE)[0]).retraining, num_epochs=2, batch_size=32,
+                       test_batch_size=64, optimizer="Adam", optimizer_kwargs={"lr": 0.05, "weight_decay": 1e-4})
     model = new_model("node_l2_h16_tanh_da", seed=9)
     masks = prune(model, method, 0.6, {})
     assert any((mask == 0).any() for mask in masks.values())

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from experiment.config import load_configs
+from experiment.config.settings import PlottedKeepRatios
 from experiment.plan import make_plan
 from conftest import tiny_config
 from experiment.report import dense_point, format_table, plotted_lines, plotted_prune_ratios, pruned_points, quantity_of
@@ -82,9 +83,9 @@ def test_a_classifiers_end_of_run_table_shows_top1_error_in_percent(tmp_path, ca
 
 def test_plotting_bounds_keep_ratios_of_the_figures():
     """`experiments.plotting` bounds keep ratios, like `spacing`: keep 0.02 … 0.85 shows prune ratios 15 % … 98 %."""
-    experiments = {"plotting": {"minVal": 0.02, "maxVal": 0.85}}
-    assert plotted_prune_ratios(experiments) == pytest.approx((0.15, 0.98))
+    plotting = PlottedKeepRatios(min_val=0.02, max_val=0.85)
+    assert plotted_prune_ratios(plotting) == pytest.approx((0.15, 0.98))
     rows = [row("cascade", "ThresNet", 0, step, target, 1.0) for step, target in enumerate([0.1, 0.15, 0.5, 0.98, 0.99], 1)]
-    lines = plotted_lines(experiments, pruned_points(rows, "nll"))
+    lines = plotted_lines(plotting, pruned_points(rows, "nll"))
     assert [point.target_prune_ratio for point in lines[("cascade", "ThresNet")]] == [0.15, 0.5, 0.98]
-    assert plotted_lines({"plotting": {"minVal": 0.6, "maxVal": 0.7}}, pruned_points(rows, "nll")) == {}  # PR 30–40 %
+    assert plotted_lines(PlottedKeepRatios(min_val=0.6, max_val=0.7), pruned_points(rows, "nll")) == {}  # PR 30–40 %

@@ -1,4 +1,4 @@
-"""A run's model and data rebuilt from its config: the one recipe for both the runner, which trains
+"""A run's model and data rebuilt from its settings: the one recipe for both the runner, which trains
 the run and writes its folder, and `Run` (experiment/results/run.py), which reads it back, so that a
 reader gets the very model and data splits the run's models were trained and measured with."""
 
@@ -11,17 +11,15 @@ from torch import nn
 
 from experiment.data import load_dataset
 from experiment.data.splits import split_tensors, train_valid_indices
-from experiment.models import DEFAULT_MAX_STEPS, build_model
+from experiment.config.settings import NetworkSettings, Settings
+from experiment.models import build_model
 from experiment.results.tree import RunDir, read_split
 from experiment.seeds import derive_seed
 
 
-def build_run_model(config: dict, device: str | torch.device) -> nn.Module:
-    """A new (untrained) model of the run's `network` section, on `device`."""
-    network = config["network"]
-    tolerances = network["tolerances"]
-    return build_model(network["name"], network["outputSize"], tolerances["atol"], tolerances["rtol"],
-                       network.get("maxSteps", DEFAULT_MAX_STEPS)).to(device)  # (runs made before the key lack it)
+def build_run_model(network: NetworkSettings, device: str | torch.device) -> nn.Module:
+    """A new (untrained) model of the run's `network` settings, on `device`."""
+    return build_model(network.name, network.output_size, network.atol, network.rtol, network.max_steps).to(device)
 
 
 @dataclass(frozen=True)
@@ -32,13 +30,13 @@ class RunData:
     dim: int  # D, the data dimension
 
 
-def load_run_data(config: dict, run: RunDir, *, make_split: bool = False) -> RunData:
+def load_run_data(settings: Settings, run: RunDir, *, make_split: bool = False) -> RunData:
     """The run's dataset split as its models were trained: a dataset without a validation set of its
     own is split by the run folder's persisted data_split.npz. With `make_split` (the runner) the
-    split file is made from the config's seed on first use, under its lock; without (a reader, which
+    split file is made from the settings' seed on first use, under its lock; without (a reader, which
     never writes), it must be there."""
-    seed = config["seed"]
-    splits = load_dataset(config["network"]["dataset"], config["directories"]["training_data"], derive_seed(seed, "data"))
+    seed = settings.seed
+    splits = load_dataset(settings.network.dataset, settings.directories.training_data, derive_seed(seed, "data"))
     indices = None
     if splits.valid is None:
         num_train = len(splits.train)

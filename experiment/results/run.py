@@ -3,11 +3,13 @@ trained models and the exact data splits it used. This is what the `paper/` scri
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from experiment.config.settings import Settings, recorded_settings
 from experiment.files import load_checkpoint
 from experiment.pruning.rules import apply_masks
 from experiment.results.rebuild import build_run_model, load_run_data
@@ -15,9 +17,9 @@ from experiment.results.tree import RunDir, is_failed, model_name, read_csv
 
 
 class Run:
-    """A run folder: `config`, `rows` (metrics.csv, the models that finished), `failures` (the rows
-    of models that failed: no measurements, the reason in `error`), and loaders for models, curves
-    and data."""
+    """A run folder: `config` (config.yaml as recorded) and `settings` (its typed view), `rows`
+    (metrics.csv, the models that finished), `failures` (the rows of models that failed: no
+    measurements, the reason in `error`), and loaders for models, curves and data."""
 
     def __init__(self, path: str | Path):
         self.folder = RunDir(Path(path))
@@ -25,6 +27,11 @@ class Run:
         rows = self.folder.read_metrics()
         self.rows = [row for row in rows if not is_failed(row)]
         self.failures = [row for row in rows if is_failed(row)]
+
+    @cached_property
+    def settings(self) -> Settings:
+        """The typed view of `config` (`recorded_settings`: keys added since the run take their defaults)."""
+        return recorded_settings(self.config, str(self.folder.config_file))
 
     @property
     def path(self) -> Path:
@@ -34,7 +41,7 @@ class Run:
         """The trained model of a metrics row (or of a checkpoint stem such as "dense_net0"), masks
         applied, in eval mode."""
         name = row_or_name if isinstance(row_or_name, str) else model_name(row_or_name)
-        model = build_run_model(self.config, device)
+        model = build_run_model(self.settings.network, device)
         checkpoint = load_checkpoint(self.folder.checkpoint(name), device)
         model.load_state_dict(checkpoint["model"])
         apply_masks(model, checkpoint["masks"])
@@ -47,4 +54,4 @@ class Run:
 
     def load_data(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{"train", "valid", "test"} → (x, y) exactly as the run used them (persisted split)."""
-        return load_run_data(self.config, self.folder).splits
+        return load_run_data(self.settings, self.folder).splits

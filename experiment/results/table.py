@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from experiment.config.settings import recorded_settings
 from experiment.results.tree import RunDir, is_failed, read_csv
 
 if TYPE_CHECKING:  # pandas is an optional extra, imported only by to_pandas
@@ -114,9 +115,10 @@ def load_results(path: str | Path) -> ResultsTable:
     rows, configs = [], {}
     for run in run_dirs(path):
         config = configs[str(run.path)] = run.load_config()
+        network = recorded_settings(config, str(run.config_file)).network
         for row in read_csv(run.metrics_file):
             if is_failed(row):
                 continue
-            rows.append({"dataset": config["network"]["dataset"], "network": config["network"]["name"],
+            rows.append({"dataset": network.dataset, "network": network.name,
                          "run_id": run.path.name, "run_folder": str(run.path), **row})
     return ResultsTable(rows, configs)

@@ -78,6 +78,7 @@ import numpy as np
 import yaml
 from filelock import FileLock
 
+from experiment.config.settings import settings_of
 from experiment.data import DATASETS
 from experiment.files import DamagedFileError, atomic_write_bytes, atomic_write_text, remove_temporaries
 from experiment.models.dopri5 import DEFAULT_MAX_STEPS
@@ -121,7 +122,7 @@ def run_id(config: dict) -> str:
         relevant["network"] = {key: value for key, value in relevant["network"].items() if key != "maxSteps"}
     if relevant.get("tf32") is False:  # added later, likewise; TF32 changes GPU numerics, so `true` is another run
         del relevant["tf32"]
-    revision = DATASETS[config["network"]["dataset"]].revision
+    revision = DATASETS[relevant["network"]["dataset"]].revision
     if revision > 1:
         relevant["datasetRevision"] = revision
     canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
@@ -129,8 +130,9 @@ def run_id(config: dict) -> str:
 
 
 def run_folder(config: dict) -> Path:
-    network = config["network"]
-    return Path(config["directories"]["results"]) / network["dataset"] / network["name"] / run_id(config)
+    """{directories.results}/{dataset}/{network name}/{run id} of a resolved config."""
+    settings = settings_of(config)
+    return Path(settings.directories.results) / settings.network.dataset / settings.network.name / run_id(config)
 
 
 class RunDir:
@@ -140,20 +142,20 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def record_request(cls, config: dict) -> "RunDir":
-        """The run folder of `config`, with this process's request of it recorded: config.yaml
-        merged (`merged_config`) and an entry appended to requests.yaml, both under config.lock.
-        config.yaml is only rewritten when the merge changes it."""
-        run = cls(run_folder(config))
+    def record_request(cls, asked: dict) -> "RunDir":
+        """The run folder of the resolved config `asked`, with this process's request of it recorded:
+        config.yaml merged (`merged_config`) and an entry appended to requests.yaml, both under
+        config.lock. config.yaml is only rewritten when the merge changes it."""
+        run = cls(run_folder(asked))
         with run.lock("config"):
             remove_temporaries(run.path, lambda name: name in (run.config_file.name, run.requests_file.name))
             recorded = run.load_config() if run.config_file.exists() else None
-            text = yaml.safe_dump(merged_config(recorded, config), sort_keys=False)
+            text = yaml.safe_dump(merged_config(recorded, asked), sort_keys=False)
             if not run.config_file.exists() or run.config_file.read_text() != text:
                 atomic_write_text(run.config_file, text)
             entry = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": socket.gethostname(),
                      "pid": os.getpid(), "cwd": os.getcwd(), "command": shlex.join(sys.orig_argv),
-                     "experiments": config["experiments"]}
+                     "experiments": asked["experiments"]}
             earlier = run.requests_file.read_text() if run.requests_file.exists() else ""
             atomic_write_text(run.requests_file, earlier + yaml.safe_dump([entry], sort_keys=False))
         return run

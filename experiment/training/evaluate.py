@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,7 +33,7 @@ def trace_estimator_for(model: nn.Module, data_dim: int) -> str:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, loss_fn: Loss,
-             metric_specs: list[dict], data_dim: int,
+             metric_specs: Sequence[Mapping], data_dim: int,
              transform: Callable[[torch.Tensor], torch.Tensor] = lambda batch: batch) -> Evaluation:
     """Loss (averaged over samples) and metrics over all of (x, y), each batch passed through
     `transform` first. Flows of dimension ≤ 8 use the exact trace, so reported NLLs carry no

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from experiment.config.settings import Schedule
 from experiment.distributed import SINGLE, Ranks
 from experiment.models import SolverError, count_nfe, solver_errors, solver_options
 from experiment.pruning.rules import apply_masks
@@ -73,12 +74,12 @@ class TrainOutcome:
     kept_epoch: int  # the epoch whose weights the model now holds (best-validation or last)
 
 
-def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, seed: int, progress_file: Path,
+def train(model: nn.Module, schedule: Schedule, data: TrainData, loss_fn: Loss, *, seed: int, progress_file: Path,
           masks: dict[str, torch.Tensor] | None = None, description: str = "train", progress_bars: bool = True,
           ranks: Ranks = SINGLE, curve_file: Path | None = None) -> TrainOutcome:
-    """Trains `model` in place with the `training`/`retraining` config section `schedule`.
+    """Trains `model` in place with `schedule` (a config's `training` or `retraining`).
 
-    Epochs run from `schedule["startEpoch"]` to `numEpochs`; every epoch's batches and random numbers
+    Epochs run from `schedule.start_epoch` to `num_epochs`; every epoch's batches and random numbers
     (e.g. Hutchinson noise) come from seeds derived from `seed` and the epoch, so resuming from
     `progress_file` (written after each epoch) reproduces an uninterrupted run exactly. `masks`
     (parameter name → 0/1 tensor) are enforced after every optimizer step: pruned entries stay zero.
@@ -103,12 +104,12 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
     rank fails at the same step; a solve that fails on one rank only stops that rank alone.
     """
     masks = masks or {}
-    optimizer = build_optimizer(model.parameters(), schedule["optimizer"], schedule["optimizerKwargs"])
-    schedulers = build_schedulers(optimizer, schedule["lrSchedulers"])
-    for _ in range(schedule["startEpoch"]):  # a later start means the schedule is already that far along
+    optimizer = build_optimizer(model.parameters(), schedule.optimizer, schedule.optimizer_kwargs)
+    schedulers = build_schedulers(optimizer, schedule.lr_schedulers)
+    for _ in range(schedule.start_epoch):  # a later start means the schedule is already that far along
         for scheduler in schedulers:
             scheduler.step()
-    state = {"epoch": schedule["startEpoch"], "curve": [], "seconds": 0.0, "best": None}
+    state = {"epoch": schedule.start_epoch, "curve": [], "seconds": 0.0, "best": None}
     saved = load_or_set_aside(progress_file, data.x_train.device, move=ranks.leader)
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -121,10 +122,10 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
     if curve_file is not None and ranks.leader:
         write_curve(curve_file, state["curve"])
 
-    early_stop = schedule["earlyStopEpoch"]
+    early_stop = schedule.early_stop_epoch
     bars = progress_bars and ranks.leader and sys.stderr.isatty()
-    epochs = tqdm(range(state["epoch"], schedule["numEpochs"]), desc=description, initial=state["epoch"],
-                  total=schedule["numEpochs"], unit="epoch", dynamic_ncols=True, disable=not bars)
+    epochs = tqdm(range(state["epoch"], schedule.num_epochs), desc=description, initial=state["epoch"],
+                  total=schedule.num_epochs, unit="epoch", dynamic_ncols=True, disable=not bars)
     for epoch in epochs:
         started = time.perf_counter()
         torch.manual_seed(derive_seed(seed, "epoch", epoch))
@@ -133,8 +134,8 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
             torch.manual_seed(derive_seed(seed, "epoch", epoch, "rank", ranks.rank))
         try:
             train_loss, nfe_forward, nfe_backward = _train_epoch(model, trained, optimizer, data, order, loss_fn,
-                                                                 schedule["batchSize"], masks, epoch, bars, ranks)
-            valid_loss = ranks.from_leader(evaluate(model, data.x_valid, data.y_valid, schedule["testBatchSize"], loss_fn,
+                                                                 schedule.batch_size, masks, epoch, bars, ranks)
+            valid_loss = ranks.from_leader(evaluate(model, data.x_valid, data.y_valid, schedule.test_batch_size, loss_fn,
                                                     [], data.data_dim, data.eval_transform).loss if ranks.leader else None)
         except SolverError as error:
             raise TrainingFailed(epoch, f"solver failed: {error}") from error
@@ -156,7 +157,7 @@ def train(model: nn.Module, schedule: dict, data: TrainData, loss_fn: Loss, *, s
         epochs.set_postfix(loss=f"{train_loss:.4f}", valid=f"{valid_loss:.4f}", nfe=f"{nfe_forward:.0f}/{nfe_backward:.0f}")
         if ranks.leader:
             if not bars:
-                log.info("%s", epoch_line(description, state["curve"][-1], schedule["numEpochs"]))
+                log.info("%s", epoch_line(description, state["curve"][-1], schedule.num_epochs))
             if curve_file is not None:
                 write_curve(curve_file, state["curve"])
             atomic_torch_save(progress_file, {

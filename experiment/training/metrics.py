@@ -7,6 +7,7 @@ configs and records nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable
 
@@ -57,7 +58,7 @@ def metric_column(name: str, kwargs: dict) -> str:
     return metric.column.format(topk=kwargs.get("topk", 1)) if metric else ""
 
 
-def compute_metrics(specs: list[dict], outputs: torch.Tensor, targets: torch.Tensor, data_dim: int) -> dict[str, float]:
+def compute_metrics(specs: Sequence[Mapping], outputs: torch.Tensor, targets: torch.Tensor, data_dim: int) -> dict[str, float]:
     """{column: value} for every non-Dummy metric spec ({type, kwargs}) in config order."""
     values = {}
     for spec in specs:
