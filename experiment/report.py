@@ -10,14 +10,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from experiment.config.settings import PlottedKeepRatios, Schedule, plotted_keep_ratios_of, schedule_of
+from experiment.config.settings import PlottedKeepRatios, Schedule
 from experiment.files import atomic_write_bytes
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.results.rows import numeric, step_prune_ratio
@@ -39,12 +39,9 @@ def line_label(mode: str, method: str, modes: set[str]) -> str:
     return name if len(modes) <= 1 else f"{name} ({mode})"
 
 
-def main_metric(schedule: Schedule | Mapping) -> str:
+def main_metric(schedule: Schedule) -> str:
     """The metrics-table column of the first real metric of the schedule's `metrics_test` (else the
-    test loss). A `training` section dict is read as its Schedule: paper/ passes run.config's until
-    it reads run.settings."""
-    if not isinstance(schedule, Schedule):
-        schedule = schedule_of(schedule)
+    test loss)."""
     for spec in schedule.metrics_test:
         column = metric_column(spec["type"], spec["kwargs"])
         if column:
@@ -178,24 +175,19 @@ def format_table(dense: Point | None, lines: dict[tuple[str, str], list[Point]],
     return "\n".join([header, *rows])
 
 
-def plotted_prune_ratios(plotting: PlottedKeepRatios | Mapping) -> tuple[float, float]:
+def plotted_prune_ratios(plotting: PlottedKeepRatios) -> tuple[float, float]:
     """(lowest, highest) prune ratio that figures show: `experiments.plotting` bounds the *keep*
-    ratios, like `spacing` and the original framework, so prune ratios 1 − max_val to 1 − min_val.
-    An `experiments` section dict is read as its plotting bounds: paper/ passes run.config's until it
-    reads run.settings."""
-    if not isinstance(plotting, PlottedKeepRatios):
-        plotting = plotted_keep_ratios_of(plotting)
+    ratios, like `spacing` and the original framework, so prune ratios 1 − max_val to 1 − min_val."""
     return 1.0 - plotting.max_val, 1.0 - plotting.min_val
 
 
-def is_plotted(plotting: PlottedKeepRatios | Mapping, prune_ratio: float) -> bool:
+def is_plotted(plotting: PlottedKeepRatios, prune_ratio: float) -> bool:
     """Whether a step scheduled at `prune_ratio` is in the plotted range (`plotted_prune_ratios`)."""
     low, high = plotted_prune_ratios(plotting)
     return low - 1e-9 <= prune_ratio <= high + 1e-9
 
 
-def plotted_lines(plotting: PlottedKeepRatios | Mapping,
-                  lines: dict[tuple[str, str], list[Point]]) -> dict[tuple[str, str], list[Point]]:
+def plotted_lines(plotting: PlottedKeepRatios, lines: dict[tuple[str, str], list[Point]]) -> dict[tuple[str, str], list[Point]]:
     """`lines` without the points whose step lies outside the plotted range (lines left empty dropped)."""
     kept = {key: [point for point in points if is_plotted(plotting, point.target_prune_ratio)] for key, points in lines.items()}
     return {key: points for key, points in kept.items() if points}

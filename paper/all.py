@@ -41,7 +41,7 @@ from paper.tables import write_tables
 
 
 def is_tabular_or_image(run: Run) -> bool:
-    info = DATASETS.get(run.config["network"]["dataset"])
+    info = DATASETS.get(run.settings.network.dataset)
     return info is not None and (info.image_shape is not None or info.dim > 2)
 
 
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for run in runs:
         folder = output_folder(arguments.out, run)
-        network = run.config["network"]
-        print(f"== {network['name']} on {network['dataset']} ({run.path})")
+        network = run.settings.network
+        print(f"== {network.name} on {network.dataset} ({run.path})")
         steps.call(f"prune curve of {run.path}", write_prune_curve, run, folder)
         family = two_d_family(run)
         if family is not None:
@@ -104,14 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 steps.note(f"flatness of flows is opt-in (--flow-flatness-ratios 0.6 0.92): skipped for {run.path}")
         else:
-            steps.note(f"{network['dataset']} is not a 2-D toy set: no 2-D figures; flatness left to "
+            steps.note(f"{network.dataset} is not a 2-D toy set: no 2-D figures; flatness left to "
                        f"python -m paper.flatness {run.path}")
         if unmeasurable_reason(run) is None:
             steps.script(mode_collapse, run, folder, arguments.style)
 
     by_dataset: dict[str, list[Run]] = {}
     for run in runs:
-        by_dataset.setdefault(run.config["network"]["dataset"], []).append(run)
+        by_dataset.setdefault(run.settings.network.dataset, []).append(run)
     sweep_runs = [run for members in by_dataset.values() if len(members) >= 2 for run in members]
     if sweep_runs:
         print(f"== sweeps over {len(sweep_runs)} runs")

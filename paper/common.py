@@ -52,7 +52,7 @@ def quantity(run: Run) -> tuple[str, str, Callable[[float], float]]:
     """(metrics column, axis label, value transform) of the run's main metric: test NLL for flows,
     bits/dim for images, top-1 error for classifiers (`experiment.report.quantity_of`, which the
     end-of-run table shows too)."""
-    column = main_metric(run.config["training"])
+    column = main_metric(run.settings.training)
     return (column, *quantity_of(column))
 
 
@@ -159,8 +159,8 @@ def output_folder(out: str | None, run: Run) -> Path:
 
 def run_label(run: Run) -> str:
     """A short unique name for a run in file names: dataset_network_runid."""
-    network = run.config["network"]
-    return f"{network['dataset']}_{network['name']}_{run.path.name}"
+    network = run.settings.network
+    return f"{network.dataset}_{network.name}_{run.path.name}"
 
 
 def save_figure(figure: Figure, folder: Path, name: str) -> list[Path]:

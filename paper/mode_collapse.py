@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                    save_text(folder, f"mode_collapse_{label}.md",
                              collapse_markdown(rows, ks, arguments.figure_k, arguments.max_tv))]
         plotted = [row for row in rows if row["method"] == "dense"
-                   or is_plotted(run.config["experiments"], row["step_prune_ratio"])]
+                   or is_plotted(run.settings.experiments.plotting, row["step_prune_ratio"])]
         figure, _ = collapse_figure(plotted, f"{label}: mode collapse", arguments.figure_k, arguments.max_tv)
         written += save_figure(figure, folder, f"mode_collapse_{label}")
         for key, group in method_groups(rows).items():

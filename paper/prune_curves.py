@@ -34,7 +34,7 @@ def curve_points(run: Run) -> tuple[Point | None, dict[tuple[str, str], list[Poi
     """(dense point, {(mode, method): pruned points}) of a run's main quantity, in plotted units; only
     the steps within the run's `experiments.plotting` range."""
     column, _, transform = quantity(run)
-    lines = plotted_lines(run.config["experiments"], pruned_points(run.rows, column, transform))
+    lines = plotted_lines(run.settings.experiments.plotting, pruned_points(run.rows, column, transform))
     return dense_point(run.rows, column, transform), lines
 
 
@@ -62,8 +62,8 @@ def write_prune_curve(run: Run, folder: Path) -> list[Path]:
         print(f"{run.path}: no metrics rows with a main-metric value yet; no prune curve")
         return []
     column, _, _ = quantity(run)
-    network = run.config["network"]
-    title = f"{network['name']} on {network['dataset']} (run {run.path.name}); mean ± std over nets"
+    network = run.settings.network
+    title = f"{network.name} on {network.dataset} (run {run.path.name}); mean ± std over nets"
     name = f"prune_curve_{run_label(run)}"
     folder.mkdir(parents=True, exist_ok=True)
     paths = save_figure(plot_curves(dense, lines, column, title), folder, name)

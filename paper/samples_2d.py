@@ -87,7 +87,7 @@ def select_models(run: Run, ratios: list[float] | None = None, num_ratios: int =
     rows = [row for row in run.rows if int(row["net"]) == net]
     dense = next((row for row in rows if row["method"] == "dense"), None)
     pruned = [row for row in rows if row["method"] != "dense" and int(row["repetition"]) == repetition
-              and is_plotted(run.config["experiments"], step_prune_ratio(row))]
+              and is_plotted(run.settings.experiments.plotting, step_prune_ratio(row))]
     available = sorted({round(step_prune_ratio(row), 9) for row in pruned})
     if ratios:
         chosen = sorted({min(available, key=lambda value: abs(value - wanted)) for wanted in ratios}) if available else []
@@ -249,7 +249,7 @@ def decision_figure(run: Run, selection: Selection, models: ModelCache, resoluti
     box = data_box(x_test, margin=0.2)
     gx, gy, points = grid_points(box, resolution)
     rows = grid_rows(selection)
-    num_classes = int(run.config["network"]["outputSize"])
+    num_classes = run.settings.network.output_size
     colours = [CLASS_COLOURS[index % 10] for index in range(num_classes)]
     cmap = ListedColormap(colours)
     figure, axes = make_grid(len(rows), len(rows[0][1]))
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in find_runs(arguments.target, arguments.overrides):
         family = two_d_family(run)
         if family is None:
-            print(f"{run.path}: not a 2-D toy flow or classifier ({run.config['network']['name']}); skipped")
+            print(f"{run.path}: not a 2-D toy flow or classifier ({run.settings.network.name}); skipped")
             continue
         selection = select_models(run, arguments.ratios, arguments.num_ratios, arguments.net, arguments.repetition)
         if selection.dense is None and not any(row for cells in selection.cells.values() for row in cells):

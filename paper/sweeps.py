@@ -84,10 +84,11 @@ def run_labels(configs: list[dict]) -> list[str]:
     the network name, then `key=value` for every other differing key (a `retraining` key that just
     repeats the `training` one is left out; keys are shortened to their last component where that
     stays unambiguous). A single config is labelled by its network name."""
-    if len(configs) == 1:
-        return [configs[0]["network"]["name"]]
     flat = [flatten({key: value for key, value in config.items() if key not in RUN_ID_EXCLUDED_KEYS})
             for config in configs]
+    names = [entries[("network", "name")] for entries in flat]
+    if len(configs) == 1:
+        return names
     keys = list(dict.fromkeys(key for entries in flat for key in entries))
     missing = object()
     values = {key: [entries.get(key, missing) for entries in flat] for key in keys}
@@ -98,7 +99,7 @@ def run_labels(configs: list[dict]) -> list[str]:
                          and values[("training",) + key[1:]] == values[key])]
     parts: list[list[str]] = [[] for _ in configs]
     if ("network", "name") in differing:
-        for index, part in enumerate(name_parts([config["network"]["name"] for config in configs])):
+        for index, part in enumerate(name_parts(names)):
             parts[index].append(part)
     others = [key for key in differing if key != ("network", "name")]
     for key in others:
@@ -108,7 +109,7 @@ def run_labels(configs: list[dict]) -> list[str]:
         short = KEY_ABBREVIATIONS.get(short, short)
         for index, value in enumerate(values[key]):
             parts[index].append(f"{short}={'–' if value is missing else _format_value(value)}")
-    return [", ".join(part) or config["network"]["name"] for part, config in zip(parts, configs)]
+    return [", ".join(part) or name for part, name in zip(parts, names)]
 
 
 # ------------------------------------------------------------------------------ sweep summaries
@@ -128,7 +129,7 @@ def sweep_groups(runs: list[Run]) -> dict[tuple[str, str], list[SweepRun]]:
     """{(dataset, metric column): its runs, labelled against each other}."""
     grouped: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
-        grouped.setdefault((run.config["network"]["dataset"], quantity(run)[0]), []).append(run)
+        grouped.setdefault((run.settings.network.dataset, quantity(run)[0]), []).append(run)
     groups = {}
     for (dataset, column), members in sorted(grouped.items()):
         labels = run_labels([run.config for run in members])
@@ -154,7 +155,7 @@ def potential_rows(groups: dict[tuple[str, str], list[SweepRun]]) -> list[dict]:
             for (mode, method), points in sorted(entry.lines.items()):
                 best = prune_potential(entry.dense, points, entry.delta)
                 rows.append({
-                    "dataset": dataset, "run_id": entry.run.path.name, "network": entry.run.config["network"]["name"],
+                    "dataset": dataset, "run_id": entry.run.path.name, "network": entry.run.settings.network.name,
                     "label": entry.label, "mode": mode, "method": method, "metric": column, "delta": entry.delta,
                     "dense_value": entry.dense.value_mean,
                     "prune_potential": best.prune_ratio_mean if best else 0.0,
@@ -228,7 +229,7 @@ def plot_error_vs_params(groups: dict[tuple[str, str], list[SweepRun]]) -> Figur
             if entry.dense is not None:
                 axes.plot([entry.dense.nonzero_params_mean], [entry.dense.value_mean], color=color, marker="s",
                           markersize=5, linestyle="none")
-            for (mode, method), points in sorted(plotted_lines(entry.run.config["experiments"], entry.lines).items()):
+            for (mode, method), points in sorted(plotted_lines(entry.run.settings.experiments.plotting, entry.lines).items()):
                 line = ([entry.dense] if entry.dense else []) + points
                 values += [point.value_mean for point in line]
                 axes.plot([point.nonzero_params_mean for point in line], [point.value_mean for point in line],

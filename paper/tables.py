@@ -90,8 +90,8 @@ def table_entry(dataset: str, network: str, run_id: str, metric: str, rows: list
 
 def run_entry(run: Run) -> TableEntry:
     column, _, transform = quantity(run)
-    network = run.config["network"]
-    return table_entry(network["dataset"], network["name"], run.path.name, column, run.rows, transform)
+    network = run.settings.network
+    return table_entry(network.dataset, network.name, run.path.name, column, run.rows, transform)
 
 
 def sort_entries(entries: list[TableEntry]) -> list[TableEntry]:

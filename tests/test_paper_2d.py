@@ -38,7 +38,7 @@ def test_spread_ratios_end_with_the_largest():
 
 def test_only_2d_toy_models_fit():
     def fake(name, size):
-        return SimpleNamespace(config={"network": {"name": name, "outputSize": size, "dataset": "ToyGaussians"}})
+        return SimpleNamespace(settings=SimpleNamespace(network=SimpleNamespace(name=name, output_size=size, dataset="ToyGaussians")))
 
     assert two_d_family(fake("cnf_l3_h32_tanh_da", 2)) == "cnf"
     assert two_d_family(fake("ffjord_l4_h64_sigmoid_da", 2)) == "cnf"

@@ -77,8 +77,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
 
 
 def _label(run: Run) -> str:
-    network = run.config["network"]
-    return f"{network['dataset']} {network['name']}"
+    network = run.settings.network
+    return f"{network.dataset} {network.name}"
 
 
 def _csv_label(rows: list[dict], path: Path) -> str:
@@ -92,7 +92,7 @@ def _csv_label(rows: list[dict], path: Path) -> str:
 def _per_net_values(run: Run) -> tuple[dict[int, float], dict[tuple[str, int, float], float]]:
     """(dense value per net, value per (method, net, step prune ratio)) in plotted units, each
     net's repetitions averaged."""
-    column = main_metric(run.config["training"])
+    column = main_metric(run.settings.training)
     _, transform = quantity_of(column)
     dense: dict[int, list[float]] = {}
     pruned: dict[tuple[str, int, float], list[float]] = {}
@@ -155,7 +155,7 @@ def improvement_claim(run: Run) -> tuple[list[Measure], Verdict]:
 def potential_claim(run: Run) -> tuple[list[Measure], Verdict]:
     """Claim (d) for one run."""
     label = _label(run)
-    column = main_metric(run.config["training"])
+    column = main_metric(run.settings.training)
     _, transform = quantity_of(column)
     dense = dense_point(run.rows, column, transform)
     lines = pruned_points(run.rows, column, transform)
@@ -261,7 +261,7 @@ def measure_claims(runs: Sequence[Run], mode_collapse: Sequence[Path] = (), flat
     verdicts on a run whose jobs are not all finished say so."""
     results = []
     for run in runs:
-        if main_metric(run.config["training"]) == "nll":
+        if main_metric(run.settings.training) == "nll":
             results.append(so_far(improvement_claim(run), run))
     results += [mode_collapse_claim(Path(path)) for path in mode_collapse]
     results += [flatness_claim(Path(path)) for path in flatness]

@@ -150,8 +150,8 @@ def training_subset(run: Run, fraction: float, seed: int) -> tuple[torch.Tensor,
     count = min(len(x), max(1, round(fraction * len(x))))
     rows = np.sort(np.random.default_rng(seed).choice(len(x), size=count, replace=False))
     index = torch.as_tensor(rows, dtype=torch.long)
-    schedule = run.config["training"]
-    transform = build_transform(schedule.get("transformsTrain", []) + schedule.get("transformsFinal", []))
+    schedule = run.settings.training
+    transform = build_transform(schedule.transforms_train + schedule.transforms_final)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return transform(x[index]), y[index]
@@ -160,9 +160,9 @@ def training_subset(run: Run, fraction: float, seed: int) -> tuple[torch.Tensor,
 def restricted_loss(run: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dtype: torch.dtype = torch.float64,
                     chunk_size: int = 1024, seed: int = 0, cache_graph: bool = True, hvp_batch: int = 16) -> RestrictedLoss:
     """The run's training loss of `model` on (x, y), as a function of its surviving parameters."""
-    schedule = run.config["training"]
+    schedule = run.settings.training
     data_dim = int(np.prod(x.shape[1:]))
-    loss_fn = build_loss(schedule["loss"], schedule.get("lossKwargs", {}) or {}, data_dim)
+    loss_fn = build_loss(schedule.loss, schedule.loss_kwargs, data_dim)
     trace = trace_estimator_for(model, data_dim)
     return RestrictedLoss(differentiable_copy(model, dtype), loss_fn, x, y, trace=trace, chunk_size=chunk_size, seed=seed,
                           cache_graph=cache_graph, hvp_batch=hvp_batch)

@@ -161,9 +161,9 @@ def passes(by_k: dict[float, dict], num_modes: int, max_tv: float = MAX_TV) -> b
 def unmeasurable_reason(run: Run) -> str | None:
     """Why a run cannot be analysed, or None if it can."""
     if two_d_family(run) != "cnf":
-        return f"not a 2-D flow ({run.config['network']['name']})"
-    if run.config["network"]["dataset"] not in MODE_DATASETS:
-        return f"no Gaussian modes in {run.config['network']['dataset']} (only {', '.join(MODE_DATASETS)})"
+        return f"not a 2-D flow ({run.settings.network.name})"
+    if run.settings.network.dataset not in MODE_DATASETS:
+        return f"no Gaussian modes in {run.settings.network.dataset} (only {', '.join(MODE_DATASETS)})"
     return None
 
 

@@ -23,12 +23,12 @@ from experiment.results import Run
 
 def two_d_family(run: Run) -> str | None:
     """'cnf' or 'node' for a run of a 2-D toy flow or classifier, else None."""
-    network = run.config["network"]
+    network = run.settings.network
     try:
-        family = parse_model_name(network["name"]).family
+        family = parse_model_name(network.name).family
     except ValueError:
         return None
-    if family in ("cnf", "node") and int(network["outputSize"]) == 2:
+    if family in ("cnf", "node") and network.output_size == 2:
         return family
     return None
 
