@@ -56,6 +56,9 @@ def resume_checkpoints(run: RunDir) -> list[str]:
 def save(config: dict, target: Path) -> None:
     """The run of the resolved `config`: its results and, while unfinished, its resume state into `target`."""
     run, name = RunDir(run_folder(config)), target.name
+    if not run.metrics_file.exists():
+        print(f"{name}: no run in {run.path} here; nothing saved")
+        return
     target.mkdir(parents=True, exist_ok=True)
     for file in RESULTS:
         shutil.copy2(run.path / file, target / file)

@@ -119,28 +119,21 @@ def numbers_from_strings(value: Any) -> Any:
 # ----------------------------------------------------------------------------------------- checkers
 
 
-def _string(value: Any, path: KeyPath, sources: Sources) -> str:
-    if not isinstance(value, str):
-        raise sources.error(path, f"expected a string, got {_describe(value)}")
-    return value
+def _of_type(kind: type, expected: str) -> Checker:
+    """The checker of values of type `kind`, which passes them on as they are; `expected` names the
+    type in its error."""
+    def check(value: Any, path: KeyPath, sources: Sources) -> Any:
+        if not isinstance(value, kind):
+            raise sources.error(path, f"expected {expected}, got {_describe(value)}")
+        return value
+
+    return check
 
 
-def _boolean(value: Any, path: KeyPath, sources: Sources) -> bool:
-    if not isinstance(value, bool):
-        raise sources.error(path, f"expected true or false, got {_describe(value)}")
-    return value
-
-
-def _mapping(value: Any, path: KeyPath, sources: Sources) -> dict:
-    if not isinstance(value, dict):
-        raise sources.error(path, f"expected a mapping, got {_describe(value)}")
-    return value
-
-
-def _any_list(value: Any, path: KeyPath, sources: Sources) -> list:
-    if not isinstance(value, list):
-        raise sources.error(path, f"expected a list, got {_describe(value)}")
-    return value
+_string = _of_type(str, "a string")
+_boolean = _of_type(bool, "true or false")
+_mapping = _of_type(dict, "a mapping")
+_any_list = _of_type(list, "a list")
 
 
 def _kwargs(value: Any, path: KeyPath, sources: Sources) -> dict:
