@@ -60,7 +60,7 @@ from experiment.results.checkpoints import Checkpoints, Training, load_or_train
 from experiment.results.rebuild import build_run_model, load_run_data
 from experiment.results.rows import MetricsRow, ModelKey, failed_row, non_finite_measurements
 from experiment.results.tree import RunDir, is_failed, metric_key, model_name
-from experiment.seeds import derive_seed
+from experiment.seeds import derive_seed, seeded_generator
 from experiment.stopping import ChainDecision, chain_decision
 from experiment.training.evaluate import evaluate
 from experiment.training.losses import Loss, build_loss
@@ -93,8 +93,10 @@ class Experiment:
     def checkpoints(self) -> Checkpoints:
         return Checkpoints(self.run, self.device, self.ranks.leader)
 
-    def new_model(self) -> nn.Module:
-        return build_run_model(self.settings.network, self.device)
+    def new_model(self, generator: torch.Generator | None = None) -> nn.Module:
+        """A new model of the run's network on the run's device, its parameters drawn from `generator`
+        (None: the global default generator, for a model whose weights are loaded next)."""
+        return build_run_model(self.settings.network, self.device, generator)
 
     def loss(self, schedule: Schedule) -> Loss:
         return build_loss(schedule.loss, schedule.loss_kwargs, self.data.data_dim)
@@ -323,8 +325,7 @@ def initialise_and_train(experiment: Experiment, key: ModelKey) -> Training | No
     """A dense net initialised from its seed and trained with the `training` schedule, resuming from
     its progress file; None if training fails (its failed row says why)."""
     run, seed, name, schedule = experiment.run, experiment.settings.seed, key.name, experiment.settings.training
-    torch.manual_seed(derive_seed(seed, "init", key.net))
-    model = experiment.new_model()
+    model = experiment.new_model(seeded_generator(derive_seed(seed, "init", key.net)))
     log.info("training %s", name)
     try:
         outcome = train(model, schedule, experiment.data_for(schedule), experiment.loss(schedule),
@@ -547,12 +548,12 @@ def record(experiment: Experiment, model: nn.Module, key: ModelKey, schedule: Sc
     measured = model if evaluated is None else evaluated
     data = experiment.data_for(schedule)
     try:
-        torch.manual_seed(derive_seed(seed, "test", *key.seed_path()))
         test = evaluate(measured, experiment.x_test, experiment.y_test, schedule.test_batch_size, experiment.loss(schedule),
-                        schedule.metrics_test, data.data_dim, data.eval_transform)
-        torch.manual_seed(derive_seed(seed, "valid", *key.seed_path()))
+                        schedule.metrics_test, data.data_dim, data.eval_transform,
+                        seeded_generator(derive_seed(seed, "test", *key.seed_path()), experiment.x_test.device))
         valid = evaluate(measured, data.x_valid, data.y_valid, schedule.test_batch_size, experiment.loss(schedule),
-                         schedule.metrics_test, data.data_dim, data.eval_transform)
+                         schedule.metrics_test, data.data_dim, data.eval_transform,
+                         seeded_generator(derive_seed(seed, "valid", *key.seed_path()), data.x_valid.device))
     except SolverError as error:
         record_failure(experiment, key, step_prune_ratio, f"evaluation: solver failed: {error}")
         return False

@@ -37,6 +37,7 @@ from experiment.pruning.rules import CONTROL_METHOD
 from experiment.results import Run
 from experiment.results.rows import step_prune_ratio
 from experiment.results.tree import model_name
+from experiment.seeds import seeded_generator
 from experiment.training.evaluate import trace_estimator_for
 from experiment.training.losses import build_loss
 
@@ -145,16 +146,15 @@ def select_rows(rows: list[dict], net: int = 0, ratios: tuple[float, ...] = DEFA
 
 
 def training_subset(run: Run, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded choice of round(fraction · N) rows of the run's training split, through the training transforms."""
+    """A seeded choice of round(fraction · N) rows of the run's training split, through the training
+    transforms, whose random choices are drawn from a generator seeded with `seed`."""
     x, y = run.load_data()["train"]
     count = min(len(x), max(1, round(fraction * len(x))))
     rows = np.sort(np.random.default_rng(seed).choice(len(x), size=count, replace=False))
     index = torch.as_tensor(rows, dtype=torch.long)
     schedule = run.settings.training
     transform = build_transform(schedule.transforms_train + schedule.transforms_final)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return transform(x[index]), y[index]
+    return transform(x[index], seeded_generator(seed)), y[index]
 
 
 def restricted_loss(run: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, dtype: torch.dtype = torch.float64,

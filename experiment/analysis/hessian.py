@@ -51,6 +51,7 @@ from torch import nn
 from torch.func import functional_call
 
 from experiment.models import ODEBlock
+from experiment.seeds import seeded_generator
 
 
 # ------------------------------------------------------------------------------ θ ↔ parameters
@@ -115,17 +116,18 @@ def differentiable_copy(model: nn.Module, dtype: torch.dtype = torch.float64) ->
 
 
 class _Output(nn.Module):
-    """model(x) for classifiers, model.log_prob(x, exact_trace) for flows (so `functional_call` can
-    call either through `forward`)."""
+    """model(x) for classifiers, model.log_prob(x, exact_trace, generator) for flows (so
+    `functional_call` can call either through `forward`); a flow's Hutchinson noise is drawn from
+    `generator`, a classifier draws nothing."""
 
     def __init__(self, model: nn.Module, trace: str):
         super().__init__()
         self.model = model
         self.trace = trace
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.trace:
-            return self.model.log_prob(x, exact_trace=self.trace == "exact")
+            return self.model.log_prob(x, exact_trace=self.trace == "exact", generator=generator)
         return self.model(x)
 
 
@@ -136,8 +138,8 @@ class RestrictedLoss:
     """L(θ) = Σ_c (|c|/N) · loss_fn(output(model_θ, x_c), y_c) for θ the surviving parameters.
 
     `model` must support double backward (see `differentiable_copy`). `trace` is "" (classifier),
-    "exact" or "hutchinson" (flows: how log p(x) is computed; Hutchinson's noise is fixed by seeding
-    torch with `seed` + chunk index before every chunk's forward pass). `hvp(V)` computes H·V for
+    "exact" or "hutchinson" (flows: how log p(x) is computed; Hutchinson's noise is fixed: every chunk's
+    forward pass draws it from a generator seeded from `seed` and the chunk index). `hvp(V)` computes H·V for
     V of shape [n] or [k, n]; with `cache_graph` the gradient graph of every chunk is kept and reused."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, *, trace: str = "",
@@ -164,12 +166,12 @@ class RestrictedLoss:
         return self.space.size
 
     def chunk_loss(self, theta: torch.Tensor, chunk: int) -> torch.Tensor:
-        """(|c|/N) · loss on chunk `chunk`."""
+        """(|c|/N) · loss on chunk `chunk`; a flow's Hutchinson noise drawn from a generator seeded with
+        seed + 7919 · chunk, so each chunk sees the same noise whenever its loss is computed."""
         start, stop = self.chunks[chunk]
         parameters = {f"model.{name}": value for name, value in self.space.full(theta).items()}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed + 7919 * chunk)
-            output = functional_call(self.output, parameters, (self.x[start:stop],))
+        generator = seeded_generator(self.seed + 7919 * chunk, self.x.device)
+        output = functional_call(self.output, parameters, (self.x[start:stop], generator))
         return self.loss_fn(output, self.y[start:stop]) * ((stop - start) / len(self.x))
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:

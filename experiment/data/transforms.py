@@ -2,8 +2,9 @@
 `transformsFinal` (lists of ``{type, kwargs}``; SPEC §3).
 
 A transform maps a batch tensor (images ``[N, C, H, W]`` holding 8-bit values as ``k/255``) to a
-tensor of the same shape. Random transforms draw from the global torch RNG of the batch's device;
-the training loop seeds it every epoch, so runs stay deterministic. The runner applies
+tensor of the same shape. Random transforms draw from the torch generator passed with the batch
+(one of the batch's device; None: that device's global default generator); the training loop and
+the evaluations pass generators seeded from the run's seed, so runs stay deterministic. The runner applies
 ``build_transform(transformsTrain + transformsFinal)`` to training batches and
 ``build_transform(transformsTest + transformsFinal)`` to validation and test batches.
 """
@@ -11,10 +12,20 @@ the training loop seeds it every epoch, so runs stay deterministic. The runner a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 import torch
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
+
+class Transform(Protocol):
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The transformed batch `x`; random choices drawn from `generator` (None: the default one)."""
+        ...
+
+
+def identity(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The batch unchanged (draws nothing)."""
+    return x
 
 
 class RandomNoise:
@@ -27,8 +38,10 @@ class RandomNoise:
             raise ValueError(f"normalization must be a number > 0, got {normalization!r}")
         self.normalization = float(normalization)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * self.normalization + torch.rand_like(x)) / (self.normalization + 1.0)
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draws U[0, 1) noise shaped like `x` from `generator` (as `torch.rand_like` would)."""
+        noise = torch.empty_like(x).uniform_(generator=generator)
+        return (x * self.normalization + noise) / (self.normalization + 1.0)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(normalization={self.normalization})"
@@ -52,8 +65,9 @@ class RandomHorizontalFlip:
             raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flip = torch.rand(x.shape[0], device=x.device) < self.p
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draws one U[0, 1) number per image from `generator`; an image is flipped when its number is < p."""
+        flip = torch.rand(x.shape[0], generator=generator, device=x.device) < self.p
         return torch.where(flip.view(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)
 
     def __repr__(self) -> str:
@@ -64,7 +78,7 @@ class ToTensor:
     """Identity, accepted for compatibility with the original configs: the data are already float
     tensors holding ``k/255``."""
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return x
 
     def __repr__(self) -> str:
@@ -81,7 +95,7 @@ class Resize:
             raise ValueError(f"size must be a positive integer or a list [H, W] of two, got {size!r}")
         self.size = (sizes[0], sizes[1])
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.size:
             raise ValueError(f"Resize to {self.size[0]}x{self.size[1]} is not supported: the images are "
                              f"{x.shape[-2]}x{x.shape[-1]} and resizing is not implemented; remove the Resize "
@@ -110,9 +124,10 @@ class Compose:
     def __init__(self, transforms: Sequence[Transform]) -> None:
         self.transforms = list(transforms)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`x` through every transform in turn, each drawing from `generator` after the one before."""
         for transform in self.transforms:
-            x = transform(x)
+            x = transform(x, generator)
         return x
 
     def __repr__(self) -> str:

@@ -3,10 +3,12 @@ returns per-sample log-densities (flows) or logits (classifiers)."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from experiment.models.cnf import CNF
 from experiment.models.dopri5 import DEFAULT_MAX_STEPS, SolverError
+from experiment.models.initialisation import initialise_parameters
 from experiment.models.mlp import AutonomousField, mlp
 from experiment.models.multiscale import multiscale_flow
 from experiment.models.names import ModelSpec, parse_model_name
@@ -19,10 +21,20 @@ __all__ = ["build_model", "parse_model_name", "ModelSpec", "CNF", "NeuralODEClas
 
 
 def build_model(name: str, output_size: int, atol: float | None = None, rtol: float | None = None,
-                max_steps: int = DEFAULT_MAX_STEPS) -> nn.Module:
+                max_steps: int = DEFAULT_MAX_STEPS, generator: torch.Generator | None = None) -> nn.Module:
     """The model called `name` for data of dimension (flows) or number of classes (classifiers)
     `output_size`; `atol`/`rtol` override the tolerances the name implies; an adaptive solve of more
-    than `max_steps` steps raises SolverError."""
+    than `max_steps` steps raises SolverError. Its parameters are drawn from `generator`
+    (`initialise_parameters`: the values the constructors would draw from the global generator
+    seeded alike); None: the constructors' own draws from the global default generator."""
+    model = _construct(name, output_size, atol, rtol, max_steps)
+    if generator is not None:
+        initialise_parameters(model, generator)
+    return model
+
+
+def _construct(name: str, output_size: int, atol: float | None, rtol: float | None, max_steps: int) -> nn.Module:
+    """The model called `name`, as its constructors initialise it (see `build_model`)."""
     spec = parse_model_name(name)
     options = SolverOptions(
         method=spec.solver,

@@ -7,7 +7,8 @@ z(0) = x, the instantaneous change of variables gives
 
 computed by integrating the augmented state [z, ∫ tr] forward. Sampling solves the ODE backwards
 from z(T) ~ N(0, I). The trace is exact (D backward passes) or Hutchinson's estimate εᵀ(∂f/∂z)ε
-with Gaussian ε drawn once per solve and kept fixed during it. For MLP fields both come from
+with Gaussian ε drawn once per solve (from the generator passed to `log_prob`, `transform` or
+`forward`) and kept fixed during it. For MLP fields both come from
 forward-mode products J v computed with the field (`experiment.models.fused`); for the others from
 backward passes through it.
 """
@@ -42,6 +43,12 @@ def hutchinson_estimate(dz: torch.Tensor, z: torch.Tensor, noise: torch.Tensor, 
     """εᵀ(∂f/∂z)ε per sample for one given ε, an unbiased estimate of tr(∂f/∂z) for ε ~ N(0, I)."""
     vjp = torch.autograd.grad(dz, z, noise, create_graph=create_graph)[0]
     return (vjp * noise).flatten(1).sum(1)
+
+
+def standard_normal_like(z: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, I) noise shaped and laid out like `z`, drawn from `generator` (None: the default generator
+    of z's device), exactly as `torch.randn_like(z)` draws it."""
+    return torch.empty_like(z).normal_(generator=generator)
 
 
 def _unit_vectors(z: torch.Tensor) -> torch.Tensor:
@@ -87,7 +94,8 @@ class CNF(nn.Module):
     z_0 = x, z_k = z_{k-1}(T_k), log p(x) = log N(z_K; 0, I) + Σ_k ∫_0^{T_k} tr(∂f_k/∂z) dt.
 
     `forward(x)` is `log_prob(x)` with the default trace estimator, so a flow plugs into the same
-    training loop as a classifier (its output is the per-sample log-density).
+    training loop as a classifier (its output is the per-sample log-density). Hutchinson's noise, one
+    ε per block in block order, comes from the `generator` argument (None: the global default one).
     """
 
     def __init__(self, fields: list[nn.Module], dim: int, options: SolverOptions, exact_trace: bool,
@@ -97,20 +105,25 @@ class CNF(nn.Module):
         self.exact_trace = exact_trace
         self.blocks = nn.ModuleList(ODEBlock(DensityDynamics(field), options, learn_end_time) for field in fields)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.log_prob(x)
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.log_prob(x, generator=generator)
 
-    def log_prob(self, x: torch.Tensor, exact_trace: bool | None = None) -> torch.Tensor:
-        """log p(x) per sample in nats; `exact_trace` overrides the flow's estimator."""
-        z, log_det = self.transform(x, exact_trace)
+    def log_prob(self, x: torch.Tensor, exact_trace: bool | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(x) per sample in nats; `exact_trace` overrides the flow's estimator; Hutchinson's
+        noise is drawn from `generator`."""
+        z, log_det = self.transform(x, exact_trace, generator)
         return standard_normal_log_prob(z) + log_det
 
-    def transform(self, x: torch.Tensor, exact_trace: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """z_K and Σ_k ∫ tr(∂f_k/∂z) dt for z_0 = x."""
+    def transform(self, x: torch.Tensor, exact_trace: bool | None = None,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_K and Σ_k ∫ tr(∂f_k/∂z) dt for z_0 = x. With Hutchinson's estimator every block draws
+        its ε ~ N(0, I), shaped like its input, from `generator` before its solve (the exact trace
+        draws nothing)."""
         exact = self.exact_trace if exact_trace is None else exact_trace
         z, log_det = x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for block in self.blocks:
-            noise = None if exact else torch.randn_like(z)
+            noise = None if exact else standard_normal_like(z, generator)
             mlp = block.fused_mlp(block.field.field)
             if mlp is not None:
                 tangents = _unit_vectors(z) if noise is None else noise.unsqueeze(0)

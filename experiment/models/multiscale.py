@@ -15,7 +15,8 @@ MNIST (1×28×28) uses 3 scales, so the blocks act on 1,1,4,4 | 2,2,8,8 | 4,4 ch
 are never baked into the model).
 
 Every CNF block is an `ODEBlock(DensityDynamics(ConvField(c)), learn_end_time=True)`: end time
-T = τ², Hutchinson's trace estimator with Gaussian noise drawn once per solve, dopri5 with adjoint
+T = τ², Hutchinson's trace estimator with Gaussian noise drawn once per solve (from the generator
+passed to `forward`, `log_prob` or `transform`, block by block in forward order), dopri5 with adjoint
 gradients. Its vector field is four 3×3 ConcatConv2d layers (C+1)→64, (64+1)→64, (64+1)→64,
 (64+1)→C, softplus after every layer but the last; the time is a constant input channel placed
 first in every concatenation, and the field declares it as no filter of its prunable chain
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiment.models.cnf import DensityDynamics, standard_normal_log_prob
+from experiment.models.cnf import DensityDynamics, standard_normal_like, standard_normal_log_prob
 from experiment.models.mlp import LayerStack
 from experiment.models.ode import ODEBlock, SolverOptions, odesolve
 from experiment.models.prunable import ChainLayer
@@ -110,7 +111,8 @@ class MultiscaleCNF(nn.Module):
     """FFJORD's multiscale CNF on images with `channels` channels and `num_scales` scales.
 
     `self.blocks` holds the 2 + 2 blocks of every scale but the last and the 2 of the last, in
-    forward order. `forward(x)` is `log_prob(x)` (nats per sample, Hutchinson trace).
+    forward order. `forward(x, generator)` is `log_prob(x, generator=generator)` (nats per sample,
+    Hutchinson trace, its noise drawn from `generator`; None: the global default generator).
 
     `image_shape` (C, H, W), if given, is the shape `sample` draws by default; the density takes
     images of any shape the architecture allows.
@@ -164,18 +166,22 @@ class MultiscaleCNF(nn.Module):
 
     # -- density
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.log_prob(x)
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.log_prob(x, generator=generator)
 
-    def log_prob(self, x: torch.Tensor, exact_trace: bool | None = None) -> torch.Tensor:
-        """log p(x) per sample in nats, x of shape [B, C, H, W] in [0, 1]. The exact trace (one
-        backward pass per pixel) is infeasible for images: `exact_trace=True` raises ValueError."""
-        parts, log_det = self.transform(x, exact_trace)
+    def log_prob(self, x: torch.Tensor, exact_trace: bool | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """log p(x) per sample in nats, x of shape [B, C, H, W] in [0, 1], Hutchinson's noise drawn
+        from `generator`. The exact trace (one backward pass per pixel) is infeasible for images:
+        `exact_trace=True` raises ValueError."""
+        parts, log_det = self.transform(x, exact_trace, generator)
         return sum(standard_normal_log_prob(part) for part in parts) + log_det
 
-    def transform(self, x: torch.Tensor, exact_trace: bool | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def transform(self, x: torch.Tensor, exact_trace: bool | None = None,
+                  generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The Gaussian parts (each scale's factored-out half, then the final output) and the total
-        log-det: logit log-det + Σ_blocks ∫ tr(∂f/∂z) dt."""
+        log-det: logit log-det + Σ_blocks ∫ tr(∂f/∂z) dt. Every block draws its Hutchinson noise
+        ε ~ N(0, I), shaped like its input, from `generator` before its solve, in forward order."""
         if exact_trace:
             raise ValueError("the multiscale image flow supports only Hutchinson's trace estimator: the exact trace "
                              "needs one backward pass per pixel (pass exact_trace=None or False)")
@@ -187,11 +193,11 @@ class MultiscaleCNF(nn.Module):
         parts = []
         for scale in range(self.num_scales):
             last = scale == self.num_scales - 1
-            z, log_det = self._integrate(stages[2 * scale], z, log_det)
+            z, log_det = self._integrate(stages[2 * scale], z, log_det, generator)
             if last:
                 break
             z = squeeze(z)
-            z, log_det = self._integrate(stages[2 * scale + 1], z, log_det)
+            z, log_det = self._integrate(stages[2 * scale + 1], z, log_det, generator)
             half = z.shape[1] // 2
             z, factored = z[:, :half], z[:, half:]
             parts.append(factored)
@@ -199,9 +205,10 @@ class MultiscaleCNF(nn.Module):
         return parts, log_det
 
     @staticmethod
-    def _integrate(blocks: list[ODEBlock], z: torch.Tensor, log_det: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _integrate(blocks: list[ODEBlock], z: torch.Tensor, log_det: torch.Tensor,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         for block in blocks:
-            z, delta = block.solve((z, torch.zeros_like(log_det)), torch.randn_like(z))
+            z, delta = block.solve((z, torch.zeros_like(log_det)), standard_normal_like(z, generator))
             log_det = log_det + delta
         return z, log_det
 

@@ -44,10 +44,11 @@ class TimeGate(nn.Module):
         self.shift_weight = nn.Parameter(torch.empty(features))  # c
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        # As nn.Linear(1, features) initialises its weight and bias: U(−1/√1, 1/√1).
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """a, b, then c drawn from U(−1/√1, 1/√1) = U(−1, 1), as nn.Linear(1, features) initialises its
+        weight and bias, from `generator` (None: the global default generator)."""
         for parameter in (self.gate_weight, self.gate_bias, self.shift_weight):
-            nn.init.uniform_(parameter, -1.0, 1.0)
+            nn.init.uniform_(parameter, -1.0, 1.0, generator=generator)
 
     def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(gate, shift), each of shape [features], for a scalar time t."""

@@ -17,9 +17,12 @@ from experiment.results.tree import RunDir, read_split
 from experiment.seeds import derive_seed
 
 
-def build_run_model(network: NetworkSettings, device: str | torch.device) -> nn.Module:
-    """A new (untrained) model of the run's `network` settings, on `device`."""
-    return build_model(network.name, network.output_size, network.atol, network.rtol, network.max_steps).to(device)
+def build_run_model(network: NetworkSettings, device: str | torch.device,
+                    generator: torch.Generator | None = None) -> nn.Module:
+    """A new (untrained) model of the run's `network` settings, on `device`, its parameters drawn on
+    the CPU from `generator` (None: the global default generator; see `build_model`)."""
+    return build_model(network.name, network.output_size, network.atol, network.rtol, network.max_steps,
+                       generator).to(device)
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
+from experiment.data.transforms import Transform, identity
 from experiment.models import count_nfe
 from experiment.training.losses import Loss
 from experiment.training.metrics import compute_metrics
@@ -34,18 +34,19 @@ def trace_estimator_for(model: nn.Module, data_dim: int) -> str:
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, loss_fn: Loss,
              metric_specs: Sequence[Mapping], data_dim: int,
-             transform: Callable[[torch.Tensor], torch.Tensor] = lambda batch: batch) -> Evaluation:
+             transform: Transform = identity, generator: torch.Generator | None = None) -> Evaluation:
     """Loss (averaged over samples) and metrics over all of (x, y), each batch passed through
     `transform` first. Flows of dimension ≤ 8 use the exact trace, so reported NLLs carry no
-    estimator noise."""
+    estimator noise. Batch by batch, the transform's random choices and then the flow's Hutchinson
+    noise are drawn from `generator` (None: the global default generator)."""
     model.eval()
     estimator = trace_estimator_for(model, data_dim)
     outputs, batch_nfes = [], []
     for start in range(0, len(x), batch_size):
-        batch = transform(x[start:start + batch_size])
+        batch = transform(x[start:start + batch_size], generator)
         nfe_before = count_nfe(model)
         if estimator:
-            outputs.append(model.log_prob(batch, exact_trace=estimator == "exact"))
+            outputs.append(model.log_prob(batch, exact_trace=estimator == "exact", generator=generator))
         else:
             outputs.append(model(batch))
         batch_nfes.append(count_nfe(model) - nfe_before)

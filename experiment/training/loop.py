@@ -14,7 +14,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
 
 import torch
@@ -22,21 +21,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from experiment.config.settings import Schedule
+from experiment.data.transforms import Transform, identity
 from experiment.distributed import SINGLE, Ranks
 from experiment.models import SolverError, count_nfe, solver_errors, solver_options
 from experiment.pruning.rules import apply_masks
 from experiment.files import atomic_torch_save, atomic_write_text, load_or_set_aside
 from experiment.results.tree import rows_to_csv
-from experiment.seeds import derive_seed
+from experiment.seeds import derive_seed, seeded_generator
 from experiment.training.evaluate import evaluate
 from experiment.training.losses import Loss
 from experiment.training.optim import build_optimizer, build_schedulers
 
 log = logging.getLogger("experiment")
-
-
-def identity(x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 @dataclass(frozen=True)
@@ -49,8 +45,8 @@ class TrainData:
     x_valid: torch.Tensor
     y_valid: torch.Tensor
     data_dim: int
-    train_transform: Callable[[torch.Tensor], torch.Tensor] = identity
-    eval_transform: Callable[[torch.Tensor], torch.Tensor] = identity
+    train_transform: Transform = identity
+    eval_transform: Transform = identity
 
 
 class TrainingFailed(RuntimeError):
@@ -80,7 +76,7 @@ def train(model: nn.Module, schedule: Schedule, data: TrainData, loss_fn: Loss, 
     """Trains `model` in place with `schedule` (a config's `training` or `retraining`).
 
     Epochs run from `schedule.start_epoch` to `num_epochs`; every epoch's batches and random numbers
-    (e.g. Hutchinson noise) come from seeds derived from `seed` and the epoch, so resuming from
+    come from generators seeded from `seed` and the epoch (`epoch_generators`), so resuming from
     `progress_file` (written after each epoch) reproduces an uninterrupted run exactly. `masks`
     (parameter name → 0/1 tensor) are enforced after every optimizer step: pruned entries stay zero.
     The tqdm bars (of epochs and of batches) are drawn only with `progress_bars` and a terminal on
@@ -128,15 +124,15 @@ def train(model: nn.Module, schedule: Schedule, data: TrainData, loss_fn: Loss, 
                   total=schedule.num_epochs, unit="epoch", dynamic_ncols=True, disable=not bars)
     for epoch in epochs:
         started = time.perf_counter()
-        torch.manual_seed(derive_seed(seed, "epoch", epoch))
-        order = torch.randperm(len(data.x_train), device=data.x_train.device)  # the same on every rank
-        if ranks.parallel:  # but each rank's own noise (e.g. Hutchinson's) for its own samples
-            torch.manual_seed(derive_seed(seed, "epoch", epoch, "rank", ranks.rank))
+        order_generator, noise_generator = epoch_generators(seed, epoch, data.x_train.device, ranks)
+        order = torch.randperm(len(data.x_train), generator=order_generator, device=data.x_train.device)
         try:
             train_loss, nfe_forward, nfe_backward = _train_epoch(model, trained, optimizer, data, order, loss_fn,
-                                                                 schedule.batch_size, masks, epoch, bars, ranks)
+                                                                 schedule.batch_size, masks, epoch, bars, ranks,
+                                                                 noise_generator)
             valid_loss = ranks.from_leader(evaluate(model, data.x_valid, data.y_valid, schedule.test_batch_size, loss_fn,
-                                                    [], data.data_dim, data.eval_transform).loss if ranks.leader else None)
+                                                    [], data.data_dim, data.eval_transform, noise_generator).loss
+                                           if ranks.leader else None)
         except SolverError as error:
             raise TrainingFailed(epoch, f"solver failed: {error}") from error
         for what, value in (("training", train_loss), ("validation", valid_loss)):
@@ -173,6 +169,27 @@ def train(model: nn.Module, schedule: Schedule, data: TrainData, loss_fn: Loss, 
     return TrainOutcome(curve=state["curve"], seconds=state["seconds"], kept_epoch=kept_epoch)
 
 
+def epoch_generators(seed: int, epoch: int, device: torch.device,
+                     ranks: Ranks) -> tuple[torch.Generator, torch.Generator]:
+    """(order generator, noise generator) of `epoch`, on the data's `device`. The batch order (one
+    `randperm`) is drawn from the generator seeded with derive_seed(seed, "epoch", epoch), the same on
+    every rank. The epoch's other draws, in this order: each training batch's transform and then its
+    flow's Hutchinson noise, then the validation batches' (rank 0), come from the noise generator:
+    in a single process the order generator itself, continuing after the order; with several ranks,
+    each rank's own generator seeded with derive_seed(seed, "epoch", epoch, "rank", rank), for its
+    own samples."""
+    order_generator = seeded_generator(derive_seed(seed, "epoch", epoch), device)
+    if not ranks.parallel:
+        return order_generator, order_generator
+    return order_generator, seeded_generator(derive_seed(seed, "epoch", epoch, "rank", ranks.rank), device)
+
+
+def draws_noise(model: nn.Module) -> bool:
+    """Does `model`'s forward draw random numbers (a flow's Hutchinson noise), so that it takes a
+    `generator` argument? Classifiers draw nothing."""
+    return hasattr(model, "log_prob")
+
+
 def epoch_line(description: str, row: dict, num_epochs: int) -> str:
     """One epoch's curve `row` as a log line, e.g.
     `dense_net0 epoch 3/100: train 1.2345 valid 1.2210 nfe 44/26 2.31 s lr 0.005` (epochs counted from 1)."""
@@ -192,10 +209,11 @@ def write_curve(path: Path, rows: list[dict]) -> None:
 
 def _train_epoch(model: nn.Module, trained: nn.Module, optimizer: torch.optim.Optimizer, data: TrainData,
                  order: torch.Tensor, loss_fn: Loss, batch_size: int, masks: dict[str, torch.Tensor], epoch: int,
-                 progress_bar: bool, ranks: Ranks) -> tuple[float, float, float]:
+                 progress_bar: bool, ranks: Ranks, generator: torch.Generator) -> tuple[float, float, float]:
     """One pass over the training batches in `order`; returns mean loss and mean NFE per iteration
     (forward solve, backward solve), averaged over the ranks. `trained` is `model` as it is called
-    for training (wrapped for data-parallel training).
+    for training (wrapped for data-parallel training). Batch by batch, the training transform's
+    random choices and then a flow's Hutchinson noise are drawn from `generator`.
 
     Each rank computes the mean loss of its share of a batch weighted by share size × ranks / batch
     size, so the ranks' gradients average (DistributedDataParallel) to the gradient of the whole
@@ -214,7 +232,9 @@ def _train_epoch(model: nn.Module, trained: nn.Module, optimizer: torch.optim.Op
         if len(index) == 0:
             index = batch[:1]
         nfe_start = count_nfe(model)
-        loss = loss_fn(trained(data.train_transform(data.x_train[index])), data.y_train[index])
+        inputs = data.train_transform(data.x_train[index], generator)
+        output = trained(inputs, generator=generator) if draws_noise(model) else trained(inputs)
+        loss = loss_fn(output, data.y_train[index])
         nfe_after_forward = count_nfe(model)
         optimizer.zero_grad(set_to_none=True)
         with solver_errors(solver_options(model)):  # the adjoint's backward solves run here
