@@ -19,6 +19,7 @@ from torchdiffeq import odeint
 
 from experiment.models import CNF, NeuralODEClassifier, parse_model_name
 from experiment.results import Run
+from experiment.seeds import seeded_generator
 
 
 def two_d_family(run: Run) -> str | None:
@@ -36,7 +37,7 @@ def two_d_family(run: Run) -> str | None:
 @torch.no_grad()
 def sample_flow(model: CNF, num_samples: int, seed: int) -> np.ndarray:
     """`num_samples` samples of the flow: N(0, I) draws of a seeded generator pushed back through the ODE."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     return model.sample(num_samples, generator).double().numpy()
 
 
