@@ -96,8 +96,6 @@ def test_defaults_are_filled(tmp_path: Path) -> None:
     assert config["directories"] == {
         "results": "./data/results",
         "training_data": "./data/training",
-        "local_data": "./local",
-        "trained_networks": None,
     }
     assert (config["seed"], config["device"], config["tf32"]) == (0, "auto", False)
     assert config["retraining"] == training
@@ -145,13 +143,18 @@ def test_settings_are_the_resolved_config_typed(tmp_path: Path) -> None:
     assert pickle.loads(pickle.dumps(settings)) == settings  # settings travel to worker processes with their plans
 
 
-def test_recorded_settings_fill_keys_added_since_and_name_the_file(tmp_path: Path) -> None:
-    """A run's config.yaml from before a key existed reads with the key's default; a bad value names the file."""
+def test_recorded_settings_fill_keys_added_since_and_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run's config.yaml from before a key existed reads with the key's default, one with a key
+    dropped since reads without it; a bad value names the file."""
     recorded = load_one(write(tmp_path, "main.yaml", VALID))
     del recorded["network"]["maxSteps"], recorded["tf32"]
     settings = recorded_settings(recorded, "run/config.yaml")
     assert settings.network.max_steps == settings_of(load_one(tmp_path / "main.yaml")).network.max_steps
     assert settings.tf32 is False
+    # keys dropped since (run folders made before recorded the original's scratch folders): no error, no warning
+    recorded["directories"].update({"local_data": "./local", "trained_networks": None})
+    assert recorded_settings(recorded, "run/config.yaml").directories == settings.directories
+    assert capsys.readouterr().err == ""
     recorded["training"]["batchSize"] = 0
     with pytest.raises(ConfigError) as error:
         recorded_settings(recorded, "run/config.yaml")

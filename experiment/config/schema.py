@@ -488,9 +488,6 @@ def _experiments(value: Any, path: KeyPath, sources: Sources) -> dict:
 DIRECTORY_FIELDS = {
     "results": Field(_string, "./data/results"),
     "training_data": Field(_string, "./data/training"),
-    # The original's scratch folder and folder of pretrained nets: accepted so its configs load, never read here.
-    "local_data": Field(_string, "./local"),
-    "trained_networks": Field(_optional(_string), None),
 }
 
 
@@ -540,6 +537,8 @@ IGNORED_ORIGINAL_KEYS: dict[KeyPath, str] = {
     ("coresets",): "settings of the original's coreset-based pruning methods (SiPP, PFP, ...), not implemented here",
     ("description",): "free text, never read by the original either",
     ("experiments", "datasetsToEvaluate"): "never read by the original either",
+    ("directories", "local_data"): "the original's scratch folder; nothing here writes scratch files",
+    ("directories", "trained_networks"): "the original's folder of nets to start from; dense nets are always trained here",
 }
 
 # Keys of the original's configs that would change what a run measures: errors, not warnings.

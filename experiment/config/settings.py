@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from experiment.config.schema import Sources, validate_config
+from experiment.config.schema import Sources, remove_ignored_original_keys, validate_config
 from experiment.stopping import StopRule
 
 
@@ -115,7 +115,7 @@ class ExperimentSettings:
 
 @dataclass(frozen=True)
 class Directories:
-    """`directories` that are read here (`local_data` and `trained_networks` are accepted, never read)."""
+    """`directories`: where results go and where datasets are kept."""
 
     results: str
     training_data: str
@@ -182,9 +182,12 @@ def settings_of(config: Mapping[str, Any]) -> Settings:
 
 def recorded_settings(config: Mapping[str, Any], file: str) -> Settings:
     """The settings of the config a run folder recorded (its config.yaml, shown as `file`), validated
-    again: keys added since the run was made take their defaults, and a value that no longer passes
-    is a ConfigError naming `file` and the key."""
-    return settings_of(validate_config(copy.deepcopy(dict(config)), Sources({}, file)))
+    again: keys added since the run was made take their defaults, keys dropped since are dropped
+    silently (the run's own record, not a config someone wrote), and a value that no longer passes is
+    a ConfigError naming `file` and the key."""
+    raw, sources = copy.deepcopy(dict(config)), Sources({}, file)
+    remove_ignored_original_keys(raw, sources)
+    return settings_of(validate_config(raw, sources))
 
 
 def schedule_of(section: Mapping[str, Any]) -> Schedule:
