@@ -1,19 +1,20 @@
 """Carries the paper-schedule runs of `param/reproduction/` between machines through git: their
-results, and while a run is unfinished, what resuming it and the analyses of paper/ need.
+results, and what resuming them and the analyses of paper/ need.
 
-    python -m paper.reproduction_state save [NAME ...]     # data/reproduction/... → paper/reproduction/NAME/
-    python -m paper.reproduction_state restore [NAME ...]  # paper/reproduction/NAME/ → data/reproduction/...
+    python -m paper.reproduction_state save [--results-only] [NAME ...]  # data/reproduction/... → paper/reproduction/NAME/
+    python -m paper.reproduction_state restore [NAME ...]                # paper/reproduction/NAME/ → data/reproduction/...
 
 NAME: a config of param/reproduction/ without `.yaml` (default: all of them); run from the repository
 root, where the configs put their results (`./data/reproduction`).
 
-`save` copies the run folder's config.yaml, metrics.csv, curves/ and log.txt, and, while some of its
-jobs are unfinished, the resume state into `resume/`: data_split.npz, the dense checkpoints, every
-progress file (models mid-training), each chain's last recorded step checkpoint (the chain goes on from
-it: `experiment.runner.resume_step`) and net 0's checkpoints at the steps `paper.flatness` measures by
-default — a few hundred kB instead of every checkpoint. The other step checkpoints are left out, so run
+`save` copies the run folder's config.yaml, metrics.csv, curves/ and log.txt, and into `state/`:
+data_split.npz and the checkpoints the analyses read — the dense nets, and net 0's models at the steps
+`paper.flatness` measures and `paper.samples_2d` shows by default — and, while some of the run's jobs
+are unfinished, what resuming needs besides: every progress file (models mid-training) and each
+chain's last recorded step checkpoint (the chain goes on from it: `experiment.runner.resume_step`).
+A megabyte or so instead of every checkpoint. The other step checkpoints are left out, so run
 `python -m paper.mode_collapse` on the run before saving: its cache keeps each model's mode shares,
-keyed by checkpoint contents. Once the run is finished, `resume/` is removed.
+keyed by checkpoint contents. `--results-only` leaves `state/` out (once the analyses are committed).
 
 `restore` copies both back into a run folder that has no metrics.csv yet (a fresh clone), after which
 `python -m experiment.main param/reproduction/NAME.yaml` resumes the run.
@@ -27,8 +28,11 @@ import sys
 from pathlib import Path
 
 from experiment.analysis.flatness import select_rows
+from experiment.analysis.two_dimensional import GRID_RATIOS, spread_ratios
 from experiment.config import load_configs
-from experiment.plan import make_plan
+from experiment.plan import Plan, make_plan
+from experiment.report import is_plotted
+from experiment.results.rows import step_prune_ratio
 from experiment.results.tree import RunDir, is_failed, model_name, run_folder
 from experiment.runner import is_finished
 
@@ -37,24 +41,32 @@ COMMITTED = Path("paper/reproduction")
 RESULTS = ("config.yaml", "metrics.csv", "log.txt")
 
 
-def resume_checkpoints(run: RunDir) -> list[str]:
-    """The models whose checkpoints resuming and the analyses need (see the module docstring)."""
+def sample_grid_steps(plan: Plan, rows: list[dict]) -> set[str]:
+    """The models of net 0 that `paper.samples_2d`'s default grid will show once the run is finished:
+    those at GRID_RATIOS of the plan's plotted step ratios, spread evenly."""
+    plotted = [ratio for ratio in plan.prune_ratios if is_plotted(plan.settings.experiments.plotting, ratio)]
+    shown = {round(ratio, 9) for ratio in spread_ratios(plotted, GRID_RATIOS)}
+    return {model_name(row) for row in rows
+            if row["method"] != "dense" and int(row["net"]) == 0 and round(step_prune_ratio(row), 9) in shown}
+
+
+def kept_checkpoints(run: RunDir, plan: Plan, resuming: bool) -> list[str]:
+    """The models whose checkpoints the analyses need and, if `resuming`, those the chains go on from
+    (see the module docstring)."""
     rows = [row for row in run.read_metrics() if not is_failed(row)]
     names = {model_name(row) for row in rows if row["method"] == "dense"}
+    names |= {model_name(row) for row in select_rows(rows, net=0)} | sample_grid_steps(plan, rows)
     chains: dict[tuple, list[dict]] = {}
     for row in rows:
-        if row["method"] != "dense":
+        if row["method"] != "dense" and run.checkpoint(model_name(row)).exists():
             chains.setdefault((row["mode"], row["method"], row["net"], row["repetition"]), []).append(row)
-    for chain in chains.values():
-        kept = [row for row in chain if run.checkpoint(model_name(row)).exists()]
-        if kept:
-            names.add(model_name(max(kept, key=lambda row: int(row["step"]))))
-    names |= {model_name(row) for row in select_rows(rows, net=0)}
+    if resuming:
+        names |= {model_name(max(chain, key=lambda row: int(row["step"]))) for chain in chains.values()}
     return sorted(name for name in names if run.checkpoint(name).exists())
 
 
-def save(config: dict, target: Path) -> None:
-    """The run of the resolved `config`: its results and, while unfinished, its resume state into `target`."""
+def save(config: dict, target: Path, results_only: bool = False) -> None:
+    """The run of the resolved `config`: its results and (unless `results_only`) its state into `target`."""
     run, name = RunDir(run_folder(config)), target.name
     if not run.metrics_file.exists():
         print(f"{name}: no run in {run.path} here; nothing saved")
@@ -63,24 +75,26 @@ def save(config: dict, target: Path) -> None:
     for file in RESULTS:
         shutil.copy2(run.path / file, target / file)
     shutil.copytree(run.path / "curves", target / "curves", dirs_exist_ok=True)
-    resume = target / "resume"
-    shutil.rmtree(resume, ignore_errors=True)
-    if is_finished(make_plan(config), run):
-        print(f"{name}: finished; results copied to {target}")
+    state = target / "state"
+    shutil.rmtree(state, ignore_errors=True)
+    plan = make_plan(config)
+    resuming = not is_finished(plan, run)
+    if results_only:
+        print(f"{name}: results copied to {target} ({'unfinished' if resuming else 'finished'})")
         return
-    (resume / "checkpoints").mkdir(parents=True)
-    shutil.copy2(run.split_file, resume / run.split_file.name)
-    checkpoints = resume_checkpoints(run)
+    (state / "checkpoints").mkdir(parents=True)
+    shutil.copy2(run.split_file, state / run.split_file.name)
+    checkpoints = kept_checkpoints(run, plan, resuming)
     for model in checkpoints:
-        shutil.copy2(run.checkpoint(model), resume / "checkpoints" / run.checkpoint(model).name)
-    progress = sorted((run.path / "progress").glob("*.pt")) if (run.path / "progress").exists() else []
+        shutil.copy2(run.checkpoint(model), state / "checkpoints" / run.checkpoint(model).name)
+    progress = sorted((run.path / "progress").glob("*.pt")) if resuming and (run.path / "progress").exists() else []
     if progress:
-        (resume / "progress").mkdir()
+        (state / "progress").mkdir()
         for path in progress:
-            shutil.copy2(path, resume / "progress" / path.name)
-    size = sum(path.stat().st_size for path in resume.rglob("*") if path.is_file())
-    print(f"{name}: results and resume state ({len(checkpoints)} checkpoints, {len(progress)} progress files, "
-          f"{size / 1e6:.1f} MB) copied to {target}")
+            shutil.copy2(path, state / "progress" / path.name)
+    size = sum(path.stat().st_size for path in state.rglob("*") if path.is_file())
+    print(f"{name}: results and state ({'unfinished' if resuming else 'finished'}: {len(checkpoints)} checkpoints, "
+          f"{len(progress)} progress files, {size / 1e6:.1f} MB) copied to {target}")
 
 
 def restore(config: dict, source: Path) -> None:
@@ -93,8 +107,8 @@ def restore(config: dict, source: Path) -> None:
     for file in RESULTS:
         shutil.copy2(source / file, run.path / file)
     shutil.copytree(source / "curves", run.path / "curves", dirs_exist_ok=True)
-    if (source / "resume").exists():
-        shutil.copytree(source / "resume", run.path, dirs_exist_ok=True)
+    if (source / "state").exists():
+        shutil.copytree(source / "state", run.path, dirs_exist_ok=True)
     print(f"{name}: restored into {run.path}")
 
 
@@ -102,11 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["save", "restore"])
     parser.add_argument("names", nargs="*", help="configs of param/reproduction/ without .yaml (default: all)")
+    parser.add_argument("--results-only", action="store_true", help="save: leave the checkpoints and progress files out")
     arguments = parser.parse_args(argv)
     names = arguments.names or sorted(path.stem for path in CONFIGS.glob("*.yaml"))
     for name in names:
         config = load_configs(CONFIGS / f"{name}.yaml", [])[0]
-        (save if arguments.action == "save" else restore)(config, COMMITTED / name)
+        if arguments.action == "save":
+            save(config, COMMITTED / name, arguments.results_only)
+        else:
+            restore(config, COMMITTED / name)
     return 0
 
 

@@ -37,7 +37,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
-from experiment.analysis.two_dimensional import fields_of, sample_flow, trajectories, two_d_family
+from experiment.analysis.two_dimensional import GRID_RATIOS, fields_of, sample_flow, spread_ratios, trajectories, two_d_family
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import is_plotted, line_label, step_prune_ratio
 from experiment.results import Run
@@ -67,18 +67,7 @@ class Selection:
         return list(self.cells)
 
 
-def spread_ratios(ratios: list[float], count: int) -> list[float]:
-    """`count` entries of the sorted list `ratios`, evenly spread and ending with the largest."""
-    ratios = sorted(ratios)
-    if count <= 0 or not ratios:
-        return []
-    if count >= len(ratios):
-        return ratios
-    positions = np.round(np.linspace(len(ratios) / count, len(ratios), count)).astype(int) - 1
-    return [ratios[index] for index in sorted(set(positions.tolist()))]
-
-
-def select_models(run: Run, ratios: list[float] | None = None, num_ratios: int = 4, net: int = 0,
+def select_models(run: Run, ratios: list[float] | None = None, num_ratios: int = GRID_RATIOS, net: int = 0,
                   repetition: int = 0) -> Selection:
     """The dense net `net` and, per (mode, method), its pruned models of repetition `repetition` at
     the chosen target prune ratios: the nearest of the run's ratios (within its plotted range,
@@ -336,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         **{
             "--ratios": dict(type=float, nargs="+", default=None,
                              help="prune ratios to show (the nearest of each run's list); default: --num-ratios spread evenly"),
-            "--num-ratios": dict(type=int, default=4, help="how many ratios to show by default (always including the largest)"),
+            "--num-ratios": dict(type=int, default=GRID_RATIOS, help="how many ratios to show by default (always including the largest)"),
             "--net": dict(type=int, default=0, help="which net (default 0)"),
             "--repetition": dict(type=int, default=0, help="which repetition (default 0)"),
             "--num-samples": dict(type=int, default=20_000, help="flow samples per model (default 20000)"),

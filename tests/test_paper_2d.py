@@ -17,7 +17,7 @@ import torch
 
 from conftest import PARAM, cli_command, cli_env, describe, run_folders
 from experiment.analysis.mode_collapse import HIT_K, KS, unmeasurable_reason
-from experiment.analysis.two_dimensional import trajectories, two_d_family
+from experiment.analysis.two_dimensional import spread_ratios, trajectories, two_d_family
 from experiment.results import Run
 from paper import mode_collapse, prune_curves, samples_2d
 from paper.common import STYLES, use_style
@@ -27,13 +27,13 @@ from paper.common import STYLES, use_style
 
 def test_spread_ratios_end_with_the_largest():
     ratios = [round(0.02 * index, 2) for index in range(1, 30)]
-    chosen = samples_2d.spread_ratios(ratios, 4)
+    chosen = spread_ratios(ratios, 4)
     assert len(chosen) == 4 and chosen[-1] == max(ratios) and chosen == sorted(chosen)
     gaps = np.diff([ratios.index(value) for value in chosen])
     assert gaps.max() - gaps.min() <= 1
-    assert samples_2d.spread_ratios([0.3, 0.1], 4) == [0.1, 0.3]
-    assert samples_2d.spread_ratios([0.5], 1) == [0.5]
-    assert samples_2d.spread_ratios([], 4) == []
+    assert spread_ratios([0.3, 0.1], 4) == [0.1, 0.3]
+    assert spread_ratios([0.5], 1) == [0.5]
+    assert spread_ratios([], 4) == []
 
 
 def test_only_2d_toy_models_fit():

@@ -31,10 +31,11 @@ def test_a_saved_unfinished_run_resumes_elsewhere_with_the_rows_of_an_uninterrup
     save(here, saved)
     assert (saved / "metrics.csv").read_text() == run.metrics_file.read_text()
     assert sorted(path.name for path in (saved / "curves").iterdir()) == sorted(path.name for path in (run.path / "curves").iterdir())
-    # dense, the last recorded step (3) and the steps closest to paper.flatness' ratios 0.25/0.5/0.75/0.9/0.95 (1, 2, 3)
-    assert sorted(path.stem for path in (saved / "resume" / "checkpoints").iterdir()) == [
+    # dense, the last recorded step (3), the steps closest to paper.flatness' ratios 0.25/0.5/0.75/0.9/0.95 (1, 2, 3)
+    # and those paper.samples_2d shows (4 of the plan's 4 ratios: 1 to 4, of which 1 to 3 are recorded)
+    assert sorted(path.stem for path in (saved / "state" / "checkpoints").iterdir()) == [
         "cascade_ThresNet_net0_rep0_step1", "cascade_ThresNet_net0_rep0_step2", "cascade_ThresNet_net0_rep0_step3", "dense_net0"]
-    assert (saved / "resume" / "data_split.npz").read_bytes() == run.split_file.read_bytes()
+    assert (saved / "state" / "data_split.npz").read_bytes() == run.split_file.read_bytes()
 
     there = load_configs(tiny_config(tmp_path / "there.yaml", tmp_path / "there", epochs=2, nets=1, experiments=CASCADE,
                                      retraining={"numEpochs": 1, "batchSize": 128}), [])[0]
@@ -46,6 +47,10 @@ def test_a_saved_unfinished_run_resumes_elsewhere_with_the_rows_of_an_uninterrup
     retrained = [record.getMessage() for record in caplog.records if record.getMessage().startswith(("training", "retraining"))]
     assert retrained == ["retraining cascade_ThresNet_net0_rep0_step4"]
 
-    save(there, saved)  # finished now: the results only
-    assert not (saved / "resume").exists()
+    save(there, saved)  # finished now: what the analyses read (step 4 now too: flatness' 0.9, the grid's last), no progress files
+    assert sorted(path.stem for path in (saved / "state" / "checkpoints").iterdir()) == [
+        *(f"cascade_ThresNet_net0_rep0_step{step}" for step in (1, 2, 3, 4)), "dense_net0"]
+    assert not (saved / "state" / "progress").exists()
     assert (saved / "metrics.csv").read_text() == resumed.metrics_file.read_text()
+    save(there, saved, results_only=True)
+    assert not (saved / "state").exists() and (saved / "metrics.csv").exists()

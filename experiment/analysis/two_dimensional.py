@@ -22,6 +22,20 @@ from experiment.results import Run
 from experiment.seeds import seeded_generator
 
 
+GRID_RATIOS = 4  # prune ratios a sample grid shows by default
+
+
+def spread_ratios(ratios: list[float], count: int) -> list[float]:
+    """`count` entries of the sorted list `ratios`, evenly spread and ending with the largest."""
+    ratios = sorted(ratios)
+    if count <= 0 or not ratios:
+        return []
+    if count >= len(ratios):
+        return ratios
+    positions = np.round(np.linspace(len(ratios) / count, len(ratios), count)).astype(int) - 1
+    return [ratios[index] for index in sorted(set(positions.tolist()))]
+
+
 def two_d_family(run: Run) -> str | None:
     """'cnf' or 'node' for a run of a 2-D toy flow or classifier, else None."""
     network = run.settings.network
