@@ -74,7 +74,8 @@ def save(config: dict, target: Path, results_only: bool = False) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for file in RESULTS:
         shutil.copy2(run.path / file, target / file)
-    shutil.copytree(run.path / "curves", target / "curves", dirs_exist_ok=True)
+    shutil.rmtree(target / "curves", ignore_errors=True)  # the run's curves, not also those of an earlier copy
+    shutil.copytree(run.path / "curves", target / "curves")
     state = target / "state"
     shutil.rmtree(state, ignore_errors=True)
     plan = make_plan(config)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from experiment.analysis.prune_potential import delta_of, prune_potential
-from experiment.config import load_configs
+from experiment.config.settings import recorded_config
 from experiment.jobs import jobs_of
 from experiment.plan import make_plan
 from experiment.pruning.rules import CONTROL_METHOD
@@ -240,8 +240,8 @@ def flatness_claim(path: Path) -> tuple[list[Measure], Verdict]:
 
 def unfinished_jobs(run: Run) -> tuple[int, int]:
     """(jobs with rows missing, all jobs) of the run's config — dense nets and prune chains — the
-    config as the validator resolves it today (one written before a key existed lacks it)."""
-    plan = make_plan(load_configs(run.folder.config_file)[0])
+    config as the validator resolves it today (`recorded_config`)."""
+    plan = make_plan(recorded_config(run.config, str(run.folder.config_file)))
     jobs = len(jobs_of(plan))
     return jobs - len(finished_jobs(plan, run.folder)), jobs
 

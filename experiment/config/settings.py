@@ -180,14 +180,19 @@ def settings_of(config: Mapping[str, Any]) -> Settings:
     )
 
 
-def recorded_settings(config: Mapping[str, Any], file: str) -> Settings:
-    """The settings of the config a run folder recorded (its config.yaml, shown as `file`), validated
-    again: keys added since the run was made take their defaults, keys dropped since are dropped
-    silently (the run's own record, not a config someone wrote), and a value that no longer passes is
-    a ConfigError naming `file` and the key."""
+def recorded_config(config: Mapping[str, Any], file: str) -> dict:
+    """The config a run folder recorded (its config.yaml, shown as `file`), validated again: keys
+    added since the run was made take their defaults, keys dropped since are dropped silently (the
+    run's own record, not a config someone wrote), and a value that no longer passes is a
+    ConfigError naming `file` and the key."""
     raw, sources = copy.deepcopy(dict(config)), Sources({}, file)
     remove_ignored_original_keys(raw, sources)
-    return settings_of(validate_config(raw, sources))
+    return validate_config(raw, sources)
+
+
+def recorded_settings(config: Mapping[str, Any], file: str) -> Settings:
+    """The settings of `recorded_config(config, file)`."""
+    return settings_of(recorded_config(config, file))
 
 
 def schedule_of(section: Mapping[str, Any]) -> Schedule:
