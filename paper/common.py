@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -187,6 +188,24 @@ def save_text(folder: Path, name: str, text: str) -> Path:
     path = folder / name
     atomic_write_text(path, text)
     return path
+
+
+def read_cache(path: Path) -> dict:
+    """An analysis' cache of per-model measurements (JSON); empty when it is missing or unreadable,
+    so a damaged cache costs a recomputation, never a wrong number (entries are keyed by checkpoint
+    contents and settings)."""
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def cache_saver(folder: Path, name: str, cache: dict) -> Callable[[], Path]:
+    """Writes `cache` (as it is then) to `folder`/`name`, atomically."""
+    def save() -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        return save_text(folder, name, json.dumps(cache))
+    return save
 
 
 def collection_folder(out: str | None, target: str | Path, runs: list[Run]) -> Path:

@@ -19,7 +19,6 @@ and reused while the checkpoint and the sampling settings are unchanged.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 
@@ -33,7 +32,8 @@ from experiment.analysis.mode_collapse import (
 from experiment.report import is_plotted, line_label, method_color, method_name, prune_ratio_axis
 from experiment.results.tree import rows_to_csv
 from paper.common import (
-    figure_title, find_runs, markdown_table, new_figure, output_folder, parse_arguments, run_label, save_figure, save_text,
+    cache_saver, figure_title, find_runs, markdown_table, new_figure, output_folder, parse_arguments, read_cache, run_label,
+    save_figure, save_text,
 )
 
 
@@ -138,15 +138,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         folder = output_folder(arguments.out, run)
         label = run_label(run)
-        cache_path = folder / f"mode_collapse_{label}.cache.json"
-        try:
-            cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-        except (OSError, ValueError):
-            cache = {}
+        cache_name = f"mode_collapse_{label}.cache.json"
+        cache = read_cache(folder / cache_name)
         ks = sorted(set(KS) | {arguments.figure_k})
         rows = run_measures(run, label, arguments.num_samples, arguments.seed, ks, arguments.hit_fraction,
                             arguments.max_tv, cache)
-        save_text(folder, cache_path.name, json.dumps(cache))
+        cache_saver(folder, cache_name, cache)()
         written = [save_text(folder, f"mode_collapse_{label}.csv", rows_to_csv(rows)),
                    save_text(folder, f"mode_collapse_{label}.md",
                              collapse_markdown(rows, ks, arguments.figure_k, arguments.max_tv))]

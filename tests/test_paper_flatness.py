@@ -6,6 +6,7 @@ end on a tiny real results tree (with a NoPrune control model added)."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 from pathlib import Path
@@ -17,8 +18,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from conftest import describe, load_weights, run_cli, the_run_folder
-from experiment.analysis.flatness import (CONTROL_COLUMNS, control_columns, placed_ratio, random_subset_control,
-                                          random_subsets, restricted_loss, select_rows, training_subset)
+from experiment.analysis.flatness import (CONTROL_COLUMNS, FlatnessSettings, analyse_run, control_columns, placed_ratio,
+                                          random_subset_control, random_subsets, restricted_loss, select_rows,
+                                          training_subset)
 from experiment.analysis.hessian import (HessianOperator, RestrictedLoss, SurvivingParameters, dense_hessian, density_grid,
                                          differentiable_copy, gauss_quadrature, hutchinson_trace, lanczos, measure, slq,
                                          spectral_density)
@@ -487,3 +489,64 @@ def test_cli_noprune_control_is_the_dense_hessian(results_tree):
         assert float(model[f"control_{control}_mean"]) == float(dense[column])  # ... its control is the dense one
         assert float(model[f"control_{control}_std"]) == 0
     assert int(model["control_subsets"]) == 1 and int(table["ThresNet"]["control_subsets"]) == 2
+
+
+def test_flatness_cache_resumes_a_killed_analysis_and_serves_a_trimmed_copy(results_tree, tmp_path, capsys):
+    """Every measurement is cached as it finishes, keyed by checkpoint contents and the options that
+    change the numbers: an analysis killed after its first entries measures only the rest when run
+    again and ends with the uninterrupted table; a copy of the run without a pruned checkpoint takes
+    that model from the cache (left out with a note without one); a changed checkpoint or a changed
+    option is measured anew."""
+    results, _ = results_tree
+    run = Run(the_run_folder(results))
+    label = f"ToyMoons_{NODE}_{run.path.name}"
+    settings = FlatnessSettings(subset=0.1)
+    uninterrupted, spectra = analyse_run(run, label, settings)
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    class Killed(Exception):
+        pass
+
+    cache, writes = {}, []
+
+    def save_then_die():
+        writes.append(json.dumps(cache))
+        if len(writes) == 2:  # the dense net and its first control size are in; then the "kill"
+            raise Killed
+
+    with pytest.raises(Killed):
+        analyse_run(run, label, settings, cache, saved=save_then_die)
+    cache = json.loads(writes[-1])  # what the file holds after the kill
+    capsys.readouterr()
+    counted = []
+    resumed, resumed_spectra = analyse_run(run, label, settings, cache, saved=lambda: counted.append(1))
+    assert strip(resumed) == strip(uninterrupted) and resumed_spectra == spectra
+    entries = len(cache)  # 3 models + a control for each of the 3 sizes (the dense one is the dense net itself)
+    assert entries == 6 and len(counted) == entries - 2
+    dense_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{label} dense_net0: "))
+    assert dense_line.endswith(", cached)")  # measured before the kill
+
+    # a copy of the run (another machine) without the WT model's checkpoint
+    copy = tmp_path / "copy" / run.path.relative_to(results)
+    shutil.copytree(run.path, copy)
+    step = copy / "checkpoints" / "cascade_ThresNet_net0_rep0_step1.pt"
+    step.unlink()
+    served, _ = analyse_run(Run(copy), label, settings, dict(cache), saved=lambda: pytest.fail("nothing to measure"))
+    assert strip(served) == strip(uninterrupted)
+    without_cache, _ = analyse_run(Run(copy), label, settings)
+    assert [row["method"] for row in without_cache] == ["dense", "FilterThresNet"]
+    assert f"{label}: {step.stem} has no checkpoint and no cached measurement; left out" in capsys.readouterr().out
+
+    # a changed checkpoint and a changed option are measured again
+    checkpoint = load_weights(run.path / "checkpoints" / "cascade_FilterThresNet_net0_rep0_step1.pt")
+    checkpoint["model"] = {name: 1.1 * value if value.is_floating_point() else value for name, value in checkpoint["model"].items()}
+    torch.save(checkpoint, copy / "checkpoints" / "cascade_FilterThresNet_net0_rep0_step1.pt")
+    added = []
+    changed, _ = analyse_run(Run(copy), label, settings, dict(cache), saved=lambda: added.append(1))
+    assert len(added) == 1  # the FT model alone (its size, hence its control, is unchanged)
+    by_method = lambda rows: {row["method"]: row for row in rows}
+    assert by_method(changed)["FilterThresNet"]["lambda_max"] != by_method(uninterrupted)["FilterThresNet"]["lambda_max"]
+    assert strip([by_method(changed)["ThresNet"]]) == strip([by_method(uninterrupted)["ThresNet"]])
+    other = []
+    analyse_run(run, label, FlatnessSettings(subset=0.1, probes=7), dict(cache), saved=lambda: other.append(1))
+    assert len(other) == entries

@@ -21,8 +21,10 @@ backpropagates through the solver (`differentiable_copy`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +46,7 @@ from experiment.training.losses import build_loss
 DEFAULT_RATIOS = (0.25, 0.5, 0.75, 0.9, 0.95)
 CONTROL_QUANTITIES = {"lambda_max": "lambda_max", "trace": "trace", "condition": "condition_number"}  # column stem → Flatness field
 CONTROL_COLUMNS = tuple(f"control_{stem}_{statistic}" for stem in CONTROL_QUANTITIES for statistic in ("mean", "std")) + ("control_subsets",)
+FLATNESS_SCALARS = ("num_params", "lambda_max", "lambda_min", "trace", "trace_stderr", "condition_number", "hessian")
 COLUMNS = ("run", "mode", "method", "net", "step", "prune_ratio", "step_prune_ratio", "num_surviving_params", "lambda_max",
            "trace", "trace_stderr", "condition_number", *CONTROL_COLUMNS, "lambda_min", "hessian", "subset_size", "seconds")
 
@@ -168,39 +171,140 @@ def restricted_loss(run: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor
                           cache_graph=cache_graph, hvp_batch=hvp_batch)
 
 
-def analyse_run(run: Run, label: str, settings: FlatnessSettings) -> tuple[list[dict], list[dict]]:
+def measurement_settings(settings: FlatnessSettings, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """What a model's measurement depends on besides its checkpoint: the data subset (by content) and
+    the settings that change the numbers (not `hvp_batch` or `cache_graph`, which only change how
+    they are computed). A cache entry is reused only under equal settings."""
+    data = hashlib.sha256(x.detach().cpu().numpy().tobytes() + y.detach().cpu().numpy().tobytes()).hexdigest()
+    return {"data": data, "subset": settings.subset, "seed": settings.seed, "exact_max": settings.exact_max,
+            "probes": settings.probes, "slq_vectors": settings.slq_vectors, "slq_steps": settings.slq_steps,
+            "eig_tol": settings.eig_tol, "chunk_size": settings.chunk_size, "dtype": str(settings.dtype)}
+
+
+def flatness_entry(result: Flatness) -> dict:
+    """`result` as plain JSON values (the inverse of `flatness_of`)."""
+    return {**{field: getattr(result, field) for field in FLATNESS_SCALARS},
+            "quadrature": [[nodes.tolist(), weights.tolist()] for nodes, weights in result.quadrature]}
+
+
+def flatness_of(entry: dict) -> Flatness:
+    return Flatness(**{field: entry[field] for field in FLATNESS_SCALARS},
+                    quadrature=[(np.array(nodes), np.array(weights)) for nodes, weights in entry["quadrature"]])
+
+
+class MeasurementCache:
+    """Measurements of earlier calls (a JSON-ready dict, updated in place; `saved` is called after
+    every new entry, so a killed analysis keeps what it finished). A model's entry is keyed by its
+    name and holds its checkpoint's SHA-256 (`Run.checkpoint_sha256`) and the `measurement_settings`;
+    it serves while both match, and also when the checkpoint is gone (a copy of the run trimmed to
+    its results). A control's entry is keyed by the dense net and the subset size."""
+
+    def __init__(self, entries: dict, settings: dict, saved: Callable[[], None]):
+        self.entries, self.settings, self.saved = entries, settings, saved
+
+    def get(self, key: str, signature: str | None, settings: dict) -> dict | None:
+        entry = self.entries.get(key)
+        if entry is None or entry["settings"] != settings or signature not in (None, entry["checkpoint"]):
+            return None
+        return entry
+
+    def model(self, name: str, signature: str | None) -> tuple[Flatness, float] | None:
+        """(its measurement, the seconds it took) if cached."""
+        entry = self.get(name, signature, self.settings)
+        return None if entry is None else (flatness_of(entry["result"]), entry["seconds"])
+
+    def control(self, dense: str, signature: str | None, size: int, count: int) -> list[Flatness] | None:
+        entry = self.get(f"{dense} control {size}", signature, {**self.settings, "control_subsets": count})
+        return None if entry is None else [flatness_of(result) for result in entry["results"]]
+
+    def add_model(self, name: str, signature: str | None, result: Flatness, seconds: float) -> None:
+        self.entries[name] = {"settings": self.settings, "checkpoint": signature, "result": flatness_entry(result),
+                              "seconds": seconds}
+        self.saved()
+
+    def add_control(self, dense: str, signature: str | None, size: int, count: int, results: list[Flatness]) -> None:
+        self.entries[f"{dense} control {size}"] = {"settings": {**self.settings, "control_subsets": count},
+                                                   "checkpoint": signature,
+                                                   "results": [flatness_entry(result) for result in results]}
+        self.saved()
+
+
+def analyse_run(run: Run, label: str, settings: FlatnessSettings, cache: dict | None = None,
+                saved: Callable[[], None] = lambda: None) -> tuple[list[dict], list[dict]]:
     """(table rows, spectrum rows) for the selected models of `run` (`label` in their `run` column),
     each table row (COLUMNS) with its random-subset control: the dense net's Hessian on
     `settings.control_subsets` random sets of as many parameters as the model has survivors
-    (computed once per size, right after the dense net, from its Hessian). A spectrum row is one
-    quadrature node and weight of one starting vector of one model."""
+    (computed once per size, from the dense net's Hessian). A spectrum row is one quadrature node
+    and weight of one starting vector of one model. `cache` and `saved`: see `MeasurementCache`; a
+    model whose checkpoint is gone and that has no cache entry is left out (with a note)."""
     x, y = training_subset(run, settings.subset, settings.seed)
     measure_options = settings.measure_options()
-    selected = select_rows(run.rows, settings.net, tuple(settings.ratios), settings.all_steps, settings.repetition)
-    models = [run.load_model(row) for row in selected]
-    sizes = sorted({SurvivingParameters.of(model).size for model in models})
+    store = MeasurementCache({} if cache is None else cache, measurement_settings(settings, x, y), saved)
+    found: dict[str, tuple[Flatness, float]] = {}  # model name → (measurement, seconds)
+    to_measure: dict[str, nn.Module] = {}
+    signatures: dict[str, str | None] = {}
+    selected = []
+    for row in select_rows(run.rows, settings.net, tuple(settings.ratios), settings.all_steps, settings.repetition):
+        name = model_name(row)
+        signatures[name] = run.checkpoint_sha256(name)
+        cached = store.model(name, signatures[name])
+        if cached is not None:
+            found[name] = cached
+        elif signatures[name] is None:
+            print(f"{label}: {name} has no checkpoint and no cached measurement; left out", flush=True)
+            continue
+        else:
+            to_measure[name] = run.load_model(name)
+        selected.append(row)
+    sizes = sorted({result.num_params for result, _ in found.values()} |
+                   {SurvivingParameters.of(model).size for model in to_measure.values()})
+
     controls: dict[int, list[Flatness]] = {}  # number of surviving parameters → the control's measurements
-    table, spectra = [], []
-    for row, model in zip(selected, models):  # the dense net comes first (select_rows)
+    dense = next((model_name(row) for row in selected if row["method"] == "dense"), None)
+    if dense is not None and settings.control_subsets > 0:
+        for size in sizes:
+            cached_control = store.control(dense, signatures[dense], size, settings.control_subsets)
+            if cached_control is not None:
+                controls[size] = cached_control
+    missing_sizes = [size for size in sizes if size not in controls] if dense is not None and settings.control_subsets > 0 else []
+    if missing_sizes and signatures[dense] is None:
+        print(f"{label}: {dense} has no checkpoint; no control for {len(missing_sizes)} model sizes", flush=True)
+        missing_sizes = []
+    if dense is not None and (dense in to_measure or missing_sizes):  # the dense net: its Hessian serves the control
         started = time.perf_counter()
-        loss = restricted_loss(run, model, x, y, dtype=settings.dtype, chunk_size=settings.chunk_size, seed=settings.seed,
-                               cache_graph=settings.cache_graph, hvp_batch=settings.hvp_batch)
+        loss = restricted_loss(run, to_measure[dense] if dense in to_measure else run.load_model(dense), x, y, dtype=settings.dtype,
+                               chunk_size=settings.chunk_size, seed=settings.seed, cache_graph=settings.cache_graph,
+                               hvp_batch=settings.hvp_batch)
         operator = HessianOperator.of(loss)
-        is_dense = row["method"] == "dense"
-        if is_dense and uses_exact_path(operator.size, settings.exact_max):
+        if uses_exact_path(operator.size, settings.exact_max):
             operator = operator.materialised(settings.hvp_batch)  # kept: the control's submatrices need no HVPs
-        result = measure(operator, **measure_options)
-        seconds = round(time.perf_counter() - started, 2)
-        if is_dense and settings.control_subsets > 0:
-            for size in sizes:  # while the dense gradient graph is still alive
-                control_started = time.perf_counter()
-                subsets = random_subsets(result.num_params, size, settings.control_subsets, settings.seed, int(row["net"]))
-                controls[size] = random_subset_control(operator, result, subsets, **measure_options)
-                summary = control_columns(controls[size])
-                print(f"{label} control n={size}: λ_max={summary['control_lambda_max_mean']:.5g}±{summary['control_lambda_max_std']:.2g}, "
-                      f"trace={summary['control_trace_mean']:.5g}±{summary['control_trace_std']:.2g} "
-                      f"({len(subsets)} subsets, {time.perf_counter() - control_started:.1f} s)", flush=True)
+        if dense in to_measure:
+            found[dense] = (measure(operator, **measure_options), round(time.perf_counter() - started, 2))
+            store.add_model(dense, signatures[dense], *found[dense])
+        dense_result = found[dense][0]
+        for size in missing_sizes:  # while the dense gradient graph is still alive
+            control_started = time.perf_counter()
+            subsets = random_subsets(dense_result.num_params, size, settings.control_subsets, settings.seed, settings.net)
+            controls[size] = random_subset_control(operator, dense_result, subsets, **measure_options)
+            store.add_control(dense, signatures[dense], size, settings.control_subsets, controls[size])
+            summary = control_columns(controls[size])
+            print(f"{label} control n={size}: λ_max={summary['control_lambda_max_mean']:.5g}±{summary['control_lambda_max_std']:.2g}, "
+                  f"trace={summary['control_trace_mean']:.5g}±{summary['control_trace_std']:.2g} "
+                  f"({len(subsets)} subsets, {time.perf_counter() - control_started:.1f} s)", flush=True)
         loss.release()
+
+    table, spectra = [], []
+    for row in selected:  # the dense net comes first (select_rows)
+        name = model_name(row)
+        if name not in found:
+            started = time.perf_counter()
+            loss = restricted_loss(run, to_measure[name], x, y, dtype=settings.dtype, chunk_size=settings.chunk_size,
+                                   seed=settings.seed, cache_graph=settings.cache_graph, hvp_batch=settings.hvp_batch)
+            result = measure(HessianOperator.of(loss), **measure_options)
+            loss.release()
+            found[name] = (result, round(time.perf_counter() - started, 2))
+            store.add_model(name, signatures[name], *found[name])
+        result, seconds = found[name]
         entry = {
             "run": label, "mode": row["mode"], "method": row["method"], "net": int(row["net"]), "step": int(row["step"]),
             "prune_ratio": float(row["prune_ratio"]), "step_prune_ratio": step_prune_ratio(row),
@@ -214,8 +318,8 @@ def analyse_run(run: Run, label: str, settings: FlatnessSettings) -> tuple[list[
             spectra += [{"run": label, "mode": row["mode"], "method": row["method"], "step": int(row["step"]),
                          "prune_ratio": float(row["prune_ratio"]), "vector": vector, "node": float(node), "weight": float(weight)}
                         for node, weight in zip(nodes, weights)]
-        print(f"{label} {model_name(row)}: PR {entry['prune_ratio']:.3f}, n={result.num_params}, λ_max={result.lambda_max:.5g} "
+        print(f"{label} {name}: PR {entry['prune_ratio']:.3f}, n={result.num_params}, λ_max={result.lambda_max:.5g} "
               f"(control {entry['control_lambda_max_mean']:.5g}), trace={result.trace:.5g}±{result.trace_stderr:.2g} "
-              f"(control {entry['control_trace_mean']:.5g}), κ={result.condition_number:.4g} ({result.hessian}, {seconds:.1f} s)",
-              flush=True)
+              f"(control {entry['control_trace_mean']:.5g}), κ={result.condition_number:.4g} ({result.hessian}, {seconds:.1f} s"
+              f"{', cached' if name not in to_measure else ''})", flush=True)
     return table, spectra

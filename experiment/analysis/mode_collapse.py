@@ -45,7 +45,6 @@ does); the ring falls short only for k from 1 to 3.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 
@@ -167,13 +166,6 @@ def unmeasurable_reason(run: Run) -> str | None:
     return None
 
 
-def checkpoint_signature(run: Run, row: dict) -> str | None:
-    """The SHA-256 of the model's checkpoint (the same in a copy of the run on another machine); None
-    when the checkpoint is gone (a results folder trimmed to what resuming needs)."""
-    path = run.folder.checkpoint(model_name(row))
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
 def run_measures(run: Run, label: str, num_samples: int, seed: int, ks: Sequence[float] = KS,
                  hit_fraction: float = HIT_FRACTION, max_tv: float = MAX_TV, cache: dict | None = None) -> list[dict]:
     """One row per (model of the run, k): run, method, mode, net, repetition, step, target, step and
@@ -191,7 +183,7 @@ def run_measures(run: Run, label: str, num_samples: int, seed: int, ks: Sequence
     for row in run.rows:
         name = model_name(row)
         entry = cache.get(name)
-        signature = checkpoint_signature(run, row)
+        signature = run.checkpoint_sha256(row)
         cached = entry is not None and entry["settings"] == settings
         if signature is None and not cached:
             print(f"{label}: {name} has no checkpoint and no cached shares; left out")

@@ -3,6 +3,7 @@ trained models and the exact data splits it used. This is what the `paper/` scri
 
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property
 from pathlib import Path
 
@@ -46,6 +47,13 @@ class Run:
         model.load_state_dict(checkpoint["model"])
         apply_masks(model, checkpoint["masks"])
         return model.eval()
+
+    def checkpoint_sha256(self, row_or_name: dict | str) -> str | None:
+        """The SHA-256 of a model's checkpoint file (the same in a copy of the run on another machine),
+        what analyses key their caches by; None when the checkpoint is gone (a results folder trimmed
+        to what resuming or the analyses need)."""
+        path = self.folder.checkpoint(row_or_name if isinstance(row_or_name, str) else model_name(row_or_name))
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
     def curve(self, row_or_name: dict | str) -> list[dict]:
         name = row_or_name if isinstance(row_or_name, str) else model_name(row_or_name)
