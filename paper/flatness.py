@@ -1,11 +1,13 @@
 """Loss-surface flatness of dense and pruned nets (SPEC §8): the Hessian of the *training* loss
 restricted to the surviving (non-zero) parameters, on a fixed 10 % subset of the training data.
 
-    python -m paper.flatness TARGET [key.path=value ...] [--out DIR] [--subset 0.1] [--ratios 0.25 0.5 ...] [--all-steps] [--control-subsets 3]
+    python -m paper.flatness TARGET [key.path=value ...] [--out DIR] [--subset 0.1] [--ratios 0.25 0.5 ...] [--all-steps]
+                                    [--nets 0 1 ...] [--control-subsets 3]
 
-For the dense net and, per (mode, method), the pruned nets of net 0 at the steps whose achieved prune
-ratio is closest to each of `--ratios` (or every step with `--all-steps`; the NoPrune control, which
-prunes nothing, by the ratio scheduled for its step, `experiment.report.step_prune_ratio`), it reports
+For each net of `--nets` (default: net 0), its dense net and, per (mode, method), its pruned nets at
+the steps whose achieved prune ratio is closest to each of `--ratios` (or every step with
+`--all-steps`; the NoPrune control, which prunes nothing, by the ratio scheduled for its step,
+`experiment.report.step_prune_ratio`), it reports
 
 * ``lambda_max``: the largest (algebraic) eigenvalue of the restricted Hessian H;
 * ``trace``: tr H (and ``trace_stderr``, the standard error of Hutchinson's estimate; 0 when exact);
@@ -85,36 +87,44 @@ def flatness_markdown(rows: list[dict]) -> str:
     return "\n".join(markdown_table(COLUMNS, [[cell(row[column]) for column in COLUMNS] for row in rows])) + "\n"
 
 
-def _lines(rows: list[dict]) -> dict[str, list[dict]]:
-    """Line label ('WT', 'FT (retrain)', …) → rows sorted by `placed_ratio`, each line starting at the dense net."""
-    dense = [row for row in rows if row["method"] == "dense"]
-    groups: dict[tuple[str, str], list[dict]] = {}
+def _lines(rows: list[dict]) -> dict[tuple[str, str, int], tuple[str, list[dict]]]:
+    """(mode, method, net) → (line label: 'WT', 'FT (retrain)', 'WT net 1' where several nets are
+    measured, …; the rows sorted by `placed_ratio`, starting at the net's dense net)."""
+    nets = sorted({int(row["net"]) for row in rows})
+    dense = {net: [row for row in rows if row["method"] == "dense" and int(row["net"]) == net] for net in nets}
+    groups: dict[tuple[str, str, int], list[dict]] = {}
     for row in rows:
         if row["method"] != "dense":
-            groups.setdefault((row["mode"], row["method"]), []).append(row)
+            groups.setdefault((row["mode"], row["method"], int(row["net"])), []).append(row)
     if not groups:
-        return {"dense": dense}
-    modes = {mode for mode, _ in groups}
-    return {line_label(mode, method, modes): dense + sorted(members, key=placed_ratio)
-            for (mode, method), members in groups.items()}
+        return {("", "dense", net): ("dense" if len(nets) == 1 else f"dense net {net}", dense[net]) for net in nets}
+    modes = {mode for mode, _, _ in groups}
+    return {(mode, method, net): (line_label(mode, method, modes) + (f" net {net}" if len(nets) > 1 else ""),
+                                  dense[net] + sorted(members, key=placed_ratio))
+            for (mode, method, net), members in sorted(groups.items(), key=lambda item: item[0][2])}
+
+
+NET_MARKERS = "osD^v"  # net 0, 1, … of a method: one colour, one marker each
 
 
 CONTROL_LABEL = "dense, random subset of same size"
 
 
 def plot_flatness(rows: list[dict], title: str) -> Figure:
-    """λ_max, tr H and κ against prune ratio, one solid line per (mode, method), and beside it, dashed
-    in the same colour, its random-subset control (mean ± std over the subsets); one legend below."""
+    """λ_max, tr H and κ against prune ratio, one solid line per (mode, method, net) (a colour per
+    method, a marker per net), and beside it, dashed in the same colour, its random-subset control
+    (mean ± std over the subsets); one legend below."""
     figure, axes = new_figure(1, 3, aspect=0.36)
     panels = (("lambda_max", None, "control_lambda_max", "largest eigenvalue λ_max"),
               ("trace", "trace_stderr", "control_trace", "trace of the Hessian"),
               ("condition_number", None, "control_condition", "condition number κ"))
-    for index, (name, line) in enumerate(_lines(rows).items()):
+    methods = list(dict.fromkeys(method for _, method, _ in _lines(rows)))
+    for (_, method, net), (name, line) in _lines(rows).items():
         ratios = [placed_ratio(row) for row in line]
-        colour = method_color(line[-1]["method"], index)
+        colour = method_color(method, methods.index(method))
         for axis, (column, error, control, _) in zip(axes, panels):
             axis.errorbar(ratios, [row[column] for row in line], yerr=[row[error] for row in line] if error else None,
-                          color=colour, marker="o", markersize=3, capsize=2, label=name)
+                          color=colour, marker=NET_MARKERS[net % len(NET_MARKERS)], markersize=3, capsize=2, label=name)
             axis.errorbar(ratios, [row[f"{control}_mean"] for row in line], yerr=[row[f"{control}_std"] for row in line],
                           color=colour, linestyle="--", linewidth=0.8, marker="x", markersize=3, capsize=2)
     for axis, (_, _, _, label) in zip(axes, panels):
@@ -132,17 +142,21 @@ def plot_flatness(rows: list[dict], title: str) -> Figure:
 
 
 def plot_spectra(rows: list[dict], quadratures: dict[tuple, list], title: str, sigma_fraction: float) -> Figure:
-    """One panel per (mode, method): the densities of the dense net (black) and of every pruned net,
-    coloured by prune ratio (`placed_ratio`, colour bar)."""
+    """One panel per (mode, method) and net (a row per net): the densities of the dense net (black)
+    and of every pruned net, coloured by prune ratio (`placed_ratio`, colour bar)."""
     lines = _lines(rows)
-    figure, axes = new_figure(1, len(lines), aspect=0.36 if len(lines) > 1 else 0.72, squeeze=False, sharey=True)
+    nets = sorted({net for _, _, net in lines})
+    columns = list(dict.fromkeys((mode, method) for mode, method, _ in lines))
+    figure, axes = new_figure(len(nets), len(columns), aspect=0.36 * len(nets) if len(columns) > 1 else 0.72 * len(nets),
+                              wide=len(columns) > 1, squeeze=False, sharey=True)
     everything = [q for parts in quadratures.values() for q in parts]
     grid, sigma = density_grid(everything, sigma_fraction)
     colours = colormaps["viridis"]
     norm = Normalize(0.0, 1.0)
-    for axis, (name, line) in zip(axes[0], lines.items()):
+    for (mode, method, net), (name, line) in lines.items():
+        axis = axes[nets.index(net), columns.index((mode, method))]
         for row in line:
-            density = spectral_density(quadratures[(row["mode"], row["method"], row["step"])], grid, sigma)
+            density = spectral_density(quadratures[(row["mode"], row["method"], int(row["net"]), row["step"])], grid, sigma)
             is_dense = row["method"] == "dense"
             axis.semilogy(grid, np.maximum(density, 1e-12), color="black" if is_dense else colours(norm(placed_ratio(row))),
                           linewidth=0.8, label="dense" if is_dense else None)
@@ -150,7 +164,8 @@ def plot_spectra(rows: list[dict], quadratures: dict[tuple, list], title: str, s
         axis.set_xlabel("eigenvalue λ")
         axis.set_title(name)
         axis.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("spectral density ρ(λ)")
+    for row_axes in axes:
+        row_axes[0].set_ylabel("spectral density ρ(λ)")
     axes[0, 0].legend(loc="upper right")
     figure.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=axes, label="prune ratio (%)",
                     format=lambda value, _: f"{100 * value:.0f}", shrink=0.9)
@@ -169,8 +184,8 @@ def write_outputs(folder: Path, label: str, table: list[dict], spectra: list[dic
     paths += save_figure(plot_flatness(table, title), folder, f"flatness_{label}")
     quadratures: dict[tuple, list] = {}
     for row in table:
-        key = (row["mode"], row["method"], row["step"])
-        points = [entry for entry in spectra if (entry["mode"], entry["method"], entry["step"]) == key]
+        key = (row["mode"], row["method"], int(row["net"]), row["step"])
+        points = [entry for entry in spectra if (entry["mode"], entry["method"], int(entry["net"]), entry["step"]) == key]
         vectors = sorted({entry["vector"] for entry in points})
         quadratures[key] = [(np.array([e["node"] for e in points if e["vector"] == v]), np.array([e["weight"] for e in points if e["vector"] == v]))
                             for v in vectors]
@@ -187,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             "--ratios": dict(type=float, nargs="+", default=list(defaults.ratios),
                              help="prune ratios: per method, the steps closest to these (default %(default)s)"),
             "--all-steps": dict(action="store_true", help="every pruning step instead of --ratios"),
-            "--net": dict(type=int, default=defaults.net, help="which net (default %(default)s)"),
+            "--nets": dict(type=int, nargs="+", default=list(defaults.nets), help="which nets (default %(default)s)"),
             "--repetition": dict(type=int, default=defaults.repetition, help="which repetition of the pruned nets (default %(default)s)"),
             "--seed": dict(type=int, default=defaults.seed, help="seed of the subset, probes and starting vectors"),
             "--exact-max": dict(type=int, default=defaults.exact_max, help="compute the full Hessian up to this many surviving parameters"),
@@ -206,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     settings = FlatnessSettings(
-        subset=arguments.subset, ratios=tuple(arguments.ratios), all_steps=arguments.all_steps, net=arguments.net,
+        subset=arguments.subset, ratios=tuple(arguments.ratios), all_steps=arguments.all_steps, nets=tuple(arguments.nets),
         repetition=arguments.repetition, seed=arguments.seed, exact_max=arguments.exact_max, probes=arguments.probes,
         slq_vectors=arguments.slq_vectors, slq_steps=arguments.slq_steps, eig_tol=arguments.eig_tol,
         chunk_size=arguments.chunk_size, hvp_batch=arguments.hvp_batch, cache_graph=not arguments.no_cache_graph,

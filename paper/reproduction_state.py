@@ -8,13 +8,14 @@ NAME: a config of param/reproduction/ without `.yaml` (default: all of them); ru
 root, where the configs put their results (`./data/reproduction`).
 
 `save` copies the run folder's config.yaml, metrics.csv, curves/ and log.txt, and into `state/`:
-data_split.npz and the checkpoints the analyses read — the dense nets, and net 0's models at the steps
-`paper.flatness` measures and `paper.samples_2d` shows by default — and, while some of the run's jobs
-are unfinished, what resuming needs besides: every progress file (models mid-training) and each
-chain's last recorded step checkpoint (the chain goes on from it: `experiment.runner.resume_step`).
-A megabyte or so instead of every checkpoint. The other step checkpoints are left out, so run
-`python -m paper.mode_collapse` on the run before saving: its cache keeps each model's mode shares,
-keyed by checkpoint contents. `--results-only` leaves `state/` out (once the analyses are committed).
+data_split.npz and the checkpoints the analyses read — the dense nets, every net's models at the
+steps `paper.flatness` measures by default and net 0's that `paper.samples_2d` shows — and, while
+some of the run's jobs are unfinished, what resuming needs besides: every progress file (models
+mid-training) and each chain's last recorded step checkpoint (the chain goes on from it:
+`experiment.runner.resume_step`). A megabyte or two instead of every checkpoint. The other step
+checkpoints are left out, so run `python -m paper.mode_collapse` on the run before saving: its cache
+(committed beside its table) keeps each model's mode shares, keyed by checkpoint contents.
+`--results-only` leaves `state/` out (once the analyses are committed).
 
 `restore` copies both back into a run folder that has no metrics.csv yet (a fresh clone), after which
 `python -m experiment.main param/reproduction/NAME.yaml` resumes the run.
@@ -55,7 +56,8 @@ def kept_checkpoints(run: RunDir, plan: Plan, resuming: bool) -> list[str]:
     (see the module docstring)."""
     rows = [row for row in run.read_metrics() if not is_failed(row)]
     names = {model_name(row) for row in rows if row["method"] == "dense"}
-    names |= {model_name(row) for row in select_rows(rows, net=0)} | sample_grid_steps(plan, rows)
+    names |= {model_name(row) for net in {int(row["net"]) for row in rows} for row in select_rows(rows, net=net)}
+    names |= sample_grid_steps(plan, rows)
     chains: dict[tuple, list[dict]] = {}
     for row in rows:
         if row["method"] != "dense" and run.checkpoint(model_name(row)).exists():

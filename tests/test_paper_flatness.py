@@ -372,11 +372,11 @@ def test_select_rows_picks_closest_steps_per_method():
 
 @pytest.fixture(scope="module")
 def results_tree(tmp_path_factory):
-    """A real run: node_l2_h8_tanh_da on ToyMoons, 2 epochs, one net, FT and WT pruned once to PR 0.5."""
+    """A real run: node_l2_h8_tanh_da on ToyMoons, 2 epochs, two nets, FT and WT pruned once to PR 0.5."""
     folder = tmp_path_factory.mktemp("flatness")
     results = folder / "results"
     process = run_cli(Path("param/toy/node/moons/l2_h64_tanh_da.yaml"), f"network.name={NODE}", "training.numEpochs=2",
-                      "experiments.numNets=1", "experiments.spacing=[{type: manual, values: [0.5]}]",
+                      "experiments.numNets=2", "experiments.spacing=[{type: manual, values: [0.5]}]",
                       f"directories.results={results}", f"directories.training_data={folder / 'training_data'}")
     assert process.returncode == 0, describe(process)
     return results, folder
@@ -398,7 +398,7 @@ def test_cli_end_to_end(results_tree, capsys):
                                   "num_surviving_params", "lambda_max", "trace", "trace_stderr", "condition_number",
                                   *CONTROL_COLUMNS]
     assert sorted(row["method"] for row in rows) == ["FilterThresNet", "ThresNet", "dense"]  # one per evaluated model
-    metrics = {row["method"]: row for row in csv.DictReader(open(run_folder / "metrics.csv", newline=""))}
+    metrics = {row["method"]: row for row in csv.DictReader(open(run_folder / "metrics.csv", newline="")) if row["net"] == "0"}
     for row in rows:
         stem = "dense_net0" if row["method"] == "dense" else f"cascade_{row['method']}_net0_rep0_step1"
         checkpoint = load_weights(run_folder / "checkpoints" / f"{stem}.pt")
@@ -470,7 +470,7 @@ def test_cli_noprune_control_is_the_dense_hessian(results_tree):
     copy = folder / "with_noprune"
     shutil.copytree(the_run_folder(results), copy)
     rows = read_csv(copy / "metrics.csv")
-    noprune = {**next(row for row in rows if row["method"] == "ThresNet"), "method": "NoPrune", "target_prune_ratio": 0.0,
+    noprune = {**next(row for row in rows if row["method"] == "ThresNet" and int(row["net"]) == 0), "method": "NoPrune", "target_prune_ratio": 0.0,
                "prune_ratio": 0.0, "nonzero_params": rows[0]["num_params"], "step_prune_ratio": 0.5}
     (copy / "metrics.csv").write_text(rows_to_csv(rows + [noprune]))
     checkpoint = load_weights(copy / "checkpoints" / "dense_net0.pt")
@@ -550,3 +550,23 @@ def test_flatness_cache_resumes_a_killed_analysis_and_serves_a_trimmed_copy(resu
     other = []
     analyse_run(run, label, FlatnessSettings(subset=0.1, probes=7), dict(cache), saved=lambda: other.append(1))
     assert len(other) == entries
+
+
+def test_cli_measures_several_nets_each_against_its_own_dense_net(results_tree):
+    """--nets 0 1: each net's rows are those of a call for that net alone (its own dense Hessian and
+    control subsets); the spectrum rows carry the net, and both figures are drawn."""
+    results, folder = results_tree
+    read = lambda path: list(csv.DictReader(open(next(path.glob("flatness_*.csv")), newline="")))
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    for nets in (["0"], ["1"], ["0", "1"]):
+        assert flatness.main([str(results), "--out", str(folder / f"nets_{'_'.join(nets)}"), "--nets", *nets]) == 0
+    both = read(folder / "nets_0_1")
+    assert [(row["net"], row["method"]) for row in both] == [(net, method) for net in "01" for method in ("dense", "FilterThresNet", "ThresNet")]
+    for net in "01":
+        assert strip([row for row in both if row["net"] == net]) == strip(read(folder / f"nets_{net}"))
+    dense = {row["net"]: float(row["lambda_max"]) for row in both if row["method"] == "dense"}
+    assert dense["0"] != pytest.approx(dense["1"], rel=1e-6)  # two trained nets, two Hessians
+    spectrum = list(csv.DictReader(open(next((folder / "nets_0_1").glob("spectrum_*.csv")), newline="")))
+    assert {row["net"] for row in spectrum} == {"0", "1"}
+    for name in ("flatness", "spectrum"):
+        assert len(list((folder / "nets_0_1").glob(f"{name}_*.png"))) == 1

@@ -55,8 +55,8 @@ COLUMNS = ("run", "mode", "method", "net", "step", "prune_ratio", "step_prune_ra
 class FlatnessSettings:
     """What `analyse_run` measures and how.
 
-    Which models: net `net`'s dense net and, per (mode, method), its pruned nets of repetition
-    `repetition` at the steps closest to `ratios` (`select_rows`; every step with `all_steps`).
+    Which models: for each net of `nets`, its dense net and, per (mode, method), its pruned nets of
+    repetition `repetition` at the steps closest to `ratios` (`select_rows`; every step with `all_steps`).
     The data: a `subset` share of the training split, chosen with `seed` (which also seeds the
     probes, starting vectors and control subsets), `chunk_size` samples per forward pass, in `dtype`.
     The Hessian: formed in full up to `exact_max` surviving parameters, else `probes` Hutchinson
@@ -67,7 +67,7 @@ class FlatnessSettings:
     subset: float = 0.1
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     all_steps: bool = False
-    net: int = 0
+    nets: tuple[int, ...] = (0,)
     repetition: int = 0
     seed: int = 0
     exact_max: int = 2000
@@ -232,19 +232,31 @@ class MeasurementCache:
 def analyse_run(run: Run, label: str, settings: FlatnessSettings, cache: dict | None = None,
                 saved: Callable[[], None] = lambda: None) -> tuple[list[dict], list[dict]]:
     """(table rows, spectrum rows) for the selected models of `run` (`label` in their `run` column),
-    each table row (COLUMNS) with its random-subset control: the dense net's Hessian on
+    net by net, each table row (COLUMNS) with its random-subset control: its dense net's Hessian on
     `settings.control_subsets` random sets of as many parameters as the model has survivors
-    (computed once per size, from the dense net's Hessian). A spectrum row is one quadrature node
-    and weight of one starting vector of one model. `cache` and `saved`: see `MeasurementCache`; a
-    model whose checkpoint is gone and that has no cache entry is left out (with a note)."""
+    (computed once per net and size, from that Hessian). A spectrum row is one quadrature node and
+    weight of one starting vector of one model. `cache` and `saved`: see `MeasurementCache`; a model
+    whose checkpoint is gone and that has no cache entry is left out (with a note)."""
     x, y = training_subset(run, settings.subset, settings.seed)
-    measure_options = settings.measure_options()
     store = MeasurementCache({} if cache is None else cache, measurement_settings(settings, x, y), saved)
+    table, spectra = [], []
+    for net in settings.nets:
+        net_table, net_spectra = analyse_net(run, label, settings, net, x, y, store)
+        table += net_table
+        spectra += net_spectra
+    return table, spectra
+
+
+def analyse_net(run: Run, label: str, settings: FlatnessSettings, net: int, x: torch.Tensor, y: torch.Tensor,
+                store: MeasurementCache) -> tuple[list[dict], list[dict]]:
+    """`analyse_run` for one net: the dense net first (its Hessian also gives the controls), then
+    each selected pruned net; what `store` holds is not measured again."""
+    measure_options = settings.measure_options()
     found: dict[str, tuple[Flatness, float]] = {}  # model name → (measurement, seconds)
     to_measure: dict[str, nn.Module] = {}
     signatures: dict[str, str | None] = {}
     selected = []
-    for row in select_rows(run.rows, settings.net, tuple(settings.ratios), settings.all_steps, settings.repetition):
+    for row in select_rows(run.rows, net, tuple(settings.ratios), settings.all_steps, settings.repetition):
         name = model_name(row)
         signatures[name] = run.checkpoint_sha256(name)
         cached = store.model(name, signatures[name])
@@ -284,7 +296,7 @@ def analyse_run(run: Run, label: str, settings: FlatnessSettings, cache: dict | 
         dense_result = found[dense][0]
         for size in missing_sizes:  # while the dense gradient graph is still alive
             control_started = time.perf_counter()
-            subsets = random_subsets(dense_result.num_params, size, settings.control_subsets, settings.seed, settings.net)
+            subsets = random_subsets(dense_result.num_params, size, settings.control_subsets, settings.seed, net)
             controls[size] = random_subset_control(operator, dense_result, subsets, **measure_options)
             store.add_control(dense, signatures[dense], size, settings.control_subsets, controls[size])
             summary = control_columns(controls[size])
@@ -315,7 +327,7 @@ def analyse_run(run: Run, label: str, settings: FlatnessSettings, cache: dict | 
         }
         table.append(entry)
         for vector, (nodes, weights) in enumerate(result.quadrature):
-            spectra += [{"run": label, "mode": row["mode"], "method": row["method"], "step": int(row["step"]),
+            spectra += [{"run": label, "mode": row["mode"], "method": row["method"], "net": net, "step": int(row["step"]),
                          "prune_ratio": float(row["prune_ratio"]), "vector": vector, "node": float(node), "weight": float(weight)}
                         for node, weight in zip(nodes, weights)]
         print(f"{label} {name}: PR {entry['prune_ratio']:.3f}, n={result.num_params}, λ_max={result.lambda_max:.5g} "
