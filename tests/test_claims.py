@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from experiment.analysis.claims import Measure, flatness_claim, improvement_claim, mode_collapse_claim, potential_claim
+from experiment.analysis.claims import (Measure, flatness_claim, improvement_claim, mode_collapse_claim, potential_claim,
+                                        recorded_plan)
 from experiment.config import load_configs
 from experiment.results import Run
 from experiment.results.tree import rows_to_csv
@@ -175,3 +176,28 @@ def test_verdicts_on_an_unfinished_run_say_so(tmp_path):
     _, verdicts = claims.measure_claims([claims.Run(folder)])
     assert [verdict.verdict for verdict in verdicts] == ["holds so far", "does not hold so far"]
     assert all(verdict.why.startswith("run unfinished (19 models, 1 of 8 jobs not done): ") for verdict in verdicts)
+
+
+def test_claims_from_the_analysis_tables_of_an_unfinished_run_say_so(tmp_path):
+    """Mode-collapse and flatness tables are matched to the runs given by the run id that ends their
+    `run` column: made from an unfinished run, their verdicts read "... so far"; tables of a run not
+    given are taken as they are."""
+    folder = flow_run(tmp_path / "run", {"dense": (1.20,), "FilterThresNet": (1.15, 1.17, 1.40), "ThresNet": (1.25, 1.26, 1.50),
+                                         "NoPrune": (1.18, 1.18, 1.18)})
+    metrics = folder / "metrics.csv"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:-1]))  # net 1's last NoPrune step to go
+    run = claims.Run(folder)
+    label = RUN.rpartition("_")[0] + "_" + recorded_plan(run).run_id
+    own = [tmp_path / "own_modes.csv", tmp_path / "own_flat.csv"]
+    mode_collapse_csv(own[0], {"dense": (1, 1), "FilterThresNet": (1, 1), "NoPrune": (1, 1)})
+    flatness_csv(own[1], {"FilterThresNet": ((1.0, 2.0), (1.0, 2.0)), "NoPrune": ((0.5, ""), (0.5, ""))})
+    for path in own:
+        path.write_text(path.read_text().replace(RUN, label))
+    other = [tmp_path / "modes.csv", tmp_path / "flat.csv"]
+    for mine, theirs in zip(own, other):
+        theirs.write_text(mine.read_text().replace(label, RUN.rpartition("_")[0] + "_0123456789ab"))
+    for tables, suffix in ((own, " so far"), (other, "")):
+        _, verdicts = claims.measure_claims([run], mode_collapse=tables[:1], flatness=tables[1:])
+        by_claim = {verdict.claim: verdict for verdict in verdicts}
+        assert by_claim["b"].verdict == "does not apply" + suffix and by_claim["c"].verdict == "does not hold" + suffix
+        assert by_claim["c"].why.startswith("run unfinished (19 models, 1 of 8 jobs not done): ") == bool(suffix)

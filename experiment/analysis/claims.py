@@ -36,7 +36,7 @@ import numpy as np
 from experiment.analysis.prune_potential import delta_of, prune_potential
 from experiment.config.settings import recorded_config
 from experiment.jobs import jobs_of
-from experiment.plan import make_plan
+from experiment.plan import Plan, make_plan
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import dense_point, main_metric, method_name, pruned_points, quantity_of
 from experiment.results import Run
@@ -238,10 +238,14 @@ def flatness_claim(path: Path) -> tuple[list[Measure], Verdict]:
     return measures, Verdict("c", label, "inconclusive", f"models flatter than both controls: {shown}")
 
 
+def recorded_plan(run: Run) -> Plan:
+    """The plan of the run's config as the validator resolves it today (`recorded_config`)."""
+    return make_plan(recorded_config(run.config, str(run.folder.config_file)))
+
+
 def unfinished_jobs(run: Run) -> tuple[int, int]:
-    """(jobs with rows missing, all jobs) of the run's config — dense nets and prune chains — the
-    config as the validator resolves it today (`recorded_config`)."""
-    plan = make_plan(recorded_config(run.config, str(run.folder.config_file)))
+    """(jobs with rows missing, all jobs) of the run's config: dense nets and prune chains."""
+    plan = recorded_plan(run)
     jobs = len(jobs_of(plan))
     return jobs - len(finished_jobs(plan, run.folder)), jobs
 
@@ -256,15 +260,24 @@ def so_far(result: tuple[list[Measure], Verdict], run: Run) -> tuple[list[Measur
                              f"run unfinished ({len(run.rows)} models, {missing} of {jobs} jobs not done): {verdict.why}")
 
 
+def table_claim(result: tuple[list[Measure], Verdict], path: Path, runs: Sequence[Run]) -> tuple[list[Measure], Verdict]:
+    """A claim decided from an analysis CSV, marked as one on the rows so far (`so_far`) when the
+    run it was made from (the id that ends its `run` column) is among `runs` and unfinished."""
+    rows = read_csv(path)
+    run_id = rows[0]["run"].rpartition("_")[2] if rows else None
+    run = next((run for run in runs if recorded_plan(run).run_id == run_id), None)
+    return result if run is None else so_far(result, run)
+
+
 def measure_claims(runs: Sequence[Run], mode_collapse: Sequence[Path] = (), flatness: Sequence[Path] = ()) -> tuple[list[Measure], list[Verdict]]:
     """Every claim's measures and verdicts for the given runs and analysis CSVs, in claim order; the
-    verdicts on a run whose jobs are not all finished say so."""
+    verdicts on a run whose jobs are not all finished (also those from its analysis CSVs) say so."""
     results = []
     for run in runs:
         if main_metric(run.settings.training) == "nll":
             results.append(so_far(improvement_claim(run), run))
-    results += [mode_collapse_claim(Path(path)) for path in mode_collapse]
-    results += [flatness_claim(Path(path)) for path in flatness]
+    results += [table_claim(mode_collapse_claim(Path(path)), Path(path), runs) for path in mode_collapse]
+    results += [table_claim(flatness_claim(Path(path)), Path(path), runs) for path in flatness]
     results += [so_far(potential_claim(run), run) for run in runs]
     measures = [measure for found, _ in results for measure in found]
     verdicts = [verdict for _, verdict in results]
