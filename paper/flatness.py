@@ -99,9 +99,10 @@ def _lines(rows: list[dict]) -> dict[tuple[str, str, int], tuple[str, list[dict]
     if not groups:
         return {("", "dense", net): ("dense" if len(nets) == 1 else f"dense net {net}", dense[net]) for net in nets}
     modes = {mode for mode, _, _ in groups}
+    order = list(dict.fromkeys((mode, method) for mode, method, _ in groups))  # the nets of a method next to each other
     return {(mode, method, net): (line_label(mode, method, modes) + (f" net {net}" if len(nets) > 1 else ""),
                                   dense[net] + sorted(members, key=placed_ratio))
-            for (mode, method, net), members in sorted(groups.items(), key=lambda item: item[0][2])}
+            for (mode, method, net), members in sorted(groups.items(), key=lambda item: (order.index(item[0][:2]), item[0][2]))}
 
 
 NET_MARKERS = "osD^v"  # net 0, 1, … of a method: one colour, one marker each
@@ -113,11 +114,14 @@ CONTROL_LABEL = "dense, random subset of same size"
 def plot_flatness(rows: list[dict], title: str) -> Figure:
     """λ_max, tr H and κ against prune ratio, one solid line per (mode, method, net) (a colour per
     method, a marker per net), and beside it, dashed in the same colour, its random-subset control
-    (mean ± std over the subsets); one legend below."""
+    (mean ± std over the subsets); one legend below. Where some model's κ is undefined (an
+    indefinite Hessian on the iterative path), the third panel shows λ_min instead (no control)."""
     figure, axes = new_figure(1, 3, aspect=0.36)
+    has_condition = all(math.isfinite(row["condition_number"]) for row in rows)
     panels = (("lambda_max", None, "control_lambda_max", "largest eigenvalue λ_max"),
               ("trace", "trace_stderr", "control_trace", "trace of the Hessian"),
-              ("condition_number", None, "control_condition", "condition number κ"))
+              ("condition_number", None, "control_condition", "condition number κ") if has_condition
+              else ("lambda_min", None, None, "smallest eigenvalue λ_min"))
     methods = list(dict.fromkeys(method for _, method, _ in _lines(rows)))
     for (_, method, net), (name, line) in _lines(rows).items():
         ratios = [placed_ratio(row) for row in line]
@@ -125,18 +129,19 @@ def plot_flatness(rows: list[dict], title: str) -> Figure:
         for axis, (column, error, control, _) in zip(axes, panels):
             axis.errorbar(ratios, [row[column] for row in line], yerr=[row[error] for row in line] if error else None,
                           color=colour, marker=NET_MARKERS[net % len(NET_MARKERS)], markersize=3, capsize=2, label=name)
-            axis.errorbar(ratios, [row[f"{control}_mean"] for row in line], yerr=[row[f"{control}_std"] for row in line],
-                          color=colour, linestyle="--", linewidth=0.8, marker="x", markersize=3, capsize=2)
+            if control:
+                axis.errorbar(ratios, [row[f"{control}_mean"] for row in line], yerr=[row[f"{control}_std"] for row in line],
+                              color=colour, linestyle="--", linewidth=0.8, marker="x", markersize=3, capsize=2)
     for axis, (_, _, _, label) in zip(axes, panels):
         prune_ratio_axis(axis)
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-    if any(row["condition_number"] > 0 for row in rows):
+    if has_condition and any(row["condition_number"] > 0 for row in rows):
         axes[2].set_yscale("log")
     handles, labels = axes[0].get_legend_handles_labels()
     control = Line2D([], [], color="grey", linestyle="--", linewidth=0.8, marker="x", markersize=3)
     figure.legend(handles + [control], labels + [f"dashed: {CONTROL_LABEL}"], loc="outside lower center",
-                  ncol=len(labels) + 1)
+                  ncol=len(methods) + 1)  # a column per method, its nets one below the other
     figure_title(figure, title)
     return figure
 
