@@ -81,6 +81,11 @@ class FlatnessSettings:
     dtype: torch.dtype = torch.float64
     control_subsets: int = 3
 
+    def loss_options(self) -> dict:
+        """The keyword arguments of `restricted_loss` these settings fix."""
+        return dict(dtype=self.dtype, chunk_size=self.chunk_size, seed=self.seed, cache_graph=self.cache_graph,
+                    hvp_batch=self.hvp_batch)
+
     def measure_options(self) -> dict:
         """The keyword arguments of `measure` these settings fix."""
         return dict(exact_max=self.exact_max, probes=self.probes, slq_vectors=self.slq_vectors,
@@ -273,20 +278,19 @@ def analyse_net(run: Run, label: str, settings: FlatnessSettings, net: int, x: t
 
     controls: dict[int, list[Flatness]] = {}  # number of surviving parameters → the control's measurements
     dense = next((model_name(row) for row in selected if row["method"] == "dense"), None)
-    if dense is not None and settings.control_subsets > 0:
-        for size in sizes:
-            cached_control = store.control(dense, signatures[dense], size, settings.control_subsets)
-            if cached_control is not None:
-                controls[size] = cached_control
-    missing_sizes = [size for size in sizes if size not in controls] if dense is not None and settings.control_subsets > 0 else []
+    control_sizes = sizes if dense is not None and settings.control_subsets > 0 else []
+    for size in control_sizes:
+        cached_control = store.control(dense, signatures[dense], size, settings.control_subsets)
+        if cached_control is not None:
+            controls[size] = cached_control
+    missing_sizes = [size for size in control_sizes if size not in controls]
     if missing_sizes and signatures[dense] is None:
         print(f"{label}: {dense} has no checkpoint; no control for {len(missing_sizes)} model sizes", flush=True)
         missing_sizes = []
     if dense is not None and (dense in to_measure or missing_sizes):  # the dense net: its Hessian serves the control
         started = time.perf_counter()
-        loss = restricted_loss(run, to_measure[dense] if dense in to_measure else run.load_model(dense), x, y, dtype=settings.dtype,
-                               chunk_size=settings.chunk_size, seed=settings.seed, cache_graph=settings.cache_graph,
-                               hvp_batch=settings.hvp_batch)
+        loss = restricted_loss(run, to_measure[dense] if dense in to_measure else run.load_model(dense), x, y,
+                               **settings.loss_options())
         operator = HessianOperator.of(loss)
         if uses_exact_path(operator.size, settings.exact_max):
             operator = operator.materialised(settings.hvp_batch)  # kept: the control's submatrices need no HVPs
@@ -310,8 +314,7 @@ def analyse_net(run: Run, label: str, settings: FlatnessSettings, net: int, x: t
         name = model_name(row)
         if name not in found:
             started = time.perf_counter()
-            loss = restricted_loss(run, to_measure[name], x, y, dtype=settings.dtype, chunk_size=settings.chunk_size,
-                                   seed=settings.seed, cache_graph=settings.cache_graph, hvp_batch=settings.hvp_batch)
+            loss = restricted_loss(run, to_measure[name], x, y, **settings.loss_options())
             result = measure(HessianOperator.of(loss), **measure_options)
             loss.release()
             found[name] = (result, round(time.perf_counter() - started, 2))
