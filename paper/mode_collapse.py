@@ -13,8 +13,9 @@ mixture's row; means ± stds over nets) and `mode_collapse_<run>.png/.pdf` (shar
 `--figure-k` with the true mixture as a dashed line, TV distance at 3 std, modes hit at 2 std, vs
 prune ratio, one line per method). Points are placed and grouped by the step's prune ratio
 (`experiment.report.step_prune_ratio`: the target ratio, or for NoPrune the ratio the pruning methods
-reach at that step). The per-model shares are cached in `mode_collapse_<run>.cache.json` next to them
-and reused while the checkpoint and the sampling settings are unchanged.
+reach at that step). The per-model shares are cached in `mode_collapse_<run>.cache.json` next to them,
+written after each model (a killed analysis keeps what it measured), and reused while the checkpoint
+and the sampling settings are unchanged.
 """
 
 from __future__ import annotations
@@ -142,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = read_cache(folder / cache_name)
         ks = sorted(set(KS) | {arguments.figure_k})
         rows = run_measures(run, label, arguments.num_samples, arguments.seed, ks, arguments.hit_fraction,
-                            arguments.max_tv, cache)
-        cache_saver(folder, cache_name, cache)()
+                            arguments.max_tv, cache, cache_saver(folder, cache_name, cache))
         written = [save_text(folder, f"mode_collapse_{label}.csv", rows_to_csv(rows)),
                    save_text(folder, f"mode_collapse_{label}.md",
                              collapse_markdown(rows, ks, arguments.figure_k, arguments.max_tv))]

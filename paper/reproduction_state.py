@@ -13,8 +13,9 @@ steps `paper.flatness` measures by default and net 0's that `paper.samples_2d` s
 some of the run's jobs are unfinished, what resuming needs besides: every progress file (models
 mid-training) and each chain's last recorded step checkpoint (the chain goes on from it:
 `experiment.runner.resume_step`). A megabyte or two instead of every checkpoint. The other step
-checkpoints are left out, so run `python -m paper.mode_collapse` on the run before saving: its cache
-(committed beside its table) keeps each model's mode shares, keyed by checkpoint contents.
+checkpoints are left out, so run `python -m paper.mode_collapse` (every model) and `python -m
+paper.flatness` (models of other steps, if asked for) on the run before saving: their caches
+(committed beside their tables) keep each model's measurements, keyed by checkpoint contents.
 `--results-only` leaves `state/` out (once the analyses are committed).
 
 `restore` copies both back into a run folder that has no metrics.csv yet (a fresh clone), after which

@@ -5,6 +5,7 @@ one pruned ratio per method). The mode-collapse measures on hand-made samples: t
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from conftest import PARAM, cli_command, cli_env, describe, run_folders
-from experiment.analysis.mode_collapse import HIT_K, KS, unmeasurable_reason
+from experiment.analysis.mode_collapse import HIT_K, KS, run_measures, unmeasurable_reason
 from experiment.analysis.two_dimensional import spread_ratios, trajectories, two_d_family
 from experiment.results import Run
 from paper import mode_collapse, prune_curves, samples_2d
@@ -227,3 +228,28 @@ def test_mode_collapse_of_a_copied_run_uses_the_cache_for_checkpoints_that_are_g
     assert f"{step.stem} has no checkpoint and no cached shares; left out" in capsys.readouterr().out
     with open(out / f"mode_collapse_{label}.csv", newline="") as file:
         assert len({(row["method"], row["step"]) for row in csv.DictReader(file)}) == 2
+
+
+def test_mode_collapse_cache_keeps_each_model_measured_before_a_kill(results, one_thread, capsys):
+    """Each model's shares are saved as soon as they are measured: after a kill during the second
+    model, a rerun samples only the models not yet cached and gives the uninterrupted rows."""
+    run = the_run(results, "ToyGaussians")
+    label = samples_2d.run_label(run)
+    uninterrupted = run_measures(run, label, 2000, 0)
+
+    class Killed(Exception):
+        pass
+
+    cache, saved = {}, []
+
+    def save_then_die():
+        saved.append(json.dumps(cache))
+        raise Killed  # the process dies right after writing the first model's entry
+
+    with pytest.raises(Killed):
+        run_measures(run, label, 2000, 0, cache=cache, saved=save_then_die)
+    cache = json.loads(saved[-1])
+    assert len(cache) == 1
+    capsys.readouterr()
+    assert run_measures(run, label, 2000, 0, cache=cache) == uninterrupted
+    assert capsys.readouterr().out.count("sampling") == len(run.rows) - 1

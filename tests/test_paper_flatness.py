@@ -350,21 +350,26 @@ def test_slq_on_a_net_hessian():
 def test_select_rows_picks_closest_steps_per_method():
     rows = [dict(mode="train", method="dense", net=0, repetition=0, step=0, prune_ratio=0.0),
             dict(mode="train", method="dense", net=1, repetition=0, step=0, prune_ratio=0.0)]
-    for method in ("FilterThresNet", "ThresNet"):
+    achieved = {"FilterThresNet": [0.2, 0.36, 0.45, 0.52, 0.67, 0.8, 0.9], "ThresNet": [0.2, 0.36, 0.49, 0.59, 0.67, 0.8, 0.9]}
+    for method, ratios in achieved.items():
         for net in (0, 1):
             rows += [dict(mode="cascade", method=method, net=net, repetition=0, step=step, prune_ratio=ratio)
-                     for step, ratio in enumerate([0.2, 0.36, 0.49, 0.59, 0.67, 0.8, 0.9], start=1)]
+                     for step, ratio in enumerate(ratios, start=1)]
     chosen = select_rows(rows, net=0, ratios=(0.5, 0.9, 0.95))
     assert [(row["method"], row["step"]) for row in chosen] == [
-        ("dense", 0), ("FilterThresNet", 3), ("FilterThresNet", 7), ("ThresNet", 3), ("ThresNet", 7)]
+        ("dense", 0), ("FilterThresNet", 4), ("FilterThresNet", 7), ("ThresNet", 3), ("ThresNet", 7)]
     assert all(row["net"] == 0 for row in chosen)
     assert len(select_rows(rows, net=0, all_steps=True)) == 1 + 2 * 7
-    # NoPrune prunes nothing (achieved ratio 0): its steps are chosen by the ratio scheduled for them
-    rows += [dict(mode="cascade", method="NoPrune", net=0, repetition=0, step=step, target_prune_ratio=0.0, prune_ratio=0.0,
-                  step_prune_ratio=ratio) for step, ratio in enumerate([0.2, 0.36, 0.49, 0.59, 0.67, 0.8, 0.9], start=1)]
-    chosen = select_rows(rows, net=0, ratios=(0.5, 0.9, 0.95))
-    assert [row["step"] for row in chosen if row["method"] == "NoPrune"] == [3, 7]
-    assert [placed_ratio(row) for row in chosen if row["method"] == "NoPrune"] == [0.49, 0.9]
+    # NoPrune prunes nothing (achieved ratio 0): it is measured at every step chosen for a pruning method,
+    # here 3 (ThresNet) and 4 (FilterThresNet), although its scheduled ratio at step 3, 0.49, is the closest to 0.5
+    noprune = [dict(mode="cascade", method="NoPrune", net=0, repetition=0, step=step, target_prune_ratio=0.0, prune_ratio=0.0,
+                    step_prune_ratio=ratio) for step, ratio in enumerate(achieved["ThresNet"], start=1)]
+    chosen = select_rows(noprune + rows, net=0, ratios=(0.5, 0.9, 0.95))
+    assert [row["step"] for row in chosen if row["method"] == "NoPrune"] == [3, 4, 7]
+    assert [row["method"] for row in chosen][-3:] == ["NoPrune"] * 3
+    # without pruning methods beside it, its steps are those whose scheduled ratio is closest
+    chosen = select_rows(noprune, net=0, ratios=(0.5, 0.9, 0.95))
+    assert [(row["step"], placed_ratio(row)) for row in chosen] == [(3, 0.49), (7, 0.9)]
 
 
 # ------------------------------------------------------------------------------ end to end

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from experiment.analysis.cache import MeasurementCache
 from experiment.analysis.hessian import (
     Flatness, HessianOperator, RestrictedLoss, SurvivingParameters, differentiable_copy, measure, uses_exact_path,
 )
@@ -139,16 +140,23 @@ def placed_ratio(row: dict) -> float:
 def select_rows(rows: list[dict], net: int = 0, ratios: tuple[float, ...] = DEFAULT_RATIOS, all_steps: bool = False,
                 repetition: int = 0) -> list[dict]:
     """The dense net `net`, then per (mode, method) the pruned nets of that net and repetition at every
-    step (`all_steps`) or at the steps whose `placed_ratio` (the achieved prune ratio; NoPrune: the
-    scheduled one) is closest to each of `ratios`."""
+    step (`all_steps`) or at the steps whose achieved prune ratio is closest to each of `ratios`. The
+    NoPrune control is taken at every step chosen for a pruning method of its mode, so that each pruned
+    model has its control at the same step (a mode without pruning methods: the steps whose scheduled
+    ratio is closest)."""
     chosen = [row for row in rows if row["method"] == "dense" and int(row["net"]) == net]
     pruned = [row for row in rows if row["method"] != "dense" and int(row["net"]) == net and int(row["repetition"]) == repetition]
-    for group in dict.fromkeys((row["mode"], row["method"]) for row in pruned):
-        candidates = sorted((row for row in pruned if (row["mode"], row["method"]) == group), key=lambda row: int(row["step"]))
+    groups = sorted(dict.fromkeys((row["mode"], row["method"]) for row in pruned), key=lambda group: group[1] == CONTROL_METHOD)
+    steps_of_mode: dict[str, set[int]] = {}
+    for mode, method in groups:  # pruning methods first: the control's steps follow theirs
+        candidates = sorted((row for row in pruned if (row["mode"], row["method"]) == (mode, method)), key=lambda row: int(row["step"]))
         if all_steps:
-            chosen += candidates
-            continue
-        steps = {int(min(candidates, key=lambda row: abs(placed_ratio(row) - ratio))["step"]) for ratio in ratios}
+            steps = {int(row["step"]) for row in candidates}
+        elif method == CONTROL_METHOD and mode in steps_of_mode:
+            steps = steps_of_mode[mode]
+        else:
+            steps = {int(min(candidates, key=lambda row: abs(placed_ratio(row) - ratio))["step"]) for ratio in ratios}
+        steps_of_mode.setdefault(mode, set()).update(steps)
         chosen += [row for row in candidates if int(row["step"]) in steps]
     return chosen
 
@@ -197,21 +205,14 @@ def flatness_of(entry: dict) -> Flatness:
                     quadrature=[(np.array(nodes), np.array(weights)) for nodes, weights in entry["quadrature"]])
 
 
-class MeasurementCache:
-    """Measurements of earlier calls (a JSON-ready dict, updated in place; `saved` is called after
-    every new entry, so a killed analysis keeps what it finished). A model's entry is keyed by its
-    name and holds its checkpoint's SHA-256 (`Run.checkpoint_sha256`) and the `measurement_settings`;
-    it serves while both match, and also when the checkpoint is gone (a copy of the run trimmed to
-    its results). A control's entry is keyed by the dense net and the subset size."""
+class FlatnessCache(MeasurementCache):
+    """The flatness measurements of earlier calls (`MeasurementCache`), all under `settings`
+    (`measurement_settings`): a model's entry keyed by its name, a control's by its dense net and
+    subset size."""
 
-    def __init__(self, entries: dict, settings: dict, saved: Callable[[], None]):
-        self.entries, self.settings, self.saved = entries, settings, saved
-
-    def get(self, key: str, signature: str | None, settings: dict) -> dict | None:
-        entry = self.entries.get(key)
-        if entry is None or entry["settings"] != settings or signature not in (None, entry["checkpoint"]):
-            return None
-        return entry
+    def __init__(self, entries: dict, settings: dict, saved: Callable[[], object]):
+        super().__init__(entries, saved)
+        self.settings = settings
 
     def model(self, name: str, signature: str | None) -> tuple[Flatness, float] | None:
         """(its measurement, the seconds it took) if cached."""
@@ -223,15 +224,11 @@ class MeasurementCache:
         return None if entry is None else [flatness_of(result) for result in entry["results"]]
 
     def add_model(self, name: str, signature: str | None, result: Flatness, seconds: float) -> None:
-        self.entries[name] = {"settings": self.settings, "checkpoint": signature, "result": flatness_entry(result),
-                              "seconds": seconds}
-        self.saved()
+        self.put(name, signature, self.settings, result=flatness_entry(result), seconds=seconds)
 
     def add_control(self, dense: str, signature: str | None, size: int, count: int, results: list[Flatness]) -> None:
-        self.entries[f"{dense} control {size}"] = {"settings": {**self.settings, "control_subsets": count},
-                                                   "checkpoint": signature,
-                                                   "results": [flatness_entry(result) for result in results]}
-        self.saved()
+        self.put(f"{dense} control {size}", signature, {**self.settings, "control_subsets": count},
+                 results=[flatness_entry(result) for result in results])
 
 
 def analyse_run(run: Run, label: str, settings: FlatnessSettings, cache: dict | None = None,
@@ -240,10 +237,10 @@ def analyse_run(run: Run, label: str, settings: FlatnessSettings, cache: dict | 
     net by net, each table row (COLUMNS) with its random-subset control: its dense net's Hessian on
     `settings.control_subsets` random sets of as many parameters as the model has survivors
     (computed once per net and size, from that Hessian). A spectrum row is one quadrature node and
-    weight of one starting vector of one model. `cache` and `saved`: see `MeasurementCache`; a model
+    weight of one starting vector of one model. `cache` and `saved`: see `FlatnessCache`; a model
     whose checkpoint is gone and that has no cache entry is left out (with a note)."""
     x, y = training_subset(run, settings.subset, settings.seed)
-    store = MeasurementCache({} if cache is None else cache, measurement_settings(settings, x, y), saved)
+    store = FlatnessCache({} if cache is None else cache, measurement_settings(settings, x, y), saved)
     table, spectra = [], []
     for net in settings.nets:
         net_table, net_spectra = analyse_net(run, label, settings, net, x, y, store)
@@ -253,7 +250,7 @@ def analyse_run(run: Run, label: str, settings: FlatnessSettings, cache: dict | 
 
 
 def analyse_net(run: Run, label: str, settings: FlatnessSettings, net: int, x: torch.Tensor, y: torch.Tensor,
-                store: MeasurementCache) -> tuple[list[dict], list[dict]]:
+                store: FlatnessCache) -> tuple[list[dict], list[dict]]:
     """`analyse_run` for one net: the dense net first (its Hessian also gives the controls), then
     each selected pruned net; what `store` holds is not measured again."""
     measure_options = settings.measure_options()

@@ -46,10 +46,11 @@ does); the ring falls short only for k from 1 to 3.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from experiment.analysis.cache import MeasurementCache
 from experiment.analysis.two_dimensional import sample_flow, two_d_family
 from experiment.results import Run, model_name
 from experiment.results.rows import step_prune_ratio
@@ -167,33 +168,32 @@ def unmeasurable_reason(run: Run) -> str | None:
 
 
 def run_measures(run: Run, label: str, num_samples: int, seed: int, ks: Sequence[float] = KS,
-                 hit_fraction: float = HIT_FRACTION, max_tv: float = MAX_TV, cache: dict | None = None) -> list[dict]:
+                 hit_fraction: float = HIT_FRACTION, max_tv: float = MAX_TV, cache: dict | None = None,
+                 saved: Callable[[], object] = lambda: None) -> list[dict]:
     """One row per (model of the run, k): run, method, mode, net, repetition, step, target, step and
     achieved prune ratio, k, the measures of `measures`, num_modes, hit_fraction and `passes` (the
-    model's verdict, the same on all its rows). `cache` (a dict, updated in place) holds per-model
-    shares from earlier calls (a model whose checkpoint is gone is measured by its entry, and left out,
-    with a note, without one); `ks` must contain `HIT_K` and `TV_K`."""
+    model's verdict, the same on all its rows). `cache` (a dict, updated in place, `saved` called after
+    each new entry: `MeasurementCache`) holds per-model shares from earlier calls (a model whose
+    checkpoint is gone is measured by its entry, and left out, with a note, without one); `ks` must
+    contain `HIT_K` and `TV_K`."""
     x_train, y_train = (tensor.numpy() for tensor in run.load_data()["train"])
     means, covariances, weights = mode_statistics(x_train, y_train)
     reference = reference_shares(means, covariances, weights, ks)
     settings = {"num_samples": num_samples, "seed": seed, "ks": [float(k) for k in ks],
                 "means": means.round(12).tolist(), "covariances": covariances.round(12).tolist()}
-    cache = {} if cache is None else cache
+    store = MeasurementCache({} if cache is None else cache, saved)
     rows = []
     for row in run.rows:
         name = model_name(row)
-        entry = cache.get(name)
         signature = run.checkpoint_sha256(row)
-        cached = entry is not None and entry["settings"] == settings
-        if signature is None and not cached:
+        entry = store.get(name, signature, settings)
+        if entry is None and signature is None:
             print(f"{label}: {name} has no checkpoint and no cached shares; left out")
             continue
-        if not cached or signature not in (None, entry["checkpoint"]):
+        if entry is None:
             print(f"{label}: sampling {name}")
             samples = sample_flow(run.load_model(row), num_samples, seed)
-            entry = {"settings": settings, "checkpoint": signature,
-                     "mode_shares": mode_shares(samples, means, covariances, ks).tolist()}
-            cache[name] = entry
+            entry = store.put(name, signature, settings, mode_shares=mode_shares(samples, means, covariances, ks).tolist())
         by_k = measures(np.array(entry["mode_shares"]), reference, ks, hit_fraction)
         verdict = passes(by_k, len(means), max_tv)
         for k, values in by_k.items():
