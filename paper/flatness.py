@@ -111,11 +111,19 @@ NET_MARKERS = "osD^v"  # net 0, 1, … of a method: one colour, one marker each
 CONTROL_LABEL = "dense, random subset of same size"
 
 
+def spans_decades(values: list[float], decades: float = 2.0) -> bool:
+    """Whether positive `values` span more than `decades` powers of ten (a log axis reads better:
+    a sparse net's sharp λ_max beside the flat moderate ratios)."""
+    finite = [value for value in values if math.isfinite(value)]
+    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 10 ** decades
+
+
 def plot_flatness(rows: list[dict], title: str) -> Figure:
     """λ_max, tr H and κ against prune ratio, one solid line per (mode, method, net) (a colour per
     method, a marker per net), and beside it, dashed in the same colour, its random-subset control
     (mean ± std over the subsets); one legend below. Where some model's κ is undefined (an
-    indefinite Hessian on the iterative path), the third panel shows λ_min instead (no control)."""
+    indefinite Hessian on the iterative path), the third panel shows λ_min instead (no control).
+    κ is drawn on a log axis, λ_max and the trace too where they span more than two decades."""
     figure, axes = new_figure(1, 3, aspect=0.36)
     has_condition = all(math.isfinite(row["condition_number"]) for row in rows)
     panels = (("lambda_max", None, "control_lambda_max", "largest eigenvalue λ_max"),
@@ -132,12 +140,13 @@ def plot_flatness(rows: list[dict], title: str) -> Figure:
             if control:
                 axis.errorbar(ratios, [row[f"{control}_mean"] for row in line], yerr=[row[f"{control}_std"] for row in line],
                               color=colour, linestyle="--", linewidth=0.8, marker="x", markersize=3, capsize=2)
-    for axis, (_, _, _, label) in zip(axes, panels):
+    for axis, (column, _, control, label) in zip(axes, panels):
         prune_ratio_axis(axis)
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-    if has_condition and any(row["condition_number"] > 0 for row in rows):
-        axes[2].set_yscale("log")
+        plotted = [row[column] for row in rows] + ([row[f"{control}_mean"] for row in rows] if control else [])
+        if spans_decades(plotted) or (column == "condition_number" and any(value > 0 for value in plotted)):
+            axis.set_yscale("log")
     handles, labels = axes[0].get_legend_handles_labels()
     control = Line2D([], [], color="grey", linestyle="--", linewidth=0.8, marker="x", markersize=3)
     figure.legend(handles + [control], labels + [f"dashed: {CONTROL_LABEL}"], loc="outside lower center",

@@ -575,3 +575,17 @@ def test_cli_measures_several_nets_each_against_its_own_dense_net(results_tree):
     assert {row["net"] for row in spectrum} == {"0", "1"}
     for name in ("flatness", "spectrum"):
         assert len(list((folder / "nets_0_1").glob(f"{name}_*.png"))) == 1
+
+
+def test_flatness_figure_takes_a_log_axis_where_the_values_span_decades():
+    """λ_max of a sharp sparse classifier (4) beside flat moderate ratios (0.01) is drawn on a log
+    axis; a trace within one decade stays linear; κ is always logarithmic."""
+    def row(method, step, ratio, lambda_max, trace):
+        return dict(mode="cascade" if step else "train", method=method, net=0, step=step, prune_ratio=ratio,
+                    step_prune_ratio=ratio, lambda_max=lambda_max, trace=trace, trace_stderr=0.0, condition_number=1e4,
+                    lambda_min=1e-4, control_lambda_max_mean=0.05, control_lambda_max_std=0.01, control_trace_mean=0.5,
+                    control_trace_std=0.1, control_condition_mean=1e5, control_condition_std=1e4)
+    rows = [row("dense", 0, 0.0, 0.1, 1.0), row("ThresNet", 1, 0.5, 0.01, 0.5), row("ThresNet", 2, 0.9, 4.0, 2.0)]
+    figure = flatness.plot_flatness(rows, "synthetic")
+    assert [axis.get_yscale() for axis in figure.axes[:3]] == ["log", "linear", "log"]
+    assert not flatness.spans_decades([0.0, 5.0]) and not flatness.spans_decades([float("nan")])
