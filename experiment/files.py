@@ -12,12 +12,15 @@ naming the file; what can be recomputed is set aside (`set_aside`) and recompute
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import logging
 import os
 import re
 import tempfile
 from collections.abc import Callable
+from typing import Any
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,6 +40,29 @@ class DamagedFileError(RuntimeError):
         self.path, self.reason = Path(path), reason
 
 
+# What to do about a file-system error, by errno (the error itself names the file and the cause).
+_OS_ERROR_ADVICE = {
+    errno.ENOSPC: "the disk is full: free some space (or set directories.results to another disk) and run the same "
+                  "command again; finished models are kept and the run resumes",
+    errno.EDQUOT: "the disk quota is used up: free some space and run the same command again; the run resumes",
+    errno.EFBIG: "a file-size limit stopped the write (see `ulimit -f`): raise it and run the same command again",
+    errno.EACCES: "no permission: make the file or its folder writable for you (or set directories.results to a "
+                  "folder of your own) and run again",
+    errno.EPERM: "the operation is not permitted here: check the file's owner and permissions, then run again",
+    errno.EROFS: "the file system is read-only: set directories.results to a writable folder",
+    errno.EISDIR: "a folder stands where a file belongs: move it aside and run again",
+    errno.ENOTDIR: "a file stands where a folder belongs: move it aside and run again",
+}
+
+
+def os_error_text(error: OSError) -> str:
+    """One line for a file-system error: the path, the cause and what to do."""
+    path = f"{error.filename}: " if error.filename else ""
+    name = errno.errorcode.get(error.errno, "")
+    advice = _OS_ERROR_ADVICE.get(error.errno, "fix the cause and run the same command again; finished models are kept")
+    return f"{path}{error.strerror or error}{f' ({name})' if name else ''}: {advice}"
+
+
 def process_umask() -> int:
     """The process's umask (reading it means setting it; it is put back at once)."""
     mask = os.umask(0o022)
@@ -48,7 +74,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """`data` into `path`, atomically. The file gets the mode a plain open() would give it (0o666 less
     the umask), not mkstemp's 0o600, so that others can read results as they can read any file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
@@ -56,6 +85,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fchmod(file.fileno(), 0o666 & ~process_umask())
             os.fsync(file.fileno())
         os.replace(temporary, path)
+    except OSError as error:  # named after the file it was for, not the temporary (a write error names none)
+        Path(temporary).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -81,18 +113,53 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+DIGEST_KEY = "sha256"  # the entry of a saved checkpoint dict that holds `content_digest` of the others
+
+
+def content_digest(value: Any) -> str:
+    """SHA-256 of a checkpoint's contents: every tensor's dtype, shape and bytes, and every other
+    value's type and repr, in a fixed order (mapping keys sorted), so that it is the same for the dict
+    saved and the dict loaded back (on any device) and changes with any bit of a weight."""
+    hasher = hashlib.sha256()
+    _digest_into(hasher, value)
+    return hasher.hexdigest()
+
+
+def _digest_into(hasher: "hashlib._Hash", value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        hasher.update(f"tensor {tensor.dtype} {tuple(value.shape)};".encode())
+        hasher.update(tensor.view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        hasher.update(f"dict {len(value)};".encode())
+        for key in sorted(value, key=repr):
+            hasher.update(f"{key!r}:".encode())
+            _digest_into(hasher, value[key])
+    elif isinstance(value, (list, tuple)):
+        hasher.update(f"{type(value).__name__} {len(value)};".encode())
+        for item in value:
+            _digest_into(hasher, item)
+    else:
+        hasher.update(f"{type(value).__name__} {value!r};".encode())
+
+
 def atomic_torch_save(path: Path, obj: dict) -> None:
-    """torch.save of a plain dict of tensors and builtins (loadable with weights_only=True)."""
+    """torch.save of a plain dict of tensors and builtins (loadable with weights_only=True), with the
+    `content_digest` of its entries under DIGEST_KEY, which `load_checkpoint` checks."""
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save({**obj, DIGEST_KEY: content_digest(obj)}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-RETRAIN_ADVICE = "Move it aside (or delete it) and run the experiment again: its model is then trained again"
+RETRAIN_ADVICE = ("Train its model again with `python -m experiment.main CONFIG --repair` (CONFIG: the config that made the "
+                  "run; config.yaml in the run folder is its resolved copy), which sets the file aside first")
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
-    """A checkpoint or progress file; DamagedFileError (naming it) when it cannot be loaded."""
+    """A checkpoint or progress file, without its digest entry; DamagedFileError (naming it) when it
+    cannot be loaded or its contents do not match the digest saved with them (a flipped bit in a
+    weight loads without complaint otherwise). Files saved before digests were written have none
+    and load unchecked."""
     try:
         loaded = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
@@ -102,6 +169,10 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
         raise DamagedFileError(path, f"cannot be loaded ({type(error).__name__}: {reason})", RETRAIN_ADVICE) from None
     if not isinstance(loaded, dict):
         raise DamagedFileError(path, f"holds a {type(loaded).__name__}, not a checkpoint dict", RETRAIN_ADVICE)
+    saved_digest = loaded.pop(DIGEST_KEY, None)
+    if saved_digest is not None and saved_digest != content_digest(loaded):
+        raise DamagedFileError(path, "does not match the checksum saved with it (its contents changed after it was "
+                                     "written)", RETRAIN_ADVICE)
     return loaded
 
 

@@ -183,6 +183,8 @@ def plan_launch(arguments: argparse.Namespace, settings: Sequence[Settings], job
                "--workers", str(arguments.workers), "--threads", str(arguments.threads)]
     if arguments.gpus_per_job is not None:
         command += ["--gpus-per-job", str(arguments.gpus_per_job)]
+    if arguments.repair:
+        command += ["--repair"]
     cpus = arguments.workers * arguments.threads if section.cpus_per_task is None else section.cpus_per_task
     return Launch(
         cluster=arguments.launcher, command=tuple(command), tasks=tasks, time_min=section.time_min,
@@ -286,7 +288,7 @@ def print_summary(launch: Launch, submitted: Sequence[submitit.Job], jobs: Seque
         print(f"follow:  squeue -j {array}   (sacct -j {array} once finished; scancel {array} cancels)")
     else:
         print(f"follow:  ps -f -p {','.join(ids)}   (kill -INT {' '.join(ids)} cancels)")
-    print(f"         tail -f {submitted[0].paths.stdout} {submitted[0].paths.stderr}")
+    print(f"         tail -f {shlex.quote(str(submitted[0].paths.stdout))} {shlex.quote(str(submitted[0].paths.stderr))}")
     print("A preempted task, or one that reaches its time limit, is requeued and resumes where it stopped. "
           "To resume or complete the run after a failure, or to resubmit, run the same command again: "
           "finished jobs are skipped.", flush=True)
@@ -337,7 +339,7 @@ def launch(arguments: argparse.Namespace, plans: Sequence[Plan], jobs: Sequence[
     with `--wait` waited for), each task calling `entry` (experiment.main.main) with its command line.
     Raises ConfigError or LaunchError before anything is submitted."""
     configs = [plan.config for plan in plans]
-    unfinished = JobRunner(configs).unfinished(jobs)
+    unfinished = JobRunner(configs, repair=arguments.repair).unfinished(jobs)
     planned = plan_launch(arguments, [plan.settings for plan in plans], jobs, unfinished)
     if arguments.dry_run:
         print_tasks(planned, jobs, unfinished)

@@ -32,13 +32,15 @@ import yaml
 from experiment import launcher, process
 from experiment.config import ConfigError, Settings, add_overrides_argument, load_configs, settings_of
 from experiment.devices import resolve_device
-from experiment.files import DamagedFileError
+from experiment.files import DamagedFileError, os_error_text
 from experiment.distributed import SINGLE, Ranks, join, leave, ranks_from_environment
 from experiment.jobs import Job, Shard, jobs_of
-from experiment.plan import Plan, make_plan
-from experiment.results.tree import RunDir
+from experiment.plan import Plan, make_plan, sweep_labels
+from experiment.projection import projection_lines
+from experiment.report import dense_point, format_sweep_table, main_metric, pruned_points, quantity_of
+from experiment.results.tree import RunDir, is_failed
 from experiment.runner import JobRunner, is_finished, report, run_experiment, summarize_failures
-from experiment.workers import run_workers, worker_devices
+from experiment.workers import STOPPED_BY_FILE_ERROR, run_workers, worker_devices
 
 # Shown after the options by --help: a first command to copy, and where the config keys are explained.
 EXAMPLES = """examples:
@@ -49,11 +51,17 @@ EXAMPLES = """examples:
 Every config key, its default and what it does: docs/CONFIG.md. `sparse-flows` is the same command."""
 
 
+MAX_PROCESS_COUNT = 1024  # --threads and --workers: beyond any machine; a typo would exhaust memory starting them
+
+
 def positive_integer(text: str) -> int:
-    """An argparse type for counts (--threads, --workers): 0 or fewer is a usage error, not a crash later."""
+    """An argparse type for counts (--threads, --workers): 0 or fewer, or more than MAX_PROCESS_COUNT,
+    is a usage error, not a crash later (libgomp runs out of memory starting 100000 threads)."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > MAX_PROCESS_COUNT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_PROCESS_COUNT}, got {value}")
     return value
 
 
@@ -77,7 +85,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("config", help="YAML config file, e.g. param/quickstart.yaml")
     add_overrides_argument(parser)
     parser.add_argument("--dry-run", action="store_true",
-                        help="print each resolved config, its plan and the jobs this command would do; write nothing")
+                        help="print what this command would do and cost (trainings, epochs, a projected wall time), "
+                             "each experiment's plan and the jobs; write nothing")
+    parser.add_argument("--show-config", action="store_true", help="with --dry-run: each resolved config too")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="with --dry-run: time epochs only from those recorded, without training a little to "
+                             "calibrate (an instant check of many configs)")
     parser.add_argument("--threads", type=positive_integer, default=1,
                         help="CPU threads for torch per process (default 1: fastest for the small toy models; raise it for images)")
     parser.add_argument("--workers", type=positive_integer, default=1, metavar="N",
@@ -86,6 +99,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="share of a GPU per job, e.g. 0.25: floor(1/F) workers per visible GPU, workers spread over all GPUs")
     parser.add_argument("--shard", type=shard, metavar="I/N",
                         help="do only share I of N (0 <= I < N) of the jobs: dense nets first, dealt round-robin")
+    parser.add_argument("--repair", action="store_true",
+                        help="also check every recorded model's checkpoint (present, loads, matches its checksum) and "
+                             "train again the models whose checkpoint is missing or damaged")
     launcher.add_arguments(parser)
     arguments = parser.parse_intermixed_args(argv)  # options may come after the overrides too
     launcher.check_arguments(parser, arguments)
@@ -100,13 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {error}", file=sys.stderr)
         return 2
     plans = [make_plan(config) for config in configs]
+    labels = sweep_labels(configs) if len(configs) > 1 else [""]
     if not arguments.dry_run:
         try:  # (a finished run is only read: a read-only copy of a results tree can be rerun)
-            check_results_folders([plan.settings for plan in plans if not is_finished(plan, RunDir(plan.run_folder))])
+            check_results_folders([plan for plan in plans if not is_finished(plan, RunDir(plan.run_folder), arguments.repair)])
         except (ValueError, DamagedFileError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
     jobs = [job for plan in plans for job in jobs_of(plan)]
+    print_results_folders(plans, Path(arguments.config))
     if arguments.launcher is not None:
         return launch_array(plans, jobs, arguments)
     try:
@@ -117,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     if selected_shard is not None:
         jobs = selected_shard.select(jobs)
     if arguments.dry_run:
-        print_dry_run(plans, jobs, selected_shard)
+        process.configure(arguments.threads)  # (its calibration trains a little)
+        print_dry_run(plans, jobs, selected_shard, labels, arguments)
         return 0
     ranks = ranks_from_environment()
     try:
@@ -135,13 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         if ranks.parallel:
             return run_data_parallel(configs, jobs, selected_shard, arguments, ranks)
         if arguments.workers == 1 and selected_shard is None:
-            for index, config in enumerate(configs):
-                print(f"experiment {index + 1} of {len(configs)}")
-                run_experiment(config)
+            for index, (config, swept) in enumerate(zip(configs, labels)):
+                print(f"experiment {index + 1} of {len(configs)}{f': {swept}' if swept else ''}", flush=True)
+                run_experiment(config, arguments.repair, swept)
+            print_sweep_summary(plans, labels)
             return summarize_failures(plans)
         return run_jobs(plans, jobs, selected_shard, arguments)
     except DamagedFileError as error:  # metrics.csv or data_split.npz: the researcher decides (see the message)
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a file-size limit, permissions: nothing finished is lost
+        print(f"error: {os_error_text(error)}", file=sys.stderr)
         return 2
 
 
@@ -149,7 +172,7 @@ def launch_array(plans: list[Plan], jobs: list[Job], arguments: argparse.Namespa
     """`--launcher`: the `jobs` of all plans submitted as a job array, one task per shard
     (experiment/launcher.py); with `--dry-run`, the configs, their jobs and the array shown instead."""
     if arguments.dry_run:
-        print_dry_run(plans, jobs, None)
+        print_dry_run(plans, jobs, None, sweep_labels([plan.config for plan in plans]) if len(plans) > 1 else [""], arguments)
     try:
         return launcher.launch(arguments, plans, jobs, entry=main)
     except ConfigError as error:
@@ -159,16 +182,75 @@ def launch_array(plans: list[Plan], jobs: list[Job], arguments: argparse.Namespa
     return 2
 
 
-def print_dry_run(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None) -> None:
-    for index, plan in enumerate(plans):
-        print(f"# experiment {index + 1} of {len(plans)}")
-        print(yaml.safe_dump(plan.config, sort_keys=False).rstrip())
-        print("# plan")
+def print_dry_run(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None, labels: list[str],
+                  arguments: argparse.Namespace) -> None:
+    """What the command would do, cost first: experiments, jobs finished and to do, the trainings and
+    epochs left and a projected wall time (experiment/projection.py); then each experiment's plan (its
+    resolved config too with --show-config) and the jobs."""
+    unfinished = JobRunner([plan.config for plan in plans]).unfinished(jobs)
+    where = f" of shard {selected_shard}" if selected_shard else ""
+    print("# dry run: nothing is written")
+    print(f"experiments: {len(plans)}; jobs{where}: {len(jobs)}, {len(jobs) - len(unfinished)} finished, {len(unfinished)} to do")
+    if unfinished:
+        busy = {job.run_id for job in unfinished}
+        for line in projection_lines([plan for plan in plans if plan.run_id in busy], arguments.workers,
+                                     calibrate=not arguments.no_calibration):
+            print(line)
+    else:
+        print("nothing left to do: every job is finished (run the command without --dry-run to print the tables)")
+    print()
+    for index, (plan, swept) in enumerate(zip(plans, labels)):
+        print(f"# experiment {index + 1} of {len(plans)}{f': {swept}' if swept else ''}")
+        if arguments.show_config:
+            print(yaml.safe_dump(plan.config, sort_keys=False).rstrip())
+            print("# plan")
         print(plan.describe())
         print()
-    print(f"# jobs{f' of shard {selected_shard}' if selected_shard else ''} ({len(jobs)})")
+    print(f"# jobs{where} ({len(jobs)})")
     for job in jobs:
-        print(job if job.dense is None else f"{job}  (after {job.dense})")
+        after = "" if job.dense is None else f"  (after {job.dense})"
+        print(f"{job}{after}{'' if job in unfinished else '  (finished)'}")
+
+
+def print_sweep_summary(plans: list[Plan], labels: list[str]) -> None:
+    """After the experiments of a sweep (more than one): one table across them (`format_sweep_table`)
+    per main metric."""
+    if len(plans) < 2:
+        return
+    by_metric: dict[str, list] = {}
+    for plan, swept in zip(plans, labels):
+        metric = main_metric(plan.settings.training)
+        _, transform = quantity_of(metric)
+        rows = [row for row in plan.planned_rows(RunDir(plan.run_folder).read_metrics()) if not is_failed(row)]
+        by_metric.setdefault(metric, []).append((swept, dense_point(rows, metric, transform), pruned_points(rows, metric, transform)))
+    for metric, experiments in by_metric.items():
+        print("\n" + format_sweep_table(experiments, quantity_of(metric)[0]), flush=True)
+
+
+def project_folder(config_file: Path) -> Path | None:
+    """The project a config file belongs to: the folder holding the `param/` folder it lies in."""
+    parts = config_file.resolve().parts
+    return Path(*parts[:len(parts) - 1 - parts[::-1].index("param")]) if "param" in parts[:-1] else None
+
+
+def print_results_folders(plans: list[Plan], config_file: Path) -> None:
+    """Where the command reads and writes, as absolute folders (a relative `directories.results` is
+    relative to the working directory); and a note for each run that this command would start afresh
+    while the config's own project already holds it under its results folder (the command was given
+    from another folder)."""
+    roots = dict.fromkeys(Path(plan.settings.directories.results).absolute() for plan in plans)
+    print(f"results folder: {', '.join(map(str, roots))}", flush=True)
+    project = project_folder(config_file)
+    if project is None or project == Path.cwd().resolve():
+        return
+    for plan in plans:
+        if Path(plan.settings.directories.results).is_absolute():
+            continue
+        there = project / plan.run_folder
+        if not (plan.run_folder / "metrics.csv").exists() and (there / "metrics.csv").exists():
+            print(f"note: run {plan.run_id} already exists in {there}, the results folder of the config's project; "
+                  f"this command works in {plan.run_folder.absolute()} instead (relative results folders are relative "
+                  f"to the working directory: run it from {project} to go on with that run)", flush=True)
 
 
 def check_devices(settings: list[Settings], workers: int, gpus_per_job: float | None, ranks: Ranks) -> None:
@@ -188,11 +270,13 @@ def check_devices(settings: list[Settings], workers: int, gpus_per_job: float | 
     worker_devices(workers, gpus_per_job, torch.cuda.device_count())
 
 
-def check_results_folders(settings: list[Settings]) -> None:
-    """Raises ValueError naming a results folder (`directories.results`) this process could not
-    create or write in, before anything is written: otherwise the first write, deep in a run, fails
-    with a traceback. Looks only, creates nothing."""
-    for results in dict.fromkeys(os.path.abspath(each.directories.results) for each in settings):
+def check_results_folders(plans: list[Plan]) -> None:
+    """Raises ValueError naming a folder or file of the runs of `plans` this process could not create
+    or write in, before anything is written: otherwise the first write, deep in a run, fails with a
+    traceback. The results folder (`directories.results`) and, where a run folder exists (of another
+    user, say, in a shared tree), the run folder, its subfolders, its lock folder and each lock file
+    in it (a lock file is opened for writing). Looks only, creates nothing."""
+    for results in dict.fromkeys(os.path.abspath(plan.settings.directories.results) for plan in plans):
         existing = Path(results)
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
@@ -201,6 +285,21 @@ def check_results_folders(settings: list[Settings]) -> None:
         if not os.access(existing, os.W_OK | os.X_OK):
             action = "write in" if str(existing) == results else f"create it in {existing}"
             raise ValueError(f"results folder {results}: no permission to {action}")
+    for plan in plans:
+        run = RunDir(plan.run_folder)
+        folders = [path for path in (run.path, *(run.path / name for name in ("checkpoints", "curves", "progress")),
+                                     run.locks, run.locks / "jobs") if path.exists()]
+        for folder in folders:
+            if not folder.is_dir():
+                raise ValueError(f"{folder} is a file, not a folder; move it aside")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ValueError(f"{folder}: no permission to write in it (owner uid {folder.stat().st_uid}); "
+                                 "ask its owner to make it group-writable, or use another directories.results")
+        for lock in (path for folder in folders if folder.name in (run.locks.name, "jobs") for path in folder.glob("*.lock")):
+            if lock.is_dir() or not os.access(lock, os.R_OK | os.W_OK):
+                what = "is a folder" if lock.is_dir() else f"cannot be opened for writing (owner uid {lock.stat().st_uid})"
+                raise ValueError(f"lock file {lock} {what}; remove it when no process of this run is running "
+                                 "(the lock is held by the operating system, not by the file)")
 
 
 def run_data_parallel(configs: list[dict], jobs: list[Job], selected_shard: Shard | None,
@@ -212,7 +311,7 @@ def run_data_parallel(configs: list[dict], jobs: list[Job], selected_shard: Shar
         configs = [{**config, "device": str(device)} for config in configs]
         if ranks.leader:
             return run_jobs([make_plan(config) for config in configs], jobs, selected_shard, arguments, ranks)
-        JobRunner(configs, progress_bars=False, ranks=ranks).run(jobs)
+        JobRunner(configs, progress_bars=False, ranks=ranks, repair=arguments.repair).run(jobs)
         return 0
     finally:
         leave(ranks)
@@ -225,7 +324,7 @@ def run_jobs(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None, a
     none of whose `jobs` is left is only read (no request recorded, the plot only made if missing), as
     in `run_experiment`."""
     configs = [plan.config for plan in plans]
-    runner = JobRunner(configs, ranks=ranks)
+    runner = JobRunner(configs, ranks=ranks, repair=arguments.repair)
     unfinished = runner.unfinished(jobs)
     busy = {job.run_id for job in unfinished}
     runs = [RunDir.record_request(plan.config) if plan.run_id in busy else RunDir(plan.run_folder) for plan in plans]
@@ -236,13 +335,19 @@ def run_jobs(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None, a
     if arguments.workers == 1:
         runner.run(unfinished)
     elif workers:
-        failed = run_workers(configs, unfinished, workers, arguments.threads, arguments.gpus_per_job)
+        failed = run_workers(configs, unfinished, workers, arguments.threads, arguments.gpus_per_job, arguments.repair)
+        if any(code == STOPPED_BY_FILE_ERROR for code in failed.values()):
+            print("the run is incomplete: a worker stopped on the file error above; fix it and run the same command "
+                  "again to resume", file=sys.stderr)
+            return 2
         if failed:
             print(f"{len(failed)} worker(s) failed; the run is incomplete: run the same command again to resume it",
                   file=sys.stderr)
             return 1
-    for plan, run in zip(plans, runs):
-        report(plan, run, replot=plan.run_id in busy)
+    labels = sweep_labels(configs) if len(configs) > 1 else [""]
+    for plan, run, swept in zip(plans, runs, labels):
+        report(plan, run, replot=plan.run_id in busy, swept=swept)
+    print_sweep_summary(plans, labels)
     return summarize_failures(plans)
 
 

@@ -3,36 +3,17 @@ metrics rows of a run folder are of the models it asks for (`Plan.wants`)."""
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from experiment.config.settings import RangeSpacing, RelativeSpacing, Settings, Spacing, settings_of
+from experiment.config.schema import keep_ratio_sequence
+from experiment.config.settings import Settings, settings_of
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.results.rows import step_prune_ratio
-from experiment.results.tree import run_folder, run_id
+from experiment.results.tree import RUN_ID_EXCLUDED_KEYS, run_folder, run_id
 from experiment.stopping import StopRule
-
-
-def keep_ratios(spacing: Sequence[Spacing]) -> list[float]:
-    """The keep ratios of `experiments.spacing`, its entries concatenated in order:
-    geometric → geomspace(max_val, min_val, num_intervals), linear → linspace(...), manual → values,
-    relative → each of max_steps steps prunes `ratio` of what the previous keep ratio k left:
-    k·(1 − ratio), starting from the last ratio before the entry (1 at first)."""
-    ratios: list[float] = []
-    for entry in spacing:
-        if isinstance(entry, RangeSpacing):
-            space = np.geomspace if entry.type == "geometric" else np.linspace
-            ratios += space(entry.max_val, entry.min_val, entry.num_intervals).tolist()
-        elif isinstance(entry, RelativeSpacing):
-            start = ratios[-1] if ratios else 1.0
-            ratios += [start * (1.0 - entry.ratio) ** step for step in range(1, entry.max_steps + 1)]
-        else:
-            ratios += list(entry.values)
-    return ratios
 
 
 @dataclass(frozen=True)
@@ -98,7 +79,7 @@ class Plan:
 def make_plan(config: dict) -> Plan:
     settings = settings_of(config)
     experiments = settings.experiments
-    ratios = keep_ratios(experiments.spacing)
+    ratios = keep_ratio_sequence(config["experiments"]["spacing"])
     methods = experiments.methods if experiments.mode != "train" else ()
     retrain_iterations = experiments.retrain_iterations
     return Plan(
@@ -114,3 +95,75 @@ def make_plan(config: dict) -> Plan:
         retrain_steps=len(ratios) if retrain_iterations == -1 else min(retrain_iterations, len(ratios)),
         stop_rule=experiments.stop_rule,
     )
+
+
+# ------------------------------------------------------------------------------ what each config of a sweep sets
+
+KEY_ABBREVIATIONS = {"weight_decay": "wd"}
+
+
+def flatten(config: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    """{key path: leaf value}; lists are leaves."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, prefix + (key,)))
+        else:
+            flat[prefix + (key,)] = value
+    return flat
+
+
+def name_parts(names: list[str]) -> list[str]:
+    """The differing middle of `_`-separated model names: their common leading and trailing tokens
+    dropped, each name keeping at least one token (node_l2_h64_tanh_da vs node_l2_h64_tanh_da_autograd
+    → da, da_autograd)."""
+    tokens = [name.split("_") for name in names]
+    shortest = min(len(parts) for parts in tokens)
+    prefix = 0
+    while prefix < shortest - 1 and len({parts[prefix] for parts in tokens}) == 1:
+        prefix += 1
+    suffix = 0
+    while suffix < shortest - prefix - 1 and len({parts[-1 - suffix] for parts in tokens}) == 1:
+        suffix += 1
+    return ["_".join(parts[prefix:len(parts) - suffix]) for parts in tokens]
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def sweep_labels(configs: list[dict]) -> list[str]:
+    """A label per config of a sweep saying what it does differently from the others (its swept
+    values): the differing part of the network name, then `key=value` for every other differing key (a `retraining` key that just
+    repeats the `training` one is left out; keys are shortened to their last component where that
+    stays unambiguous). A single config is labelled by its network name."""
+    flat = [flatten({key: value for key, value in config.items() if key not in RUN_ID_EXCLUDED_KEYS})
+            for config in configs]
+    names = [entries[("network", "name")] for entries in flat]
+    if len(configs) == 1:
+        return names
+    keys = list(dict.fromkeys(key for entries in flat for key in entries))
+    missing = object()
+    values = {key: [entries.get(key, missing) for entries in flat] for key in keys}
+    differing = [key for key in keys
+                 if len({json.dumps(value, sort_keys=True, default=str) for value in values[key]}) > 1]
+    differing = [key for key in differing
+                 if not (key[0] == "retraining" and ("training",) + key[1:] in differing
+                         and values[("training",) + key[1:]] == values[key])]
+    parts: list[list[str]] = [[] for _ in configs]
+    if ("network", "name") in differing:
+        for index, part in enumerate(name_parts(names)):
+            parts[index].append(part)
+    others = [key for key in differing if key != ("network", "name")]
+    for key in others:
+        short = key[-1]
+        if sum(other[-1] == short for other in others) > 1:
+            short = ".".join(key)
+        short = KEY_ABBREVIATIONS.get(short, short)
+        for index, value in enumerate(values[key]):
+            parts[index].append(f"{short}={'–' if value is missing else _format_value(value)}")
+    return [", ".join(part) or name for part, name in zip(parts, names)]

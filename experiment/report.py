@@ -151,28 +151,58 @@ def selected_points(rows: list[dict], column: str, transform=lambda value: value
     return {key: point for key, point in points.items() if point is not None}
 
 
+def spread_text(point: Point) -> str:
+    """'mean ± std' over the point's nets, or 'mean (n = 1)' for a single net, whose spread is unknown."""
+    if point.num_nets == 1:
+        return f"{point.value_mean:.4f} (n = 1)"
+    return f"{point.value_mean:.4f} ± {point.value_std:.4f}"
+
+
 def format_selection(points: dict[tuple[str, str], Point], label: str) -> str:
     """One line per (mode, method) of a stop rule's choice: the sparsest nets within tolerance."""
     return "\n".join(f"stop rule, {method} ({mode}): the sparsest nets within tolerance have PR {point.prune_ratio_mean:.3f}, "
-                     f"{label} {point.value_mean:.4f} ± {point.value_std:.4f} (mean ± std over {point.num_nets} nets)"
+                     f"{label} {spread_text(point)}{f' (mean ± std over {point.num_nets} nets)' if point.num_nets > 1 else ''}"
                      for (mode, method), point in points.items())
 
 
 def format_table(dense: Point | None, lines: dict[tuple[str, str], list[Point]], label: str) -> str:
     """Rows of target prune ratio (dense first), one column per method headed 'method label' (the
-    points' quantity, e.g. 'ThresNet test top-1 error (%)'): 'mean ± std (achieved PR)'; a dense-only
-    run (mode train) gets one column, 'dense'."""
+    points' quantity, e.g. 'ThresNet test top-1 error (%)'): 'mean ± std (PR achieved)', 'mean
+    (n = 1)' for a single net; a dense-only run (mode train) gets one column, 'dense'."""
     methods = [method for _, method in lines] or ["dense"]
     by_target = {key: {point.target_prune_ratio: point for point in points} for key, points in lines.items()}
     targets = sorted({target for points in by_target.values() for target in points})
-    widths = [max(30, len(f"{method} {label}")) for method in methods]  # 30: a cell's width
-    header = f"{'prune ratio':>11}  " + "  ".join(f"{method + ' ' + label:>{width}}" for method, width in zip(methods, widths))
-    cell = lambda point: f"{point.value_mean:.4f} ± {point.value_std:<7.4f} ({point.prune_ratio_mean:.3f})"
+    widths = [max(33, len(f"{method} {label}")) for method in methods]  # 33: a cell's width
+    header = f"{'target PR':>11}  " + "  ".join(f"{method + ' ' + label:>{width}}" for method, width in zip(methods, widths))
+    cell = lambda point: f"{spread_text(point):<16} (PR {point.prune_ratio_mean:.3f})"
     rows = [f"{0.0:>11.3f}  " + "  ".join(f"{cell(dense):>{width}}" for width in widths)] if dense else []
     for target in targets:
         rows.append(f"{target:>11.3f}  " + "  ".join(f"{cell(points[target]) if target in points else '':>{width}}"
                                                      for points, width in zip(by_target.values(), widths)))
     return "\n".join([header, *rows])
+
+
+SWEEP_TABLE_RATIOS = (0.5, 0.8, 1.0)  # the sweep table shows each method at the target ratios nearest these
+
+
+def format_sweep_table(experiments: list[tuple[str, Point | None, dict[tuple[str, str], list[Point]]]], label: str) -> str:
+    """One row per experiment of a sweep: what it sets (its swept values), its dense nets and each
+    method at the target prune ratios nearest SWEEP_TABLE_RATIOS (of all experiments' ratios), as
+    'mean ± std' (or 'mean (n = 1)'); `experiments`: (swept values, dense point, pruned lines)."""
+    targets = sorted({point.target_prune_ratio for _, _, lines in experiments for points in lines.values() for point in points})
+    shown = sorted({min(targets, key=lambda target: abs(target - wanted)) for wanted in SWEEP_TABLE_RATIOS}) if targets else []
+    methods = list(dict.fromkeys(method for _, _, lines in experiments for _, method in lines))
+    columns = ["dense"] + [f"{method_name(method)} @ PR {target:.2f}" for method in methods for target in shown]
+    width = max(len("experiment"), *(len(swept) for swept, _, _ in experiments))
+    widths = [max(16, len(column)) for column in columns]  # 16: 'mean ± std'
+    rows = [f"{'experiment':<{width}}  " + "  ".join(f"{column:>{cell}}" for column, cell in zip(columns, widths))]
+    for swept, dense, lines in experiments:
+        by_method = {method: {point.target_prune_ratio: point for point in points} for (_, method), points in lines.items()}
+        cells = [spread_text(dense) if dense else ""]
+        cells += [spread_text(by_method[method][target]) if target in by_method.get(method, {}) else ""
+                  for method in methods for target in shown]
+        rows.append(f"{swept:<{width}}  " + "  ".join(f"{text:>{cell}}" for text, cell in zip(cells, widths)))
+    return f"{label} across the sweep (mean ± std over nets):\n" + "\n".join(rows)
 
 
 def plotted_prune_ratios(plotting: PlottedKeepRatios) -> tuple[float, float]:
@@ -208,14 +238,21 @@ def method_color(method: str, index: int = 0) -> str:
     return METHOD_COLORS.get(method, f"C{index + 2}")
 
 
-def draw_prune_curves(axes: Axes, dense: Point | None, lines: dict[tuple[str, str], list[Point]]) -> None:
+def dense_label(dense: Point, epochs: int | None = None) -> str:
+    """'dense (2 nets)' or, given the epochs the nets were trained for, 'dense, 100 epochs (2 nets)'."""
+    nets = f"({dense.num_nets} net{'s' if dense.num_nets != 1 else ''})"
+    return f"dense {nets}" if epochs is None else f"dense, {epochs} epochs {nets}"
+
+
+def draw_prune_curves(axes: Axes, dense: Point | None, lines: dict[tuple[str, str], list[Point]],
+                      dense_epochs: int | None = None) -> None:
     """The main metric vs achieved prune ratio: one line per (mode, method) starting at the dense
     point, mean ± std over nets as a band (the NoPrune control at its steps' prune ratios), the dense
-    mean as a dashed reference line; the prune-ratio axis in %."""
+    mean as a dashed reference line (labelled with `dense_epochs` where given, `dense_label`); the
+    prune-ratio axis in %."""
     modes = {mode for mode, _ in lines}
     if dense is not None:
-        axes.axhline(dense.value_mean, color="black", linestyle="--", linewidth=0.8,
-                     label=f"dense ({dense.num_nets} net{'s' if dense.num_nets != 1 else ''})")
+        axes.axhline(dense.value_mean, color="black", linestyle="--", linewidth=0.8, label=dense_label(dense, dense_epochs))
         axes.errorbar([0.0], [dense.value_mean], yerr=[dense.value_std], color="black", marker="s", markersize=3,
                       capsize=2, zorder=3)
     for index, ((mode, method), points) in enumerate(sorted(lines.items(), key=lambda item: (item[0][1], item[0][0]))):

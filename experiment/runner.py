@@ -46,7 +46,7 @@ from experiment.config.settings import Schedule, Settings
 from experiment.data.transforms import build_transform
 from experiment.devices import resolve_device
 from experiment.distributed import SINGLE, Ranks
-from experiment.files import remove_temporaries
+from experiment.files import DamagedFileError, load_checkpoint, remove_temporaries
 from experiment.jobs import Job, jobs_of
 from experiment.models import SolverError
 from experiment.plan import Plan, make_plan
@@ -84,6 +84,7 @@ class Experiment:
     y_test: torch.Tensor
     progress_bars: bool = True  # off in worker processes, whose bars would garble one terminal
     ranks: Ranks = SINGLE  # the processes training each model together; rank 0 alone writes files
+    repair: bool = False  # recorded models whose checkpoint is missing or damaged are computed again
 
     @property
     def settings(self) -> Settings:
@@ -107,7 +108,7 @@ class Experiment:
                        eval_transform=build_transform(schedule.transforms_test + schedule.transforms_final))
 
 
-def prepare(config: dict, progress_bars: bool = True, ranks: Ranks = SINGLE) -> Experiment:
+def prepare(config: dict, progress_bars: bool = True, ranks: Ranks = SINGLE, repair: bool = False) -> Experiment:
     """Loads the data (downloading real datasets if needed) and the run folder's persisted
     train/validation split (made by the first process that needs it; of several ranks, by rank 0,
     which prepares before the others)."""
@@ -118,25 +119,28 @@ def prepare(config: dict, progress_bars: bool = True, ranks: Ranks = SINGLE) -> 
     loaded = load_run_data(plan.settings, run, make_split=True)
     parts = {name: tuple(tensor.to(device) for tensor in pair) for name, pair in loaded.splits.items()}
     data = TrainData(*parts["train"], *parts["valid"], loaded.dim)
-    return Experiment(plan, run, device, data, *parts["test"], progress_bars=progress_bars, ranks=ranks)
+    return Experiment(plan, run, device, data, *parts["test"], progress_bars=progress_bars, ranks=ranks, repair=repair)
 
 
-def run_experiment(config: dict) -> RunDir:
+def run_experiment(config: dict, repair: bool = False, swept: str = "") -> RunDir:
     """Runs (or resumes) everything `config` asks for, prints and plots its summary, and returns its
     run folder. Other processes may work on the same run meanwhile (see JobRunner). A run with
     nothing left to do is only read: its table printed, nothing written (no request recorded; the plot
-    only if it is missing)."""
+    only if it is missing). With `repair`, every recorded model's checkpoint is checked too, and the
+    models whose checkpoint is missing or damaged are computed again (`finished_jobs`). `swept`: what
+    this experiment of a sweep sets (`sweep_labels`), said in its log and table."""
     plan = make_plan(config)
     resolve_device(plan.settings.device)  # a missing GPU is a config error, found before anything is written
-    if is_finished(plan, RunDir(plan.run_folder)):
-        log.info("run %s: %s has nothing left to do", plan.run_id, plan.run_folder)
-        report(plan, RunDir(plan.run_folder), replot=False)
+    if is_finished(plan, RunDir(plan.run_folder), verify=repair):
+        log.info("run %s: %s has nothing left to do%s", plan.run_id, plan.run_folder,
+                 " (every checkpoint is there and intact)" if repair else "")
+        report(plan, RunDir(plan.run_folder), replot=False, swept=swept)
         return RunDir(plan.run_folder)
     run = RunDir.record_request(config)
     with logging_into(run):
-        log.info("run %s: %s", plan.run_id, run.path)
-        JobRunner([config]).run(jobs_of(plan))
-        report(plan, run)
+        log.info("run %s: %s%s", plan.run_id, run.path.absolute(), f" ({swept})" if swept else "")
+        JobRunner([config], repair=repair).run(jobs_of(plan))
+        report(plan, run, swept=swept)
         log.info("run %s finished", plan.run_id)
     return run
 
@@ -178,10 +182,11 @@ class JobRunner:
 
     WAIT, DONE = "wait", "done"
 
-    def __init__(self, configs: Sequence[dict], *, progress_bars: bool = True, ranks: Ranks = SINGLE):
+    def __init__(self, configs: Sequence[dict], *, progress_bars: bool = True, ranks: Ranks = SINGLE, repair: bool = False):
         self.plans = {plan.run_id: plan for plan in map(make_plan, configs)}
         self.progress_bars = progress_bars
         self.ranks = ranks
+        self.repair = repair  # see `finished_jobs`
         self.experiments: dict[str, Experiment] = {}
 
     def run(self, jobs: Sequence[Job]) -> None:
@@ -208,7 +213,8 @@ class JobRunner:
 
     def unfinished(self, jobs: Sequence[Job]) -> list[Job]:
         """The jobs of `jobs` some of whose metrics rows are missing (one read of each run's metrics)."""
-        finished = {run_id: finished_jobs(self.plans[run_id], self.run_dir(run_id)) for run_id in {job.run_id for job in jobs}}
+        finished = {run_id: finished_jobs(self.plans[run_id], self.run_dir(run_id), verify=self.repair)
+                    for run_id in {job.run_id for job in jobs}}
         return [job for job in jobs if job.name not in finished[job.run_id]]
 
     def try_job(self, job: Job) -> bool:
@@ -239,25 +245,40 @@ class JobRunner:
 
     def experiment(self, run_id: str) -> Experiment:
         if run_id not in self.experiments:
-            self.experiments[run_id] = prepare(self.plans[run_id].config, self.progress_bars, self.ranks)
+            self.experiments[run_id] = prepare(self.plans[run_id].config, self.progress_bars, self.ranks, self.repair)
         return self.experiments[run_id]
 
 
-def is_finished(plan: Plan, run: RunDir) -> bool:
-    """Is every job of `plan` finished in `run`?"""
-    return finished_jobs(plan, run) == {job.name for job in jobs_of(plan)}
+def is_finished(plan: Plan, run: RunDir, verify: bool = False) -> bool:
+    """Is every job of `plan` finished in `run` (with `verify`: and every checkpoint intact)?"""
+    return finished_jobs(plan, run, verify) == {job.name for job in jobs_of(plan)}
 
 
-def finished_jobs(plan: Plan, run: RunDir) -> set[str]:
+def finished_jobs(plan: Plan, run: RunDir, verify: bool = False) -> set[str]:
     """The names of the plan's jobs whose metrics rows are all there: one per dense net, one per step
     of a chain. A row is written after its model's checkpoint, so such a job has nothing left to do.
-    A job with a failed row is done too (it stopped there), and so is a chain whose dense net failed."""
+    A job with a failed row is done too (it stopped there), and so is a chain whose dense net failed.
+    With `verify` (`--repair`), a job is finished only if every model it recorded also has a
+    checkpoint that loads and matches its checksum (`intact_checkpoint`): a checkpoint lost or
+    damaged after its row was written (a disk fault, a copy trimmed on purpose) is trained again."""
     rows = plan.planned_rows(run.read_metrics())
     rows_per_job = Counter(Job.of_row(plan.run_id, row).name for row in rows)
     failed = {Job.of_row(plan.run_id, row).name for row in rows if is_failed(row)}
+    broken = {Job.of_row(plan.run_id, row).name for row in rows
+              if verify and not is_failed(row) and not intact_checkpoint(run, model_name(row))}
     return {job.name for job in jobs_of(plan)
-            if job.name in failed or (job.dense is not None and job.dense.name in failed)
-            or (rows_per_job[job.name] == 1 if job.kind == "dense" else chain_done(plan, rows, job, rows_per_job[job.name]))}
+            if job.name not in broken and (
+                job.name in failed or (job.dense is not None and job.dense.name in failed)
+                or (rows_per_job[job.name] == 1 if job.kind == "dense" else chain_done(plan, rows, job, rows_per_job[job.name])))}
+
+
+def intact_checkpoint(run: RunDir, name: str) -> bool:
+    """Does model `name` have a checkpoint that loads and matches its checksum?"""
+    try:
+        load_checkpoint(run.checkpoint(name))
+    except (FileNotFoundError, DamagedFileError):
+        return False
+    return True
 
 
 def chain_done(plan: Plan, rows: list[dict], job: Job, num_rows: int) -> bool:
@@ -316,7 +337,7 @@ def train_dense(experiment: Experiment, net: int) -> nn.Module | None:
                             lambda: initialise_and_train(experiment, key))
     if trained is None:
         return None
-    if needs_row(experiment, key):
+    if trained.fresh or needs_row(experiment, key):  # (trained anew after its checkpoint was lost: its row again)
         record(experiment, trained.model, key, experiment.settings.training, trained.seconds, trained.epochs)
     return trained.model
 
@@ -404,13 +425,20 @@ def resume_step(experiment: Experiment, method: str, net: int, repetition: int) 
     rows and are not needed as a start. In `cascade` mode: the last step whose row is recorded, as are
     those of all steps before it, and whose checkpoint loads for the same ratio history (the start of
     the next step); in `retrain` mode, where every step starts from the dense net: the first step
-    without a recorded row. 1 when no step can be passed over. Rank 0's job (it alone reads rows)."""
+    without a recorded row. 1 when no step can be passed over. Under `--repair` (`experiment.repair`)
+    no later than the step before the first recorded one whose checkpoint is lost or damaged, which
+    is then computed again. Rank 0's job (it alone reads rows)."""
     plan = experiment.plan
     if not experiment.ranks.leader:
         return 1
     recorded = 0  # steps 1..recorded have their rows
     while recorded < len(plan.keep_ratios) and not needs_row(experiment, chain_key(plan, method, net, repetition, recorded + 1)):
         recorded += 1
+    if experiment.repair:  # computed again from the first recorded step whose checkpoint is lost or damaged
+        keys = [chain_key(plan, method, net, repetition, step) for step in range(1, recorded + 1)]
+        broken = next((key.step for key in keys if not is_failed(experiment.run.metrics_row(key.columns()))
+                       and not intact_checkpoint(experiment.run, key.name)), None)
+        recorded = recorded if broken is None else broken - 1
     if plan.mode != "cascade":
         return recorded + 1
     histories = ratio_histories(plan)
@@ -509,18 +537,19 @@ def summarize_failures(plans: Sequence[Plan]) -> int:
     return MODELS_FAILED if failed else 0
 
 
-def report(plan: Plan, run: RunDir, replot: bool = True) -> None:
+def report(plan: Plan, run: RunDir, replot: bool = True, swept: str = "") -> None:
     """Prints prune ratio vs the main metric per method, in the quantity the paper/ figures show
     (`quantity_of`: top-k error in %, NLL, bits/dim; failed models left out, and listed below)
     and plots it into the run folder (under report.lock, which also clears a killed plot's leftover
-    temporary file); with `replot=False` (a finished run, only read) only if the plot is missing."""
+    temporary file); with `replot=False` (a finished run, only read) only if the plot is missing.
+    `swept`: what this experiment of a sweep sets (`sweep_labels`), said in the title."""
     metric = main_metric(plan.settings.training)
     label, transform = quantity_of(metric)  # what the paper/ figures show: top-k error in %, NLL, bits/dim
     rows = [row for row in plan.planned_rows(run.read_metrics()) if not is_failed(row)]
     dense, lines = dense_point(rows, metric, transform), pruned_points(rows, metric, transform)
     selected = selected_points(rows, metric, transform) if plan.stop_rule is not None else {}
-    title = f"{plan.settings.network.name} on {plan.settings.network.dataset}"
-    print(f"\n{title} ({run.path}), {label}, mean ± std over nets:")
+    title = f"{plan.settings.network.name} on {plan.settings.network.dataset}{f' ({swept})' if swept else ''}"
+    print(f"\n{title}, run {run.path.absolute()}\n{label}: mean ± std over nets, the achieved prune ratio as PR:")
     if dense is not None or lines:
         print(format_table(dense, lines, label))
         if selected:

@@ -24,10 +24,13 @@ import torch
 
 from experiment import process
 from experiment.config import settings_of
+from experiment.files import DamagedFileError, os_error_text
 from experiment.jobs import Job
 from experiment.runner import JobRunner
 
 log = logging.getLogger("experiment")
+
+STOPPED_BY_FILE_ERROR = 2  # a worker's exit code after a damaged results file or a file-system error (it says which)
 
 
 def gpus_needed(workers: int, gpus_per_job: float) -> int:
@@ -49,16 +52,17 @@ def worker_devices(workers: int, gpus_per_job: float | None, gpu_count: int) -> 
 
 
 def run_workers(configs: Sequence[dict], jobs: Sequence[Job], workers: int, threads: int,
-                gpus_per_job: float | None) -> list[int]:
+                gpus_per_job: float | None, repair: bool = False) -> dict[int, int]:
     """Does `jobs` (of `configs`) in `workers` worker processes with `threads` torch threads each and
-    waits for all of them; returns the numbers of the workers that failed. A failure is reported on
-    stderr when it happens; the other workers go on (and take over the failed worker's job)."""
+    waits for all of them; returns {worker: exit code} of the workers that failed (negative: killed by
+    that signal; STOPPED_BY_FILE_ERROR: stopped on a file it named). A failure is reported on stderr
+    when it happens; the other workers go on (and take over the failed worker's job)."""
     devices = worker_devices(workers, gpus_per_job, torch.cuda.device_count())
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=work, args=(worker, list(configs), list(jobs), threads, device),
+    processes = [context.Process(target=work, args=(worker, list(configs), list(jobs), threads, device, repair),
                                  name=f"worker {worker}")
                  for worker, device in enumerate(devices)]
-    failed = []
+    failed: dict[int, int] = {}
     try:
         for child in processes:
             child.start()
@@ -69,8 +73,9 @@ def run_workers(configs: Sequence[dict], jobs: Sequence[Job], workers: int, thre
                 processes[worker].join()
                 code = processes[worker].exitcode
                 if code != 0:
-                    failed.append(worker)
-                    how = f"was killed by signal {-code}" if code < 0 else f"failed (exit code {code})"
+                    failed[worker] = code
+                    how = (f"was killed by signal {-code}" if code < 0 else "stopped on the file error above"
+                           if code == STOPPED_BY_FILE_ERROR else f"failed (exit code {code})")
                     print(f"worker {worker} {how}; the other workers go on", file=sys.stderr, flush=True)
     finally:
         for child in processes:  # only if the parent itself is interrupted
@@ -80,11 +85,16 @@ def run_workers(configs: Sequence[dict], jobs: Sequence[Job], workers: int, thre
     return failed
 
 
-def work(worker: int, configs: list[dict], jobs: list[Job], threads: int, device: str | None) -> None:
-    """The body of worker process `worker`."""
+def work(worker: int, configs: list[dict], jobs: list[Job], threads: int, device: str | None, repair: bool = False) -> None:
+    """The body of worker process `worker` (`repair`: see `JobRunner`)."""
     process.configure(threads)
     logging.basicConfig(level=logging.INFO, format=f"worker {worker}: %(message)s", stream=sys.stdout, force=True)
     if device is not None:
         configs = [config if settings_of(config).device == "cpu" else {**config, "device": device} for config in configs]
     log.info("pid %d, device %s, %d thread(s)", os.getpid(), device or "as configured", threads)
-    JobRunner(configs, progress_bars=False).run(jobs)
+    try:
+        JobRunner(configs, progress_bars=False, repair=repair).run(jobs)
+    except (DamagedFileError, OSError) as error:  # one line naming the file, not a traceback
+        text = os_error_text(error) if isinstance(error, OSError) else str(error)
+        print(f"worker {worker}: error: {text}", file=sys.stderr, flush=True)
+        sys.exit(STOPPED_BY_FILE_ERROR)

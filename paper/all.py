@@ -34,7 +34,7 @@ from experiment.analysis.two_dimensional import two_d_family
 from experiment.data import DATASETS
 from experiment.results import Run
 from paper import flatness, mode_collapse, samples_2d
-from paper.common import collection_folder, find_runs, output_folder, parse_arguments
+from paper.common import command, collection_folder, find_runs, output_folder, parse_arguments
 from paper.prune_curves import write_prune_curve
 from paper.sweeps import write_sweeps
 from paper.tables import write_tables
@@ -132,4 +132,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(main))

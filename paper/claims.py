@@ -1,8 +1,9 @@
-"""The paper's claims, measured: one row per claim with the numbers (mean ± std over nets), a verdict
+"""The paper's claims, measured: one row per claim with the effects (mean and 95 % interval over nets), a verdict
 (holds / does not hold / inconclusive) and the reason, computed from run folders' metrics.csv and
 from the CSVs that `paper.mode_collapse` and `paper.flatness` write.
 
-    python -m paper.claims RUN_FOLDER [RUN_FOLDER ...] [--mode-collapse CSV ...] [--flatness CSV ...] [--out DIR] [--into FILE]
+    python -m paper.claims RUN_FOLDER [RUN_FOLDER ...] [--baseline RUN_FOLDER ...] [--mode-collapse CSV ...] [--flatness CSV ...]
+                           [--out DIR] [--into FILE]
 
 The claims, and how each is decided: `experiment.analysis.claims`. Writes `claims.md` (a row per
 claim and run: its measures, the verdict and why) and `claims.csv` (a row per measure) into --out.
@@ -24,28 +25,47 @@ from experiment.analysis.claims import Measure, Verdict, measure_claims
 from experiment.files import atomic_write_text
 from experiment.results import Run
 from experiment.results.tree import rows_to_csv
-from paper.common import markdown_table
+from paper.common import command, markdown_table
 
-COLUMNS = ("claim", "run", "method", "measure", "mean", "std", "count", "verdict", "why")
+COLUMNS = ("claim", "run", "method", "measure", "mean", "ci_low", "ci_high", "count", "per_net", "measure_verdict",
+           "verdict", "why")
+
+
+def number(value: float) -> str:
+    """A measured value for the tables: 4 decimals (fixed width to compare by eye), 1 above 100."""
+    if not math.isfinite(value):
+        return "nan"
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
 
 
 def claims_csv(measures: list[Measure], verdicts: list[Verdict]) -> str:
+    """A row per measure: its mean, 95 % interval, number of nets and per-net values, its own verdict
+    (empty for a number shown for context) and its claim row's verdict and reason."""
     by_key = {(verdict.claim, verdict.run): verdict for verdict in verdicts}
-    rows = [{"claim": measure.claim, "run": measure.run, "method": measure.method, "measure": measure.measure,
-             "mean": f"{measure.mean:.4f}", "std": f"{measure.std:.4f}", "count": measure.count,
-             "verdict": by_key[(measure.claim, measure.run)].verdict, "why": by_key[(measure.claim, measure.run)].why}
-            for measure in measures]
+    rows = [{"claim": m.claim, "run": m.run, "method": m.method, "measure": m.measure, "mean": number(m.effect.mean),
+             "ci_low": number(m.effect.low), "ci_high": number(m.effect.high), "count": m.effect.count,
+             "per_net": ";".join(f"{value:.6g}" for value in m.effect.values), "measure_verdict": m.verdict,
+             "verdict": by_key[(m.claim, m.run)].verdict, "why": by_key[(m.claim, m.run)].why}
+            for m in measures]
     return rows_to_csv(rows, COLUMNS)
 
 
+def measure_text(measure: Measure) -> str:
+    """'WT NLL − dense, ...: -0.0312 [-0.1210, 0.0586] (n = 2) → inconclusive'."""
+    effect = measure.effect
+    interval = f" [{number(effect.low)}, {number(effect.high)}]" if effect.has_bounds else ""
+    verdict = f" → {measure.verdict}" if measure.verdict else ""
+    return f"{measure.method} {measure.measure}: {number(effect.mean)}{interval} (n = {effect.count}){verdict}"
+
+
 def claims_markdown(measures: list[Measure], verdicts: list[Verdict]) -> str:
-    """One table row per (claim, run): its measures as 'method measure: mean ± std (n)', the verdict, why."""
+    """One table row per (claim, run): its measures (mean [95 % interval] over n nets, and the rule's
+    verdict on each effect it judges), the verdict, why."""
     rows = [[f"({verdict.claim})", verdict.run,
-             "<br>".join(f"{m.method} {m.measure}: {m.mean:.4f}{f' ± {m.std:.4f}' if math.isfinite(m.std) else ''} (n = {m.count})"
-                         for m in measures if (m.claim, m.run) == (verdict.claim, verdict.run)),
+             "<br>".join(measure_text(m) for m in measures if (m.claim, m.run) == (verdict.claim, verdict.run)),
              verdict.verdict, verdict.why]
             for verdict in verdicts]
-    return "\n".join(markdown_table(["claim", "run", "measured (mean ± std over n)", "verdict", "why"], rows)) + "\n"
+    return "\n".join(markdown_table(["claim", "run", "measured: mean [95 % interval over nets] (n)", "verdict", "why"], rows)) + "\n"
 
 
 BLOCK = re.compile(r"(?P<start><!-- claims: (?P<command>[^\n]*?) -->\n).*?(?P<end><!-- /claims -->)", re.DOTALL)
@@ -73,10 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="run folders (each holding config.yaml and metrics.csv)")
     parser.add_argument("--mode-collapse", nargs="*", default=[], metavar="CSV", help="mode_collapse_<run>.csv files")
     parser.add_argument("--flatness", nargs="*", default=[], metavar="CSV", help="flatness_<run>.csv files")
+    parser.add_argument("--baseline", nargs="*", default=[], metavar="RUN_FOLDER",
+                        help="run folders of dense nets trained to convergence, each compared with the flow runs of its "
+                             "dataset and network (claim (a) against a converged dense net)")
     parser.add_argument("--out", default=".", help="folder for claims.md and claims.csv (default: .)")
     parser.add_argument("--into", metavar="FILE", help="markdown file whose claims block gets the table (see above)")
     arguments = parser.parse_intermixed_args(argv)
-    measures, verdicts = measure_claims([Run(path) for path in arguments.runs], arguments.mode_collapse, arguments.flatness)
+    measures, verdicts = measure_claims([Run(path) for path in arguments.runs], arguments.mode_collapse, arguments.flatness,
+                                       [Run(path) for path in arguments.baseline])
     out = Path(arguments.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "claims.md", claims_markdown(measures, verdicts))
@@ -91,4 +115,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(command(main))

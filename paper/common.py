@@ -10,19 +10,34 @@ import io
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import matplotlib.style
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from experiment.config import ConfigError, add_overrides_argument, load_configs
-from experiment.files import atomic_write_bytes, atomic_write_text
-from experiment.results import Run, run_dirs, run_folder
-from experiment.report import main_metric, quantity_of
+from experiment.config import ConfigError, add_overrides_argument
+from experiment.files import DamagedFileError, atomic_write_bytes, atomic_write_text
+from experiment.results import Run, run_dirs
+from experiment.results.table import NoResults, config_run_dirs
+from experiment.pruning.rules import CONTROL_METHOD
+from experiment.report import main_metric, method_name, quantity_of
+
+
+def command(main: Callable[[], int]) -> int:
+    """Runs a script's `main` as a command: a damaged or missing results file (a checkpoint gone from
+    a trimmed copy, a metrics table cut short) is one line naming it and what to do, exit code 2."""
+    try:
+        return main()
+    except DamagedFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 def find_runs(target: str | Path, overrides: Sequence[str] = ()) -> list[Run]:
@@ -32,15 +47,11 @@ def find_runs(target: str | Path, overrides: Sequence[str] = ()) -> list[Run]:
     target = Path(target)
     if target.suffix in (".yaml", ".yml"):
         try:
-            configs = load_configs(target, overrides)
+            return [Run(folder.path) for folder in config_run_dirs(target, overrides)]
         except ConfigError as error:
             raise SystemExit(f"config error: {error}") from None
-        folders = [run_folder(config) for config in configs]
-        missing = [str(folder) for folder in folders if not (folder / "config.yaml").exists()]
-        if missing:
-            command = " ".join(["python -m experiment.main", str(target), *overrides])
-            raise SystemExit(f"{target}: no results yet at {', '.join(missing)}; run {command}")
-        return [Run(folder) for folder in folders]
+        except NoResults as error:
+            raise SystemExit(str(error)) from None
     if overrides:
         raise SystemExit(f"{target}: key.path=value overrides apply only to a config file target, got {' '.join(overrides)}")
     runs = [Run(folder.path) for folder in run_dirs(target)]
@@ -138,20 +149,142 @@ def figure_title(figure: Figure, text: str) -> None:
         figure.suptitle(text)
 
 
+ERROR_TICKS = (0, 0.5, 1, 2, 5, 10, 20, 50, 100)  # ticks of an error axis in %
+
+
+def symlog_axis(axes: Axes, ticks: Sequence[float], low: float, high: float) -> None:
+    """A symlog value axis, linear from −1 to 1 and logarithmic beyond, from `low` to `high`, with
+    those of `ticks` that fall in between, written as plain numbers."""
+    axes.set_yscale("symlog", linthresh=1.0, linscale=0.6)
+    axes.set_ylim(low, high)
+    axes.yaxis.set_major_locator(FixedLocator([tick for tick in ticks if low <= tick <= high]))
+    axes.yaxis.set_minor_locator(NullLocator())
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}".replace("-", "−")))  # a typeset minus
+
+
+def next_tick(ticks: Sequence[float], value: float) -> float:
+    """The first of the ascending `ticks` above 1.05 × `value` (the largest tick if none is)."""
+    return next((tick for tick in ticks if tick >= 1.05 * value), ticks[-1])
+
+
 def value_axis(axes: Axes, column: str, values: Sequence[float]) -> None:
     """The axis of a main quantity (`quantity_of`). Error rates in % go on a symlog scale, linear
     from 0 to 1 % and logarithmic above, up to the next tick above the largest of `values`: errors of
     0–4 % stay apart next to a breakdown to 80 % at the highest prune ratio (paper/README.md)."""
     axes.set_ylabel(quantity_of(column)[0])
-    if not is_error_rate(column):
+    if is_error_rate(column):
+        # a margin below 0, where many points lie, so that their markers show whole
+        symlog_axis(axes, ERROR_TICKS, -0.15, next_tick(ERROR_TICKS[1:], max(values, default=0)))
+
+
+def split_label(column: str) -> tuple[str, str | None]:
+    """(name, unit) of a main quantity's axis label (`quantity_of`) without its leading 'test ':
+    ('NLL', 'nats'), ('top-1 error', '%'), ('bits/dim', None)."""
+    label = quantity_of(column)[0].removeprefix("test ")
+    name, unit = re.fullmatch(r"(.*?)(?: \((.*)\))?", label).groups()
+    return name, unit
+
+
+def difference_unit(column: str) -> str | None:
+    """The unit of a difference of a main quantity: its own, percentage points for one in %."""
+    unit = split_label(column)[1]
+    return "points" if unit == "%" else unit
+
+
+def difference_label(column: str) -> str:
+    """The axis label of a main quantity minus the NoPrune control's: 'NLL − NoPrune (nats)',
+    'top-1 error − NoPrune (points)'."""
+    name = f"{split_label(column)[0]} − {method_name(CONTROL_METHOD)}"
+    unit = difference_unit(column)
+    return name if unit is None else f"{name} ({unit})"
+
+
+def difference_axis(axes: Axes, column: str, values: Sequence[float]) -> None:
+    """The axis of differences of a main quantity to the NoPrune control (`difference_label`); for
+    error rates the symlog scale of `value_axis`, on both sides of 0 with a tick per decade, up to
+    the next tick beyond the largest and the smallest of `values`."""
+    axes.set_ylabel(difference_label(column))
+    if is_error_rate(column):
+        ticks = [1, 10, 100]
+        high = next_tick(ticks, max(values, default=0))
+        low = -next_tick(ticks, -min(values, default=0))
+        symlog_axis(axes, [-tick for tick in reversed(ticks)] + [0] + ticks, low, high)
+
+
+FAR_OUT = 3.0  # Tukey's "far out" fence: 3 interquartile ranges beyond the quartiles
+
+
+def bulk_range(values: Sequence[float], shown: Sequence[float] = (), fence: float = FAR_OUT) -> tuple[float, float]:
+    """(low, high) = [Q1 − fence·IQR, Q3 + fence·IQR] of `values`, widened to hold every value of
+    `shown`: the values outside lie far from the bulk (a breakdown at the highest prune ratio)."""
+    first, third = np.percentile(np.asarray(values, dtype=np.float64), [25, 75])
+    spread = fence * (third - first)
+    return min([first - spread, *shown]), max([third + spread, *shown])
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A plotted value, for `clip_to_bulk`: drawn at (`x`, `value`) with ± `spread` (a std band or
+    error bar, 0 for none), belonging to `name` (e.g. 'FT') drawn in `colour`, at step `where`
+    (e.g. 'PR 98%')."""
+
+    x: float
+    value: float
+    spread: float
+    name: str
+    colour: str
+    where: str
+
+
+def clip_to_bulk(axes: Axes, marks: Sequence[Mark], shown: Sequence[float] = (), number: str = "{:.3g}") -> None:
+    """Limits a linear value axis to the marks within `bulk_range` (with their spread) and the
+    values `shown` (reference lines), so that a breakdown far away does not squash the rest; nothing
+    changes when every mark is in the bulk. The marks left out are marked at the edge they lie
+    beyond (`mark_left_out`, values formatted with `number`)."""
+    if not marks:
         return
-    ticks = [0, 0.5, 1, 2, 5, 10, 20, 50, 100]
-    top = next((tick for tick in ticks[1:] if tick >= 1.05 * max(values, default=0)), 100)
-    axes.set_yscale("symlog", linthresh=1.0, linscale=0.6)
-    axes.set_ylim(-0.15, top)  # a margin below 0, where many points lie, so their markers show whole
-    axes.yaxis.set_major_locator(FixedLocator([tick for tick in ticks if tick <= top]))
-    axes.yaxis.set_minor_locator(NullLocator())
-    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    low, high = bulk_range([mark.value for mark in marks], shown)
+    kept = [mark for mark in marks if low <= mark.value <= high]
+    if len(kept) == len(marks):
+        return
+    bottom = min([mark.value - mark.spread for mark in kept] + list(shown))
+    top = max([mark.value + mark.spread for mark in kept] + list(shown))
+    margin = 0.05 * (top - bottom or abs(top) or 1.0)
+    axes.set_ylim(bottom - margin, top + margin)
+    mark_left_out(axes, [mark for mark in marks if mark.value > high], above=True, number=number)
+    mark_left_out(axes, [mark for mark in marks if mark.value < low], above=False, number=number)
+
+
+def mark_left_out(axes: Axes, marks: Sequence[Mark], above: bool, number: str) -> None:
+    """Marks beyond the top (`above`) or bottom edge of the axis: a triangle per method and step on
+    the edge in the method's colour, and their values written, one line per step, e.g. "FT 1.32,
+    WT 1.58 at PR 98%" (several marks of one method and step, e.g. one per net: "FT +0.28/+0.074").
+    The text stands over the frame at the top and inside the frame at the bottom (where the tick
+    labels are), on the side of the last step's triangles that faces the middle."""
+    if not marks:
+        return
+    edge = axes.get_ylim()[1 if above else 0]
+    x_low, x_high = axes.get_xlim()
+    by_step: dict[str, list[Mark]] = {}
+    for mark in sorted(marks, key=lambda mark: mark.x):
+        by_step.setdefault(mark.where, []).append(mark)
+    lines = []
+    for where, step_marks in by_step.items():
+        by_name: dict[str, list[Mark]] = {}
+        for mark in sorted(step_marks, key=lambda mark: mark.name):  # stable: a name's marks keep their order
+            by_name.setdefault(mark.name, []).append(mark)
+        stagger = 0.01 * (x_high - x_low)  # the triangles of one step side by side, not on top of each other
+        centre = float(np.mean([mark.x for mark in step_marks]))
+        for index, named in enumerate(by_name.values()):
+            axes.plot([centre + (index - (len(by_name) - 1) / 2) * stagger], [edge], marker="^" if above else "v",
+                      color=named[0].colour, markersize=5, linestyle="none", clip_on=False, zorder=4)
+        values = ", ".join(f"{name} {'/'.join(number.format(mark.value) for mark in named)}" for name, named in by_name.items())
+        lines.append(f"{values} at {where}")
+    x = max(mark.x for mark in marks)
+    right = x > (x_low + x_high) / 2
+    axes.annotate("\n".join(lines), xy=(x, edge), xytext=(-4 if right else 4, 3 if above else 6), textcoords="offset points",
+                  ha="right" if right else "left", va="bottom", fontsize=matplotlib.rcParams["legend.fontsize"],
+                  annotation_clip=False)
 
 
 def output_folder(out: str | None, run: Run) -> Path:

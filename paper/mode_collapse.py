@@ -33,7 +33,7 @@ from experiment.analysis.mode_collapse import (
 from experiment.report import is_plotted, line_label, method_color, method_name, prune_ratio_axis
 from experiment.results.tree import rows_to_csv
 from paper.common import (
-    cache_saver, figure_title, find_runs, markdown_table, new_figure, output_folder, parse_arguments, read_cache, run_label,
+    command, cache_saver, figure_title, find_runs, markdown_table, new_figure, output_folder, parse_arguments, read_cache, run_label,
     save_figure, save_text,
 )
 
@@ -161,4 +161,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(main))

@@ -5,9 +5,13 @@ results, and what resuming them and the analyses of paper/ need.
     python -m paper.reproduction_state restore [NAME ...]                # paper/reproduction/NAME/ → data/reproduction/...
 
 NAME: a config of param/reproduction/ without `.yaml` (default: all of them); run from the repository
-root, where the configs put their results (`./data/reproduction`).
+root, where the configs put their results (`./data/reproduction`). Configs whose run folder is the
+same (they differ only in `experiments`, e.g. one that adds nets to another's run) share one
+committed folder, named after the first of them in name order; the run counts as unfinished while
+any of them has jobs left.
 
-`save` copies the run folder's config.yaml, metrics.csv, curves/ and log.txt, and into `state/`:
+`save` copies the run folder's config.yaml, requests.yaml (what was asked of it, and by which
+command), metrics.csv, curves/ and log.txt, and into `state/`:
 data_split.npz and the checkpoints the analyses read — the dense nets, every net's models at the
 steps `paper.flatness` measures by default and net 0's that `paper.samples_2d` shows — and, while
 some of the run's jobs are unfinished, what resuming needs besides: every progress file (models
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from experiment.analysis.flatness import select_rows
@@ -37,10 +42,11 @@ from experiment.report import is_plotted
 from experiment.results.rows import step_prune_ratio
 from experiment.results.tree import RunDir, is_failed, model_name, run_folder
 from experiment.runner import is_finished
+from paper.common import command
 
 CONFIGS = Path("param/reproduction")
 COMMITTED = Path("paper/reproduction")
-RESULTS = ("config.yaml", "metrics.csv", "log.txt")
+RESULTS = ("config.yaml", "requests.yaml", "metrics.csv", "log.txt")
 
 
 def sample_grid_steps(plan: Plan, rows: list[dict]) -> set[str]:
@@ -68,27 +74,33 @@ def kept_checkpoints(run: RunDir, plan: Plan, resuming: bool) -> list[str]:
     return sorted(name for name in names if run.checkpoint(name).exists())
 
 
-def save(config: dict, target: Path, results_only: bool = False) -> None:
-    """The run of the resolved `config`: its results and (unless `results_only`) its state into `target`."""
-    run, name = RunDir(run_folder(config)), target.name
+def save(configs: Sequence[dict], target: Path, results_only: bool = False) -> None:
+    """The run of the resolved `configs` (one run folder): its results and (unless `results_only`) its
+    state into `target`."""
+    run, name = RunDir(run_folder(configs[0])), target.name
     if not run.metrics_file.exists():
         print(f"{name}: no run in {run.path} here; nothing saved")
         return
     target.mkdir(parents=True, exist_ok=True)
     for file in RESULTS:
-        shutil.copy2(run.path / file, target / file)
+        if (run.path / file).exists():
+            shutil.copy2(run.path / file, target / file)
     shutil.rmtree(target / "curves", ignore_errors=True)  # the run's curves, not also those of an earlier copy
     shutil.copytree(run.path / "curves", target / "curves")
     state = target / "state"
     shutil.rmtree(state, ignore_errors=True)
-    plan = make_plan(config)
-    resuming = not is_finished(plan, run)
+    plans = [make_plan(config) for config in configs]
+    resuming = not all(is_finished(plan, run) for plan in plans)
     if results_only:
         print(f"{name}: results copied to {target} ({'unfinished' if resuming else 'finished'})")
         return
     (state / "checkpoints").mkdir(parents=True)
-    shutil.copy2(run.split_file, state / run.split_file.name)
-    checkpoints = kept_checkpoints(run, plan, resuming)
+    if run.split_file.exists():
+        shutil.copy2(run.split_file, state / run.split_file.name)
+    else:
+        print(f"{name}: {run.split_file} is missing; the state is saved without it (the split is drawn again from the "
+              "config's seed when the run goes on)")
+    checkpoints = kept_checkpoints(run, plans[0], resuming)
     for model in checkpoints:
         shutil.copy2(run.checkpoint(model), state / "checkpoints" / run.checkpoint(model).name)
     progress = sorted((run.path / "progress").glob("*.pt")) if resuming and (run.path / "progress").exists() else []
@@ -109,11 +121,26 @@ def restore(config: dict, source: Path) -> None:
         return
     run.path.mkdir(parents=True, exist_ok=True)
     for file in RESULTS:
-        shutil.copy2(source / file, run.path / file)
+        if (source / file).exists():
+            shutil.copy2(source / file, run.path / file)
     shutil.copytree(source / "curves", run.path / "curves", dirs_exist_ok=True)
     if (source / "state").exists():
         shutil.copytree(source / "state", run.path, dirs_exist_ok=True)
     print(f"{name}: restored into {run.path}")
+
+
+def runs_of(names: Sequence[str]) -> dict[str, list[dict]]:
+    """The runs that the configs `names` of param/reproduction/ make: each run's committed name (the
+    first, in name order, of all the configs there whose run folder it is) → those configs."""
+    groups: dict[Path, tuple[str, list[dict]]] = {}
+    asked = set()
+    for name in sorted(path.stem for path in CONFIGS.glob("*.yaml")):
+        config = load_configs(CONFIGS / f"{name}.yaml", [])[0]
+        group = groups.setdefault(run_folder(config), (name, []))
+        group[1].append(config)
+        if name in names:
+            asked.add(group[0])
+    return {name: configs for name, configs in groups.values() if name in asked}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,15 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="configs of param/reproduction/ without .yaml (default: all)")
     parser.add_argument("--results-only", action="store_true", help="save: leave the checkpoints and progress files out")
     arguments = parser.parse_args(argv)
-    names = arguments.names or sorted(path.stem for path in CONFIGS.glob("*.yaml"))
-    for name in names:
-        config = load_configs(CONFIGS / f"{name}.yaml", [])[0]
+    known = sorted(path.stem for path in CONFIGS.glob("*.yaml"))
+    unknown = [name for name in arguments.names if name not in known]
+    if unknown:
+        parser.error(f"no config {', '.join(unknown)} in {CONFIGS} (there are: {', '.join(known)})")
+    for name, configs in runs_of(arguments.names or known).items():
         if arguments.action == "save":
-            save(config, COMMITTED / name, arguments.results_only)
+            save(configs, COMMITTED / name, arguments.results_only)
         else:
-            restore(config, COMMITTED / name)
+            restore(configs[0], COMMITTED / name)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(main))

@@ -12,15 +12,17 @@ method) then a few prune ratios:
 * classifiers (node_ runs): `decision_<run>`, the decision regions (argmax of the logits on a grid)
   with the test data on top;
 * both: `field_<run>`, the learned vector field f(t, z) as a streamplot coloured by its speed on
-  one scale (colour bar; t = T/2, the toy fields are autonomous, so t does not matter), and
-  `trajectories_<run>`, paths z(t) of test points from t = 0 to T coloured by label, one row: the
-  dense net, then each method at the largest prune ratio shown.
+  one scale (colour bar; t = T/2, the toy fields are autonomous, so t does not matter), with the
+  state's coordinates z₁, z₂ on the outer panels' axes, and `trajectories_<run>`, paths z(t) of
+  test points from t = 0 to T coloured by label (legend below), rows: the shown prune ratio nearest
+  50 % and the largest, columns: the dense net (first row only), then each method, every panel on
+  its own axes.
 
 Panels are titled with the achieved prune ratio (PR) and the test metric of the metrics row (the
-NoPrune control, which prunes nothing, with the prune ratio of its step). Only net 0 (--net),
-repetition 0 is shown. By default the columns are --num-ratios target ratios spread evenly over the
-run's ratios within its `experiments.plotting` range, always ending with the largest; --ratios
-picks the nearest ratios of that list instead. Runs whose data are not 2-D are skipped with a note.
+NoPrune control, which prunes nothing, with the prune ratio of its step). One net (--net, default
+0), repetition 0, is shown, and every figure says which. By default the columns are --num-ratios
+target ratios spread evenly over the run's ratios within its `experiments.plotting` range, always
+ending with the largest; --ratios picks the nearest ratios of that list instead. Runs whose data are not 2-D are skipped with a note.
 """
 
 from __future__ import annotations
@@ -36,17 +38,20 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.collections import LineCollection
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from experiment.analysis.two_dimensional import GRID_RATIOS, fields_of, sample_flow, spread_ratios, trajectories, two_d_family
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import is_plotted, line_label, step_prune_ratio
 from experiment.results import Run
 from paper.common import (
-    figure_title, find_runs, is_error_rate, new_figure, output_folder, parse_arguments, quantity, run_label, save_figure, style,
+    command, find_runs, is_error_rate, new_figure, output_folder, parse_arguments, quantity, run_label, save_figure, style,
 )
 
 METRIC_SHORT = {"nll": "NLL", "bits_per_dim": "bits/dim"}
 CLASS_COLOURS = matplotlib.colormaps["tab10"].colors
+MODERATE_RATIO = 0.5  # the trajectories show the shown prune ratio nearest this one, and the largest
 
 
 # ------------------------------------------------------------------------------ which models
@@ -54,12 +59,15 @@ CLASS_COLOURS = matplotlib.colormaps["tab10"].colors
 
 @dataclass
 class Selection:
-    """The models of one figure grid: `ratios` are the target prune ratios of the columns after the
-    dense one; `cells[(mode, method)]` the metrics rows of that method at those ratios (None where a
-    model is missing); `dense` the dense row (None if missing)."""
+    """The models of one figure grid, all of net `net` (repetition `repetition`): `ratios` are the
+    target prune ratios of the columns after the dense one; `cells[(mode, method)]` the metrics rows
+    of that method at those ratios (None where a model is missing); `dense` the dense row (None if
+    missing)."""
 
     dense: dict | None
     ratios: list[float]
+    net: int = 0
+    repetition: int = 0
     cells: dict[tuple[str, str], list[dict | None]] = field(default_factory=dict)
 
     @property
@@ -82,7 +90,7 @@ def select_models(run: Run, ratios: list[float] | None = None, num_ratios: int =
         chosen = sorted({min(available, key=lambda value: abs(value - wanted)) for wanted in ratios}) if available else []
     else:
         chosen = spread_ratios(available, num_ratios)
-    selection = Selection(dense=dense, ratios=chosen)
+    selection = Selection(dense=dense, ratios=chosen, net=net, repetition=repetition)
     for key in sorted({(row["mode"], row["method"]) for row in pruned}):
         by_ratio = {round(step_prune_ratio(row), 9): row for row in pruned if (row["mode"], row["method"]) == key}
         selection.cells[key] = [by_ratio.get(ratio) for ratio in chosen]
@@ -144,30 +152,73 @@ def panel_title(run: Run, row: dict | None) -> str:
     return text
 
 
-def make_grid(num_rows: int, num_columns: int, colour_bar: bool = False, shared: bool = True):
-    """A grid of square panels without ticks at the style's double-column width (room on the right
-    for a colour bar if `colour_bar`), as high as the panels and their two-line titles need; the
-    panels show the same window if `shared`."""
+def make_grid(num_rows: int, num_columns: int, colour_bar: bool = False, shared: bool = True, ticks: bool = False,
+              legend_lines: int = 0):
+    """A grid of square panels at the style's double-column width (room on the right for a colour
+    bar if `colour_bar`, below for `legend_lines` lines of a figure legend), as high as the panels,
+    their two-line titles and their tick labels need; the panels show the same window if `shared`.
+    Without `ticks` the panels have none; with, `label_axes` says which show them."""
     width, text = style().double_width, matplotlib.rcParams["font.size"] / 72  # inches
-    panel = (width - 3 * text - (8 * text if colour_bar else 0)) / num_columns  # less the row labels and colour bar
+    # tick labels and an axis label: left of the first panels of the rows (two columns of them in a
+    # shared grid whose dense panel is alone in its column), or of every panel
+    tick_columns = (num_columns if not shared else min(num_columns, 1 + (num_rows > 1))) if ticks else 0
+    tick_rows = (num_rows if not shared else 1) if ticks else 0
+    panel = (width - 3 * text - (8 * text if colour_bar else 0) - 4 * text * tick_columns) / num_columns
     title = 5 * text  # two lines of title and their padding
-    height = num_rows * (panel + title) + (3 * text if style().titles else 0)  # and the figure's title
+    height = (num_rows * (panel + title) + 3 * text * tick_rows + 2 * text * legend_lines
+              + (3 * text if style().titles else 0))  # and the figure's title
     figure, axes = new_figure(num_rows, num_columns, aspect=height / width, wide=True, squeeze=False,
                               sharex=shared, sharey=shared)
     for ax in axes.flat:
         ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        if ticks:  # round ticks (…, −2, 0, 2, …), not matplotlib's 2.5 steps
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 5, 10]))
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 5, 10]))
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
     return figure, axes
 
 
+def label_axes(axes, shared: bool) -> None:
+    """The state's coordinates z₁ (x) and z₂ (y) as axis labels of the outer drawn panels, the first
+    of each row and the lowest of each column, with tick labels there (`shared`: one window for all)
+    or on every drawn panel (each at its own scale). Blank panels (no frame) get no ticks."""
+    drawn = np.array([[ax.axison and ax.get_frame_on() for ax in row] for row in axes])
+    for row_index, row in enumerate(axes):
+        for column_index, ax in enumerate(row):
+            if not drawn[row_index, column_index]:
+                ax.tick_params(left=False, bottom=False, labelleft=False, labelbottom=False)
+                continue
+            first_in_row = column_index == np.flatnonzero(drawn[row_index])[0]
+            lowest_in_column = row_index == np.flatnonzero(drawn[:, column_index])[-1]
+            ax.tick_params(labelleft=first_in_row or not shared, labelbottom=lowest_in_column or not shared)
+            if first_in_row:
+                ax.set_ylabel("z₂")
+            if lowest_in_column:
+                ax.set_xlabel("z₁")
+
+
 def label_rows(axes, labels: list[str], offset: int = 0) -> None:
+    """Each row's label, rotated, left of the grid: all at one x, left of the y axis label (or the
+    left edge) of the panel in column `offset` of the first row, each centred on its row."""
+    anchor = axes[0, offset].yaxis.label
     for ax, label in zip(axes[:, offset], labels):
-        ax.set_ylabel(label)
+        ax.annotate(label, xy=(0.0, 0.5), xycoords=(anchor, ax.transAxes), xytext=(-4, 0), textcoords="offset points",
+                    rotation=90, ha="right", va="center", fontsize=matplotlib.rcParams["axes.labelsize"])
+
+
+def net_title(figure: Figure, selection: Selection, text: str) -> None:
+    """Which net the figure shows ('net 0', with the repetition where it is not 0), after `text`
+    (the run and what is drawn) on screen and alone in a paper, whose figures carry no other title."""
+    which = f"net {selection.net}" + (f", repetition {selection.repetition}" if selection.repetition else "")
+    figure.suptitle(f"{text}; {which}" if style().titles else which)
 
 
 def mark_missing(ax) -> None:
+    """A panel whose model is missing: the word, no frame (hence no ticks, `label_axes`)."""
     ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_frame_on(False)
 
 
 def panels(run: Run, axes, rows, first_column: int = 0):
@@ -226,7 +277,7 @@ def flow_samples_figure(run: Run, selection: Selection, models: ModelCache, num_
                   aspect="equal", rasterized=True)
     colour_bar(figure, axes, norm, "magma", "density", extend="max")
     label_rows(axes, [label for label, _ in rows], offset=1)
-    figure_title(figure, f"{run_label(run)}: samples ({num_samples} from N(0, I) through the ODE)")
+    net_title(figure, selection, f"{run_label(run)}: samples ({num_samples} from N(0, I) through the ODE)")
     return figure, axes
 
 
@@ -253,7 +304,7 @@ def decision_figure(run: Run, selection: Selection, models: ModelCache, resoluti
         ax.set_xlim(box[0])
         ax.set_ylim(box[1])
     label_rows(axes, [label for label, _ in rows])
-    figure_title(figure, f"{run_label(run)}: decision boundaries (test data on top)")
+    net_title(figure, selection, f"{run_label(run)}: decision boundaries (test data on top)")
     return figure, axes
 
 
@@ -266,7 +317,7 @@ def field_figure(run: Run, selection: Selection, models: ModelCache, resolution:
     box = data_box(x_test, margin=0.2)
     gx, gy, points = grid_points(box, resolution)
     rows = grid_rows(selection)
-    figure, axes = make_grid(len(rows), len(rows[0][1]), colour_bar=True)
+    figure, axes = make_grid(len(rows), len(rows[0][1]), colour_bar=True, ticks=True)
     fields = []
     for ax, row in panels(run, axes, rows):
         func, end_time, _ = fields_of(models(row))[0]
@@ -281,38 +332,64 @@ def field_figure(run: Run, selection: Selection, models: ModelCache, resolution:
         if np.isfinite(speed).all() and speed.max() > 0:
             ax.streamplot(gx, gy, u, v, color=speed, cmap="viridis", norm=norm, density=0.8, linewidth=0.6, arrowsize=0.5)
     colour_bar(figure, axes, norm, "viridis", "speed |f(z)|")
+    label_axes(axes, shared=True)
     label_rows(axes, [label for label, _ in rows])
-    figure_title(figure, f"{run_label(run)}: vector field f(t, z) (colour: speed)")
+    net_title(figure, selection, f"{run_label(run)}: vector field f(t, z) (colour: speed)")
     return figure, axes
+
+
+def trajectory_ratio_indices(selection: Selection) -> list[int]:
+    """Which of `selection.ratios` the rows of the trajectories figure show (indices): the one
+    nearest `MODERATE_RATIO` and the largest, once if they are the same; none if nothing was pruned."""
+    if not selection.ratios:
+        return []
+    moderate = min(range(len(selection.ratios)), key=lambda index: abs(selection.ratios[index] - MODERATE_RATIO))
+    return sorted({moderate, len(selection.ratios) - 1})
 
 
 def trajectories_figure(run: Run, selection: Selection, models: ModelCache, num_points: int = 300,
                         num_times: int = 50, seed: int = 0):
     """Paths z(t), t from 0 to T, of `num_points` test points coloured by label (start: small dot,
-    end: larger dot), one row: the dense net, then each method at the largest ratio shown, each
-    panel at its own scale (a pruned field may shrink or stretch the paths many times).
-    Returns (figure, axes [1, 1 + methods])."""
+    end: larger dot; a legend of both below). Rows = a moderate and the largest prune ratio shown
+    (`trajectory_ratio_indices`), columns = the dense net (first row only) then each method; each panel at
+    its own scale (a pruned field may shrink or stretch the paths many times), with its ticks.
+    Returns (figure, axes [rows, 1 + methods])."""
     x_test, y_test = run.load_data()["test"]
     chosen = np.random.default_rng(seed).permutation(len(x_test))[:num_points]
     x, y = x_test[chosen], y_test[chosen].numpy()
     colours = np.array([CLASS_COLOURS[int(label) % 10] for label in y])
-    shown = [("dense", selection.dense)] + [(label, cells[-1]) for label, cells in grid_rows(selection) if label != "dense"]
-    figure, axes = make_grid(1, len(shown), shared=False)
-    for ax, (label, row) in zip(axes[0], shown):
-        ax.set_title(label if row is None or row["method"] == "dense" else f"{label}, {panel_title(run, row)}")
-        if row is None:
+    methods = [(label, cells[1:]) for label, cells in grid_rows(selection)] if selection.cells else []
+    indices = trajectory_ratio_indices(selection)
+    word = "class" if two_d_family(run) == "node" else "label"
+    handles = [Line2D([], [], color=CLASS_COLOURS[int(label) % 10], marker="o", markersize=3, linewidth=0.8,
+                      label=f"{word} {int(label)}") for label in np.unique(y_test.numpy())]
+    handles += [Line2D([], [], color="grey", marker="o", markersize=size, linestyle="none", label=label)
+                for size, label in ((2, "start, z(0) = x"), (4, "end, z(T)"))]
+    legend_columns = min(len(handles), 4)
+    figure, axes = make_grid(max(len(indices), 1), 1 + len(methods), shared=False, ticks=True,
+                             legend_lines=-(-len(handles) // legend_columns))
+    shown = [(0, 0, "dense", selection.dense)]
+    shown += [(row, column, label, cells[index]) for row, index in enumerate(indices)
+              for column, (label, cells) in enumerate(methods, start=1)]
+    for ax in axes[1:, 0]:
+        ax.set_axis_off()  # the dense net is shown once
+    for row, column, label, model_row in shown:
+        ax = axes[row, column]
+        ax.set_title(label if model_row is None else f"{label}, {panel_title(run, model_row)}")
+        if model_row is None:
             mark_missing(ax)
             continue
-        path = trajectories(models(row), x, num_times).double().numpy()
+        path = trajectories(models(model_row), x, num_times).double().numpy()
         segments = np.transpose(path, (1, 0, 2))  # [N, times, 2]
-        lines = LineCollection(segments, colors=colours, linewidths=0.4, alpha=0.5)
-        ax.add_collection(lines)
+        ax.add_collection(LineCollection(segments, colors=colours, linewidths=0.4, alpha=0.5))
         ax.scatter(path[0, :, 0], path[0, :, 1], c=colours, s=2, linewidths=0)
         ax.scatter(path[-1, :, 0], path[-1, :, 1], c=colours, s=8, linewidths=0, edgecolors="k")
         box = data_box(path.reshape(-1, 2), margin=0.05)
         ax.set_xlim(box[0])
         ax.set_ylim(box[1])
-    figure_title(figure, f"{run_label(run)}: trajectories of test points, t = 0 → T")
+    label_axes(axes, shared=False)
+    figure.legend(handles=handles, loc="outside lower center", ncols=legend_columns)
+    net_title(figure, selection, f"{run_label(run)}: trajectories of test points, t = 0 → T")
     return figure, axes
 
 
@@ -365,4 +442,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(main))

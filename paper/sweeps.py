@@ -19,7 +19,6 @@ Writes `prune_potential.png/.pdf/.csv/.md` and `error_vs_params.png/.pdf` into -
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -31,85 +30,14 @@ import numpy as np
 
 from experiment.analysis.prune_potential import delta_of, prune_potential
 from experiment.results import Run
-from experiment.results.tree import RUN_ID_EXCLUDED_KEYS, rows_to_csv
+from experiment.plan import sweep_labels
+from experiment.results.tree import rows_to_csv
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import Point, dense_point, line_label, method_name, plotted_lines, pruned_points
-from paper.common import markdown_table, new_figure, quantity, save_figure, save_text, value_axis, write_over_runs
-
-KEY_ABBREVIATIONS = {"weight_decay": "wd"}
+from paper.common import command, markdown_table, new_figure, quantity, save_figure, save_text, value_axis, write_over_runs
 
 POTENTIAL_COLUMNS = ("dataset", "run_id", "network", "label", "mode", "method", "metric", "delta", "dense_value",
                      "prune_potential", "value_at_potential", "nonzero_params_at_potential", "num_params", "num_nets")
-
-
-# ------------------------------------------------------------------------------- labels of runs
-
-
-def flatten(config: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
-    """{key path: leaf value}; lists are leaves."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, prefix + (key,)))
-        else:
-            flat[prefix + (key,)] = value
-    return flat
-
-
-def name_parts(names: list[str]) -> list[str]:
-    """The differing middle of `_`-separated model names: their common leading and trailing tokens
-    dropped, each name keeping at least one token (node_l2_h64_tanh_da vs node_l2_h64_tanh_da_autograd
-    → da, da_autograd)."""
-    tokens = [name.split("_") for name in names]
-    shortest = min(len(parts) for parts in tokens)
-    prefix = 0
-    while prefix < shortest - 1 and len({parts[prefix] for parts in tokens}) == 1:
-        prefix += 1
-    suffix = 0
-    while suffix < shortest - prefix - 1 and len({parts[-1 - suffix] for parts in tokens}) == 1:
-        suffix += 1
-    return ["_".join(parts[prefix:len(parts) - suffix]) for parts in tokens]
-
-
-def _format_value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-def run_labels(configs: list[dict]) -> list[str]:
-    """A label per config saying what it does differently from the others: the differing part of
-    the network name, then `key=value` for every other differing key (a `retraining` key that just
-    repeats the `training` one is left out; keys are shortened to their last component where that
-    stays unambiguous). A single config is labelled by its network name."""
-    flat = [flatten({key: value for key, value in config.items() if key not in RUN_ID_EXCLUDED_KEYS})
-            for config in configs]
-    names = [entries[("network", "name")] for entries in flat]
-    if len(configs) == 1:
-        return names
-    keys = list(dict.fromkeys(key for entries in flat for key in entries))
-    missing = object()
-    values = {key: [entries.get(key, missing) for entries in flat] for key in keys}
-    differing = [key for key in keys
-                 if len({json.dumps(value, sort_keys=True, default=str) for value in values[key]}) > 1]
-    differing = [key for key in differing
-                 if not (key[0] == "retraining" and ("training",) + key[1:] in differing
-                         and values[("training",) + key[1:]] == values[key])]
-    parts: list[list[str]] = [[] for _ in configs]
-    if ("network", "name") in differing:
-        for index, part in enumerate(name_parts(names)):
-            parts[index].append(part)
-    others = [key for key in differing if key != ("network", "name")]
-    for key in others:
-        short = key[-1]
-        if sum(other[-1] == short for other in others) > 1:
-            short = ".".join(key)
-        short = KEY_ABBREVIATIONS.get(short, short)
-        for index, value in enumerate(values[key]):
-            parts[index].append(f"{short}={'–' if value is missing else _format_value(value)}")
-    return [", ".join(part) or name for part, name in zip(parts, names)]
 
 
 # ------------------------------------------------------------------------------ sweep summaries
@@ -132,7 +60,7 @@ def sweep_groups(runs: list[Run]) -> dict[tuple[str, str], list[SweepRun]]:
         grouped.setdefault((run.settings.network.dataset, quantity(run)[0]), []).append(run)
     groups = {}
     for (dataset, column), members in sorted(grouped.items()):
-        labels = run_labels([run.config for run in members])
+        labels = sweep_labels([run.config for run in members])
         if len(set(labels)) < len(labels):  # the same experiment in two places: say which run
             labels = [f"{label} ({run.path.name})" for label, run in zip(labels, members)]
         entries = []
@@ -262,4 +190,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(main))

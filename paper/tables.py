@@ -26,7 +26,7 @@ from pathlib import Path
 from experiment.results import Run
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import Point, dense_point, method_name, pruned_points, quantity_of
-from paper.common import markdown_table, quantity, save_text, write_over_runs
+from paper.common import command, markdown_table, quantity, save_text, write_over_runs
 
 # Published baselines, test NLL / parameter count (SPEC §8, table "Published baselines, test NLL /
 # parameter count": tabular sets in nats, images in bits/dim; parameter counts as computed by the
@@ -255,4 +255,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(main))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -18,6 +19,17 @@ NODE_BASE = PARAM / "toy" / "node" / "base.yaml"
 
 # A node classifier small enough that an epoch on ToyMoons takes a fraction of a second.
 TINY_NETWORK = "node_l2_h4_tanh_da"
+
+# How long a test waits for a subprocess (or for it to reach a point) before it calls it hung. Not a
+# speed requirement: generous enough for a machine busy with other work; the tests bound their work
+# by epochs and steps instead.
+HANG_TIMEOUT = 3600.0
+
+
+def hang_message(what: str) -> str:
+    """The failure text of a wait that ran past HANG_TIMEOUT."""
+    return (f"{what} did not finish within {HANG_TIMEOUT:.0f} s: it hangs, or this machine is far more loaded "
+            "than any test needs")
 
 
 def write_yaml(path: Path, content: dict) -> Path:
@@ -56,10 +68,19 @@ def cli_command(config: Path | str, *arguments: str) -> list[str]:
     return [sys.executable, "-m", "experiment.main", str(config), *arguments]
 
 
-def run_cli(config: Path | str, *arguments: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(config: Path | str, *arguments: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Runs `python -m experiment.main CONFIG ARGUMENTS...` to completion (output captured as text)."""
-    return subprocess.run(cli_command(config, *arguments), cwd=cwd, env=cli_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return run_process(cli_command(config, *arguments), cwd=cwd)
+
+
+def run_process(command: list[str], **options) -> subprocess.CompletedProcess:
+    """`subprocess.run(command)` with output captured as text and the environment of `cli_env`; a
+    process still running after HANG_TIMEOUT fails the test as hung."""
+    try:
+        return subprocess.run(command, env=options.pop("env", cli_env()), capture_output=True, text=True,
+                              timeout=HANG_TIMEOUT, **options)
+    except subprocess.TimeoutExpired:
+        pytest.fail(hang_message(" ".join(map(str, command))))
 
 
 def describe(process: subprocess.CompletedProcess) -> str:

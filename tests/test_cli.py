@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import setuptools
 
-from conftest import REPO, cli_env, describe, run_cli, tiny_config
+from conftest import REPO, describe, run_cli, run_process, tiny_config
 from experiment import main as experiment_main
 from paper import tables
 
@@ -32,8 +32,7 @@ def overridden_run(tmp_path_factory) -> Path:
 
 
 def paper_command(script: str, *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"paper.{script}", *arguments], cwd=REPO, env=cli_env(),
-                          capture_output=True, text=True, timeout=120)
+    return run_process([sys.executable, "-m", f"paper.{script}", *arguments], cwd=REPO)
 
 
 def test_paper_scripts_find_the_run_of_the_same_overrides(overridden_run, tmp_path):

@@ -40,7 +40,7 @@ from experiment.pruning.rules import apply_masks, prune
 from experiment.runner import prepare, retrain
 from experiment.training.loop import TrainData, train
 from experiment.training.losses import build_loss
-from conftest import NODE_BASE, cli_command, cli_env, describe, load_weights, run_cli, the_run_folder, write_yaml
+from conftest import HANG_TIMEOUT, NODE_BASE, cli_command, cli_env, describe, load_weights, run_cli, the_run_folder, write_yaml
 
 # (name, data dimension): Hutchinson flow, exact-trace flow, classifier, tabular concat-squash flow
 MODELS = [("ffjord_l4_h16_sigmoid_da", 2), ("cnf_l3_h16_softplus_da", 2), ("node_l3_h16_tanh_da", 2),
@@ -312,7 +312,7 @@ def test_retrain_uses_the_twin_and_resumes_a_masked_retraining_begun_before_comp
 
 def poll_and_kill(process: subprocess.Popen, results: Path, victim: str, epochs: int) -> int | None:
     """SIGKILLs `process` once `victim`'s twin has a progress file between epochs; the epoch, or None."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_TIMEOUT
     while process.poll() is None and time.monotonic() < deadline:
         for progress in results.glob(f"*/*/*/progress/{victim}_*_compact.pt"):
             try:

@@ -241,8 +241,8 @@ def test_comma_separated_overrides_give_one_config_per_combination(tmp_path: Pat
     assert combinations == [(seed, lr, epochs) for seed in (1, 2) for lr in (0.01, 0.05) for epochs in (2, 3, 4)]
     assert all(config["experiments"]["methods"] == ["ThresNet", "FilterThresNet"] for config in configs)  # commas in brackets
     assert len({run_folder(config) for config in configs}) == 12
-    quoted = load_one(write(tmp_path, "one.yaml", VALID), ("training.lossKwargs.name='a,b'",))
-    assert quoted["training"]["lossKwargs"] == {"name": "a,b"}
+    quoted = load_one(write(tmp_path, "one.yaml", VALID), ("launcher.logs='a,b'",))
+    assert quoted["launcher"]["logs"] == "a,b"
 
 
 def test_float_literals_left_as_strings_become_numbers(tmp_path: Path) -> None:
@@ -721,11 +721,12 @@ def test_ignored_original_keys_do_not_reach_the_resolved_config(
 def test_dry_run_of_an_original_config_warns_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(tmp_path, "default.yaml", ORIGINAL_DEFAULTS)
     config = write(tmp_path, "original.yaml", ORIGINAL_SWEEP)
-    assert main([str(config), "--dry-run", f"directories.results={tmp_path / 'results'}"]) == 0
+    assert main([str(config), "--dry-run", "--show-config", f"directories.results={tmp_path / 'results'}"]) == 0
     captured = capsys.readouterr()
     assert len(warning_lines(captured.err)) == 6
     assert f"config warning: {tmp_path / 'default.yaml'}: network_colors: ignored: " in captured.err
-    resolved = yaml.safe_load(captured.out.split("# plan")[0])  # the first config, as --dry-run prints it
+    first = captured.out.split("# experiment 1 of ")[1].split("\n", 1)[1].split("# plan")[0]
+    resolved = yaml.safe_load(first)  # the first config, as --dry-run --show-config prints it
     assert "coresets" not in resolved and "datasetsToEvaluate" not in resolved["experiments"]
     assert not (tmp_path / "results").exists()
 
@@ -734,3 +735,22 @@ def test_every_original_key_is_documented() -> None:
     section = (REPO / "docs" / "CONFIG.md").read_text().split("## Configs from the original framework")[1].split("\n## ")[0]
     for path in [*IGNORED_ORIGINAL_KEYS, *UNSUPPORTED_ORIGINAL_KEYS]:
         assert f"| `{format_key_path(path)}`" in section
+
+
+def test_a_flows_output_size_other_than_its_data_dimension_is_replaced_with_a_warning(tmp_path: Path, capsys) -> None:
+    """The original's image-flow configs say `outputSize: 10`, a leftover it never read."""
+    text = """
+network: {name: ffjord_multiscale_mnist, dataset: Digits, outputSize: 10}
+training:
+  loss: NLLBitsLoss
+  metricsTest: [{type: NLLBits}]
+  batchSize: 64
+  optimizer: Adam
+  numEpochs: 1
+experiments: {mode: train}
+"""
+    plain = load_one(write(tmp_path, "main.yaml", text))
+    assert plain["network"]["outputSize"] == 64
+    assert ("config warning: " + str(tmp_path / "main.yaml") + ": network.outputSize: 10 ignored: a flow's output is its "
+            "data dimension, 64 for Digits") in capsys.readouterr().err
+    assert run_folder(plain) == run_folder(load_one(write(tmp_path, "right.yaml", text.replace("outputSize: 10", "outputSize: 64"))))

@@ -62,7 +62,7 @@ def test_results_folder_under_a_file(config, tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("")
     results = blocker / "results"
-    finished = run_cli(config, f"directories.results={results}", timeout=120)
+    finished = run_cli(config, f"directories.results={results}")
     assert finished.returncode == 2
     assert finished.stderr == f"error: results folder {results}: {blocker} is a file, not a folder\n"
     assert blocker.is_file() and blocker.read_text() == ""

@@ -11,7 +11,6 @@ their weighting is checked too. Only rank 0 writes: one request recorded, one wr
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -19,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import PARAM, cli_command, cli_env, load_weights, the_run_folder, write_yaml
+from conftest import PARAM, cli_command, load_weights, run_process, the_run_folder, write_yaml
 from experiment.distributed import SINGLE, Ranks, ranks_from_environment
 from experiment.main import main
 from experiment.results import RunDir
@@ -47,7 +46,7 @@ def runs(tmp_path_factory) -> dict:
         command = cli_command(config, f"directories.results={folder / name}")
         if launcher:
             command = launcher + command[1:]  # torchrun runs `-m experiment.main ...` itself
-        process = subprocess.run(command, cwd=folder, env=cli_env(), capture_output=True, text=True, timeout=300)
+        process = run_process(command, cwd=folder)
         assert process.returncode == 0, f"{name}: exit {process.returncode}\n{process.stdout[-3000:]}\n{process.stderr[-3000:]}"
         outputs[name] = (the_run_folder(folder / name), process.stdout)
     return outputs

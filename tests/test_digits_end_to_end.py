@@ -22,7 +22,7 @@ def test_digits_flow_trains_prunes_and_lowers_bits_per_dim(tmp_path):
     # One epoch of dense training (the config has two) already lowers bits/dim by several bits.
     overrides = [f"directories.results={results}", f"directories.training_data={tmp_path / 'data'}", "training.numEpochs=1",
                  "experiments.retrainIterations=0"]
-    process = run_cli(DIGITS, *overrides, "--threads", "2", timeout=900)
+    process = run_cli(DIGITS, *overrides, "--threads", "2")
     assert process.returncode == 0, describe(process)
     assert "mean ± std over nets" in process.stdout
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import json
 import os
 import re
 import shutil
@@ -30,14 +31,13 @@ import torch
 import yaml
 
 import experiment
-from conftest import cli_command, cli_env, run_folders, tiny_config
+from conftest import HANG_TIMEOUT, cli_command, cli_env, run_folders, tiny_config
 from experiment.config import ConfigError, load_configs
 from experiment.jobs import Shard, jobs_of
 from experiment.main import main
 from experiment.plan import Plan, make_plan
 from experiment.results.tree import model_name, run_id
 
-TIMEOUT = 240
 SEEDS = (0, 1)  # the sweep: one experiment per seed
 
 # a line of a run's log.txt: time, host:pid, message
@@ -93,7 +93,7 @@ def test_a_sweep_through_the_local_executor(tmp_path, capsys):
                                    stderr=subprocess.STDOUT)
     preempted = None
     try:
-        deadline = time.monotonic() + TIMEOUT
+        deadline = time.monotonic() + HANG_TIMEOUT
         while preempted is None and process.poll() is None and time.monotonic() < deadline:
             for log in results.glob("*/*/*/log.txt"):
                 if match := TRAINED.search(log.read_text()):
@@ -282,12 +282,9 @@ def test_submitit_is_optional(config, monkeypatch, capsys):
     assert not (config.parent / "results").exists()
 
 
-def test_the_slurm_array_script(tmp_path, monkeypatch, capsys):
-    """`--launcher slurm` with stand-ins for `srun` (there) and `sbatch` (keeps the script it is
-    given, answers with a job id): the array script carries the resources, and each task's pickled
-    submission runs its shard of the same command and requeues itself as the same shard."""
-    from submitit.core.utils import DelayedSubmission
-
+def slurm_stand_ins(tmp_path: Path, monkeypatch) -> None:
+    """`srun` (does nothing) and `sbatch` (keeps the script it is given as tmp_path/array.sh and
+    answers with job id 4242) first on the PATH."""
     bin_folder = tmp_path / "bin"
     bin_folder.mkdir()
     (bin_folder / "srun").write_text("#!/bin/sh\nexit 0\n")
@@ -295,6 +292,15 @@ def test_the_slurm_array_script(tmp_path, monkeypatch, capsys):
     for program in ("srun", "sbatch"):
         (bin_folder / program).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_the_slurm_array_script(tmp_path, monkeypatch, capsys):
+    """`--launcher slurm` with stand-ins for `srun` (there) and `sbatch` (keeps the script it is
+    given, answers with a job id): the array script carries the resources, and each task's pickled
+    submission runs its shard of the same command and requeues itself as the same shard."""
+    from submitit.core.utils import DelayedSubmission
+
+    slurm_stand_ins(tmp_path, monkeypatch)
     config = sweep_config(tmp_path, partition="gpu", memGb=2.5)
     assert main([str(config), "experiments.numNets=1", "--launcher", "slurm", "--tasks", "2", "--account", "proj",
                  "--gpus-per-task", "1", "--array-parallelism", "1", "--time-min", "30", "--workers", "2"]) == 0
@@ -315,6 +321,37 @@ def test_the_slurm_array_script(tmp_path, monkeypatch, capsys):
         requeued = submission.function.checkpoint(*submission.args)
         assert (requeued.function, requeued.args) == (submission.function, submission.args)
     assert not run_folders(tmp_path / "results")  # nothing ran
+
+
+@pytest.mark.parametrize("override, key", [
+    ('launcher.logs="x\\ntouch PWNED\\n#"', "launcher.logs"),
+    ('directories.results="out\\n#SBATCH --wrap=touch PWNED"', "directories.results"),
+    ('launcher.jobName="a\\rb"', "launcher.jobName"),
+])
+def test_a_newline_in_a_config_string_is_refused_before_anything_is_written(tmp_path, override, key, capsys):
+    """A newline in a value that reaches the job script would start a line of its own there, which
+    the shell runs: refused at validation, naming the key."""
+    config = sweep_config(tmp_path)
+    assert main([str(config), override, "--launcher", "slurm", "--dry-run"]) == 2
+    assert f"command line: {key}: must not contain control characters" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists() and not list(tmp_path.rglob("PWNED"))
+
+
+def test_shell_syntax_in_folders_stays_text_in_the_slurm_script(tmp_path, monkeypatch, capsys):
+    """Folders may hold spaces, quotes and `$(...)`: the array script (captured from a stand-in
+    `sbatch`, then run by bash with a stand-in `srun`) runs none of it."""
+    slurm_stand_ins(tmp_path, monkeypatch)
+    results = f"{tmp_path}/res $(touch {tmp_path}/PWNED1); `touch {tmp_path}/PWNED2`"
+    logs = f"{tmp_path}/logs $(touch {tmp_path}/PWNED3) 'q\" %j"
+    config = sweep_config(tmp_path)
+    assert main([str(config), f"directories.results={json.dumps(results)}", f"launcher.logs={json.dumps(logs)}",
+                 "--launcher", "slurm"]) == 0
+    assert "array job 4242" in capsys.readouterr().out
+    script = tmp_path / "array.sh"
+    assert "$(touch" in script.read_text()
+    subprocess.run(["bash", str(script)], check=True, cwd=tmp_path, timeout=HANG_TIMEOUT,
+                   env={**os.environ, "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "0"})
+    assert not list(tmp_path.glob("PWNED*"))
 
 
 @pytest.mark.skipif(shutil.which("srun") is not None, reason="SLURM is installed here")

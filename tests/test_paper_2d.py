@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PARAM, cli_command, cli_env, describe, run_folders
+from conftest import HANG_TIMEOUT, PARAM, cli_command, cli_env, describe, run_folders
 from experiment.analysis.mode_collapse import HIT_K, KS, run_measures, unmeasurable_reason
 from experiment.analysis.two_dimensional import spread_ratios, trajectories, two_d_family
 from experiment.results import Run
@@ -69,7 +69,7 @@ def results(tmp_path_factory) -> Path:
     processes = [subprocess.Popen(cli_command(config, *overrides, *common), env=cli_env(), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for config, overrides in jobs]
     for process in processes:
-        stdout, stderr = process.communicate(timeout=300)
+        stdout, stderr = process.communicate(timeout=HANG_TIMEOUT)
         assert process.returncode == 0, describe(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
     assert len(run_folders(root)) == 2
     return root
@@ -121,6 +121,50 @@ def test_trajectories_end_where_the_model_maps_the_points(results, one_thread):
         with torch.no_grad():
             end = model.transform(x)[0] if dataset == "ToyGaussians" else model(x)
         assert torch.allclose(path[-1], end, atol=1e-3)
+
+
+def test_trajectories_show_a_moderate_and_the_largest_ratio():
+    def columns(ratios):
+        return samples_2d.trajectory_ratio_indices(samples_2d.Selection(dense=None, ratios=ratios))
+    assert columns([0.2, 0.484, 0.69, 0.84, 0.98]) == [1, 4]
+    assert columns([0.5]) == [0] and columns([]) == []
+
+
+def tick_labels_shown(ax) -> tuple[bool, bool]:
+    """(y tick labels shown, x tick labels shown) of a panel."""
+    return ax.yaxis.get_tick_params()["labelleft"], ax.xaxis.get_tick_params()["labelbottom"]
+
+
+def test_field_and_trajectories_have_axes_a_class_legend_and_name_the_net(results, one_thread):
+    torch.set_num_threads(1)
+    run = the_run(results, "ToyMoons")
+    selection = samples_2d.select_models(run)
+    models = samples_2d.ModelCache(run)
+    figure, axes = samples_2d.field_figure(run, selection, models, resolution=10)
+    assert axes.shape == (2, 2)  # rows FT, WT; columns dense, PR 0.5 (the dense net only in the first row)
+    # one window: coordinates and tick labels on the first drawn panel of each row and the lowest of each column
+    assert (axes[0, 0].get_ylabel(), axes[0, 0].get_xlabel(), tick_labels_shown(axes[0, 0])) == ("z₂", "z₁", (True, True))
+    assert (axes[0, 1].get_ylabel(), axes[0, 1].get_xlabel(), tick_labels_shown(axes[0, 1])) == ("", "", (False, False))
+    assert (axes[1, 1].get_ylabel(), axes[1, 1].get_xlabel(), tick_labels_shown(axes[1, 1])) == ("z₂", "z₁", (True, True))
+    assert [text.get_text() for ax in axes[:, 0] for text in ax.texts] == ["FT", "WT"]  # the row labels
+    (bar,) = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert bar.get_ylabel() == "speed |f(z)|"
+    assert figure.get_suptitle().endswith("; net 0")
+
+    figure, axes = samples_2d.trajectories_figure(run, selection, models, num_points=20, num_times=5)
+    assert axes.shape == (1, 3)  # one ratio, so one row: dense, FT and WT at PR 0.5
+    assert axes[0, 0].get_title().startswith("dense, PR 0.0%") and axes[0, 2].get_title().startswith("WT, PR 50")
+    assert all(tick_labels_shown(ax) == (True, True) for ax in axes.flat)  # each panel at its own scale
+    assert [ax.get_ylabel() for ax in axes.flat] == ["z₂", "", ""] and {ax.get_xlabel() for ax in axes.flat} == {"z₁"}
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["class 0", "class 1", "start, z(0) = x", "end, z(T)"]
+    try:
+        use_style("paper")  # no titles in a paper, but the net is still named
+        other = samples_2d.Selection(dense=selection.dense, ratios=selection.ratios, net=2, repetition=1, cells=selection.cells)
+        figure, _ = samples_2d.decision_figure(run, other, models, resolution=10)
+        assert figure.get_suptitle() == "net 2, repetition 1"
+    finally:
+        use_style("screen")
 
 
 def test_samples_2d_script_writes_every_figure(results, tmp_path, one_thread, capsys):

@@ -15,20 +15,28 @@ its run folder holds rows of two modes.
 from __future__ import annotations
 
 import csv
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+import math
+
 import numpy as np
 import pytest
+import yaml
 
-from conftest import NODE_BASE, REPO, cli_env, describe, run_cli, write_yaml
+from conftest import NODE_BASE, REPO, describe, run_cli, run_process, write_yaml
+from experiment.plan import sweep_labels
 from experiment.analysis.prune_potential import delta_of, prune_potential
+from experiment.analysis.references import ControlDifference, differences_to_control, mixture_floor_nll
 from experiment.config import load_configs
+from experiment.report import Point, method_color, pruned_points
+from experiment.results import Run
+from experiment.results.rebuild import load_run_data
+from experiment.results.tree import rows_to_csv
 from paper import all as paper_all
 from paper import prune_curves, sweeps, tables
-from experiment.report import pruned_points
+from paper.common import bulk_range, run_label
 
 NETWORKS = ("node_l2_h8_tanh_da", "node_l2_h8_sigmoid_da")
 KEEP = [0.5, 0.25]
@@ -175,11 +183,11 @@ def test_prune_potential_is_the_largest_ratio_within_delta():
 
 
 def test_sweep_labels_come_from_the_config_differences():
-    labels = sweeps.run_labels(load_configs(REPO / "param" / "toy" / "node" / "moons" / "sweep_opt.yaml"))
+    labels = sweep_labels(load_configs(REPO / "param" / "toy" / "node" / "moons" / "sweep_opt.yaml"))
     assert labels[:2] == ["lr=0.05, wd=0.01", "lr=0.05, wd=0.001"] and len(set(labels)) == 18
-    labels = sweeps.run_labels(load_configs(REPO / "param" / "toy" / "ffjord" / "gaussians" / "sweep_solver.yaml"))
+    labels = sweep_labels(load_configs(REPO / "param" / "toy" / "ffjord" / "gaussians" / "sweep_solver.yaml"))
     assert labels == ["da", "da_autograd", "rk4_adjoint", "rk4_autograd", "euler_adjoint", "euler_autograd"]
-    labels = sweeps.run_labels(load_configs(REPO / "param" / "toy" / "node" / "moons" / "sweep_model_small.yaml"))
+    labels = sweep_labels(load_configs(REPO / "param" / "toy" / "node" / "moons" / "sweep_model_small.yaml"))
     assert labels == ["l8_h10", "l6_h12", "l4_h17", "l3_h23", "l2_h128"]
 
 
@@ -233,8 +241,7 @@ def test_the_noprune_control_is_compared_not_ranked():
 
 def test_tables_cli_on_toy_runs(tree, tmp_path):
     results, _, runs = tree
-    process = subprocess.run([sys.executable, "-m", "paper.tables", str(results), "--out", str(tmp_path)], cwd=REPO,
-                             env=cli_env(), capture_output=True, text=True, timeout=120)
+    process = run_process([sys.executable, "-m", "paper.tables", str(results), "--out", str(tmp_path)], cwd=REPO)
     assert process.returncode == 0, describe(process)
     markdown = (tmp_path / "results_table.md").read_text()
     assert (tmp_path / "results_table.tex").read_text().count(r"\begin{tabular}") == 1  # no baselines for toy sets
@@ -264,3 +271,127 @@ def test_all_writes_everything_the_runs_support(tree, tmp_path):
     assert not list(tmp_path.glob("mode_collapse_*"))  # classifiers: no mode collapse
     assert (tmp_path / "prune_potential.csv").exists() and (tmp_path / "error_vs_params.png").exists()  # 2 ToyMoons runs
     assert not (tmp_path / "results_table.md").exists()  # no tabular or image runs
+
+
+# ----------------------------------------------------- references: NoPrune differences, mixture floor, baseline
+
+FLOW_CONFIG = REPO / "param" / "reproduction" / "flow_gaussians.yaml"
+STEPS = (0.2, 0.4, 0.6, 0.8, 0.98)
+# per method the test NLL at STEPS of net 0; net 1 is `NET_OFFSET` higher, so every net pair differs
+FLOW_NLL = {"FilterThresNet": (1.16, 1.15, 1.15, 1.15, 1.32), "ThresNet": (1.15, 1.14, 1.14, 1.145, 1.58),
+            "NoPrune": (1.15, 1.15, 1.148, 1.15, 1.15)}
+DENSE_NLL = (1.19, 1.18)
+NET_OFFSET = 0.004
+
+
+def fake_run(folder: Path, config_file: Path, overrides: list[str], rows: list[dict]) -> Run:
+    """A run folder of `config_file` resolved with `overrides`, holding `rows` as its metrics and a
+    data split (so that its data load), no models."""
+    (config,) = load_configs(config_file, overrides)
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (folder / "metrics.csv").write_text(rows_to_csv(rows))
+    run = Run(folder)
+    load_run_data(run.settings, run.folder, make_split=True)
+    return run
+
+
+def flow_row(method: str, net: int, step: int, ratio: float, nll: float, repetition: int = 0) -> dict:
+    pruned = method not in ("dense", "NoPrune")
+    return {"mode": "train" if method == "dense" else "cascade", "method": method, "net": net, "repetition": repetition,
+            "step": step, "target_prune_ratio": ratio if pruned else 0.0,
+            "step_prune_ratio": ratio if method == "NoPrune" else "", "prune_ratio": ratio if pruned else 0.0,
+            "num_params": 8642, "nonzero_params": round(8642 * (1 - ratio)) if pruned else 8642, "nll": nll}
+
+
+@pytest.fixture(scope="module")
+def flow_runs(tmp_path_factory) -> tuple[Run, Run]:
+    """(a finished Gaussians flow run of 2 nets, FT, WT and NoPrune at STEPS, breaking down at PR 0.98;
+    a dense-only run of the same flow trained 500 epochs, 3 nets)."""
+    folder = tmp_path_factory.mktemp("flows")
+    rows = [flow_row("dense", net, 0, 0.0, nll) for net, nll in enumerate(DENSE_NLL)]
+    rows += [flow_row(method, net, step, ratio, nll + NET_OFFSET * net) for method, values in FLOW_NLL.items()
+             for net in (0, 1) for step, (ratio, nll) in enumerate(zip(STEPS, values), start=1)]
+    spacing = f"experiments.spacing=[{{type: manual, values: {[round(1 - ratio, 9) for ratio in STEPS]}}}]"
+    run = fake_run(folder / "run", FLOW_CONFIG, [spacing], rows)
+    converged = fake_run(folder / "converged", FLOW_CONFIG, ["training.numEpochs=500", "experiments.mode=train"],
+                         [flow_row("dense", net, 0, 0.0, nll) for net, nll in enumerate((1.150, 1.145, 1.155))])
+    return run, converged
+
+
+def test_differences_to_control_pair_each_net_with_the_control_of_its_step():
+    rows = [flow_row("ThresNet", 0, 1, 0.5, 1.0), flow_row("ThresNet", 0, 1, 0.5, 2.0, repetition=1),
+            flow_row("NoPrune", 0, 1, 0.5, 1.25), flow_row("ThresNet", 1, 1, 0.5, 3.0), flow_row("NoPrune", 1, 1, 0.5, 2.0),
+            flow_row("ThresNet", 0, 2, 0.75, 1.0),  # no control at this step
+            flow_row("FilterThresNet", 1, 1, 0.5, 2.5), flow_row("dense", 0, 0, 0.0, 9.0)]
+    got = [(item.method, item.net, item.step_prune_ratio, item.difference) for item in differences_to_control(rows, "nll")]
+    assert got == [("FilterThresNet", 1, 0.5, 0.5), ("ThresNet", 0, 0.5, 0.25), ("ThresNet", 1, 0.5, 1.0)]  # exact in binary
+    percent = differences_to_control([{**row, "top1_acc": row["nll"] / 10} for row in rows], "top1_acc",
+                                     lambda value: 100 * (1 - value))
+    assert percent[0].difference == pytest.approx(-5.0)  # errors in % : lower accuracy, higher error
+
+
+def test_bulk_range_leaves_out_a_breakdown_but_not_the_references():
+    bulk = [1.18, 1.17, 1.155, 1.15, 1.148, 1.15, 1.145, 1.147, 1.15]
+    low, high = bulk_range(bulk + [1.32, 1.58], shown=[1.0])
+    assert low == 1.0 and max(bulk) < high < 1.32
+    assert bulk_range(bulk + [1.32, 1.58], shown=[1.5])[1] == 1.5
+    assert bulk_range([1.0, 2.0, 3.0, 4.0])[1] > 4.0  # a rising curve is all bulk
+
+
+def test_mixture_floor_is_the_entropy_of_the_six_gaussians(flow_runs, tmp_path):
+    """The floor of ToyGaussians (6 equal modes, std 0.5 on a circle of radius 4, each split divided by
+    the std of its coordinates, ≈ sqrt(4²/2 + 0.5²)) is the entropy of well separated modes,
+    log 6 + log(2πe σ²) with σ = 0.5 / sqrt(8.25), up to the test sample's error (≈ 0.01 nats)."""
+    run, _ = flow_runs
+    sigma_squared = 0.25 / 8.25
+    assert mixture_floor_nll(run) == pytest.approx(math.log(6) + math.log(2 * math.pi * math.e * sigma_squared), abs=0.03)
+    spirals = fake_run(tmp_path / "spirals", FLOW_CONFIG, ["network.dataset=ToySpirals2"], [])
+    assert mixture_floor_nll(spirals) is None  # two spiral arms are no mixture of Gaussians
+
+
+def test_flow_prune_curve_shows_control_differences_floor_baseline_and_clips_the_breakdown(flow_runs, tmp_path, capsys):
+    run, converged = flow_runs
+    assert prune_curves.main([str(run.path), "--out", str(tmp_path), "--baseline", str(converged.path)]) == 0
+    assert (tmp_path / f"prune_curve_{run_label(run)}.png").stat().st_size > 0
+    curve = prune_curves.CurveFigure("nll", *prune_curves.curve_points(run), run.settings.training.num_epochs,
+                                     prune_curves.plotted_differences(run), mixture_floor_nll(run),
+                                     prune_curves.dense_baseline(run, converged))
+    figure = prune_curves.plot_curves(curve, "title")
+    upper, lower = figure.axes
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert {"dense, 100 epochs (2 nets)", "dense, 500 epochs (3 nets)", "Gaussian mixture fitted\nto the training split",
+            "net 0", "net 1", "±δ = 0.005 nats"} <= set(legend)
+    floor = [line for line in upper.get_lines() if line.get_label().startswith("Gaussian")][0]
+    assert floor.get_ydata()[0] == pytest.approx(mixture_floor_nll(run))
+    # the breakdown at PR 98% is left out of the NLL axis and written at its top edge
+    bottom, top = upper.get_ylim()
+    assert max(DENSE_NLL) < top < min(FLOW_NLL["FilterThresNet"][-1], FLOW_NLL["ThresNet"][-1])
+    assert bottom < mixture_floor_nll(run)
+    notes = [text.get_text() for text in upper.texts]
+    assert notes == ["FT 1.32, WT 1.58 at PR 98%"]
+    # the lower panel: per step the mean over nets of the method minus NoPrune of the same net
+    means = {line.get_color(): line.get_ydata() for line in lower.get_lines() if line.get_linestyle() == "-"
+             and line.get_color() in (method_color("ThresNet"), method_color("FilterThresNet"))}
+    for method in ("ThresNet", "FilterThresNet"):
+        expected = np.subtract(FLOW_NLL[method], FLOW_NLL["NoPrune"])
+        assert np.allclose(means[method_color(method)][:-1], expected[:-1]) and means[method_color(method)][-1] > 0.15
+    assert lower.get_ylim()[1] < 0.1 and "NLL − NoPrune (nats)" == lower.get_ylabel()
+
+    # no baseline from a run of other data; a run without NoPrune rows keeps one panel
+    other = fake_run(tmp_path / "other", FLOW_CONFIG, ["network.dataset=ToyGaussiansSpiral"], [])
+    assert prune_curves.dense_baseline(run, other) is None and "no baseline line" in capsys.readouterr().out
+    single = prune_curves.plot_curves(prune_curves.CurveFigure("nll", curve.dense, curve.lines, 100, []), "title")
+    assert len(single.axes) == 1
+
+
+def test_classifier_differences_are_in_percentage_points_on_a_symlog_axis():
+    def point(method, value):
+        return Point("cascade", method, 0.5, 0.5 if method != "NoPrune" else 0.0, value, 0.0, 10.0, 10.0, 2)
+    differences = [ControlDifference("cascade", "ThresNet", net, 0.5, value) for net, value in ((0, 30.0), (1, -2.0))]
+    curve = prune_curves.CurveFigure("top1_acc", point("dense", 1.0), {("cascade", "ThresNet"): [point("ThresNet", 15.0)],
+                                     ("cascade", "NoPrune"): [point("NoPrune", 1.0)]}, 50, differences)
+    upper, lower = prune_curves.plot_curves(curve, "title").axes
+    assert upper.get_yscale() == lower.get_yscale() == "symlog"
+    assert lower.get_ylim() == (-10, 100) and lower.get_ylabel() == "top-1 error − NoPrune (points)"
+    assert not lower.texts  # nothing clipped on a symlog axis

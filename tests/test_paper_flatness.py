@@ -1,7 +1,8 @@
 """Tests of the flatness analysis (experiment/analysis/hessian.py and flatness.py) and of paper/flatness.py:
-the restricted Hessian's HVPs, eigenvalues and trace against a dense `torch.autograd.functional.hessian`, the restriction to surviving parameters, the random-subset control
-(the dense Hessian's principal submatrices), the Lanczos iteration and SLQ density, and the CLI end to
-end on a tiny real results tree (with a NoPrune control model added)."""
+the restricted Hessian's HVPs, eigenvalues and trace against a dense `torch.autograd.functional.hessian`,
+the restriction to surviving parameters, the random-subset and same-support controls (the dense
+Hessian's principal submatrices), λ_max on further data subsets, the Lanczos iteration and SLQ
+density, and the CLI end to end on a tiny real results tree (with a NoPrune control model added)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from conftest import describe, load_weights, run_cli, the_run_folder
-from experiment.analysis.flatness import (CONTROL_COLUMNS, FlatnessSettings, analyse_run, control_columns, placed_ratio,
-                                          random_subset_control, random_subsets, restricted_loss, select_rows,
-                                          training_subset)
+from experiment.analysis.flatness import (CONTROL_COLUMNS, DATA_SUBSET_COLUMNS, SAME_SUPPORT_COLUMNS, FlatnessSettings,
+                                          analyse_run, control_columns, data_subset_seed, data_subsets, placed_ratio,
+                                          random_subsets, restricted_loss, select_rows, spread, submatrix_flatness,
+                                          support_coordinates)
 from experiment.analysis.hessian import (HessianOperator, RestrictedLoss, SurvivingParameters, dense_hessian, density_grid,
-                                         differentiable_copy, gauss_quadrature, hutchinson_trace, lanczos, measure, slq,
-                                         spectral_density)
+                                         differentiable_copy, gauss_quadrature, hutchinson_trace, lanczos, largest_eigenvalue,
+                                         measure, slq, spectral_density)
+from experiment.files import atomic_torch_save, load_checkpoint
 from experiment.models import ODEBlock, build_model
 from experiment.results import Run
 from experiment.results.tree import read_csv, rows_to_csv
@@ -106,6 +109,23 @@ def test_hvp_eigenvalue_and_trace_match_dense_hessian(name):
     assert 0 < iterative.trace_stderr < 0.25 * abs(np.trace(reference))
     expected_kappa = eigenvalues[-1] / eigenvalues[0] if eigenvalues[0] > 1e-6 * eigenvalues[-1] else math.nan
     assert iterative.condition_number == pytest.approx(expected_kappa, rel=1e-4, nan_ok=True)
+
+
+@pytest.mark.parametrize("name", [NODE, CNF])
+def test_largest_eigenvalue_alone_matches_the_full_measurement(name):
+    """λ_max alone (the data-subset measurement) takes `measure`'s path: the formed Hessian's top
+    eigenvalue from n HVPs up to exact_max, Lanczos beyond; both are the dense Hessian's."""
+    _, loss = tiny_problem(name, prune=True)
+    reference = reference_hessian(loss)
+    top = np.linalg.eigvalsh(0.5 * (reference + reference.T))[-1]
+    operator = HessianOperator.of(loss)
+    before = loss.num_hvps
+    assert largest_eigenvalue(operator, exact_max=10_000) == pytest.approx(top, rel=1e-8)
+    assert loss.num_hvps - before == loss.size
+    iterative = largest_eigenvalue(operator, exact_max=0, seed=3)
+    assert iterative == pytest.approx(top, rel=1e-6)
+    assert iterative == pytest.approx(measure(operator, exact_max=0, probes=2, slq_steps=2, seed=3).lambda_max, rel=1e-8)
+    assert math.isnan(largest_eigenvalue(HessianOperator.of_matrix(np.zeros((0, 0)))))
 
 
 def test_chunked_loss_sums_to_the_full_batch_loss():
@@ -233,19 +253,19 @@ def test_random_subset_control_is_the_principal_submatrix_of_the_full_hessian(de
     np.testing.assert_allclose(formed.matrix, 0.5 * (reference + reference.T), rtol=1e-7, atol=1e-10)
     dense = measure(formed)
     for operator in (hvp_operator, formed):  # H[S, S] from padded HVPs of the dense loss, and as a submatrix
-        for result, truth in zip(random_subset_control(operator, dense, subsets, exact_max=10_000), expected):
+        for result, truth in zip(submatrix_flatness(operator, dense, subsets, exact_max=10_000), expected):
             assert result.num_params == 15 and result.hessian == "exact"
             for quantity in ("lambda_max", "lambda_min", "trace"):
                 assert getattr(result, quantity) == pytest.approx(truth[quantity], rel=1e-6, abs=1e-10)
             assert result.condition_number == pytest.approx(truth["condition_number"], rel=1e-4)
             assert result.lambda_max <= dense.lambda_max + 1e-12  # interlacing
     # the iterative path on the restricted HVPs agrees too
-    iterative = random_subset_control(hvp_operator, dense, subsets[:1], exact_max=0, probes=16)[0]
+    iterative = submatrix_flatness(hvp_operator, dense, subsets[:1], exact_max=0, probes=16)[0]
     assert iterative.hessian == "iterative" and iterative.quadrature == []  # no spectral density for the control
     assert iterative.lambda_max == pytest.approx(expected[0]["lambda_max"], rel=1e-6)
     assert iterative.lambda_min == pytest.approx(expected[0]["lambda_min"], rel=1e-6, abs=1e-9)
     # the columns: mean and population std over the subsets
-    columns = control_columns(random_subset_control(formed, dense, subsets))
+    columns = control_columns(submatrix_flatness(formed, dense, subsets))
     assert set(columns) == set(CONTROL_COLUMNS) and columns["control_subsets"] == 3
     for stem, quantity in (("lambda_max", "lambda_max"), ("trace", "trace"), ("condition", "condition_number")):
         values = [truth[quantity] for truth in expected]
@@ -263,7 +283,7 @@ def test_control_of_every_parameter_is_the_dense_hessian(dense_problem):
     for operator in (HessianOperator.of(loss), HessianOperator.of(loss).materialised()):
         dense = measure(operator)
         assert dense.lambda_max == pytest.approx(truth["lambda_max"], rel=1e-6)
-        (control,) = random_subset_control(operator, dense, everything)
+        (control,) = submatrix_flatness(operator, dense, everything)
         assert control is dense  # reused, not recomputed ...
         again = measure(operator.restricted(everything[0]))  # ... and recomputing it gives the same
         for quantity in ("lambda_max", "lambda_min", "trace", "condition_number"):
@@ -271,6 +291,41 @@ def test_control_of_every_parameter_is_the_dense_hessian(dense_problem):
     columns = control_columns([dense])
     assert columns["control_lambda_max_mean"] == dense.lambda_max and columns["control_lambda_max_std"] == 0
     assert columns["control_trace_mean"] == dense.trace and columns["control_condition_mean"] == dense.condition_number
+
+
+def test_same_support_control_is_the_dense_hessian_on_the_models_survivors(dense_problem):
+    """S is where the pruned model's survivors sit among the dense net's θ; the control is H_dense[S, S]."""
+    loss, reference = dense_problem
+    _, pruned = tiny_problem(NODE, prune=True)  # the same net with some weights and biases zeroed
+    support = support_coordinates(loss.space.positions(), pruned.space.positions())
+    assert len(support) == pruned.size < loss.size
+    np.testing.assert_array_equal(support, pruned.space.positions())  # the dense net keeps every entry
+    # a dense net with zeros of its own: S indexes its θ, not the flattened parameters
+    np.testing.assert_array_equal(support_coordinates(np.array([0, 2, 3, 7, 9]), np.array([2, 7, 8])), [1, 3])
+    formed = HessianOperator.of(loss).materialised()
+    dense = measure(formed)
+    (same,) = submatrix_flatness(formed, dense, [support])
+    truth = eigen_quantities(reference[np.ix_(support, support)])
+    for quantity in ("lambda_max", "lambda_min", "trace"):
+        assert getattr(same, quantity) == pytest.approx(truth[quantity], rel=1e-6, abs=1e-10)
+    assert same.num_params == pruned.size and same.lambda_max <= dense.lambda_max + 1e-12  # interlacing
+    # on the iterative path the same-support control leaves out λ_min (hundreds of HVPs for a flow), hence κ
+    products = {}
+    for smallest in (False, True):
+        before = loss.num_hvps
+        (iterative,) = submatrix_flatness(HessianOperator.of(loss), dense, [support], exact_max=0, probes=16, smallest=smallest)
+        products[smallest] = loss.num_hvps - before
+        assert iterative.lambda_max == pytest.approx(truth["lambda_max"], rel=1e-6)
+        assert abs(iterative.trace - truth["trace"]) < 4 * iterative.trace_stderr
+        assert math.isnan(iterative.lambda_min) == (not smallest)
+    assert products[False] < products[True]  # the second Lanczos run is what is left out
+
+
+def test_spread_over_data_subsets():
+    assert spread([1.0, 3.0]) == (2.0, 1.0, 2)  # population std
+    mean, std, count = spread([2.0])
+    assert (mean, count) == (2.0, 1) and math.isnan(std)  # one subset: no spread measured
+    assert all(math.isnan(value) for value in spread([])[:2]) and spread([])[2] == 0
 
 
 # ------------------------------------------------------------------------------ Lanczos and SLQ
@@ -387,6 +442,26 @@ def results_tree(tmp_path_factory):
     return results, folder
 
 
+def test_data_subsets_are_independent_seeded_draws(results_tree):
+    """Subset 0 is drawn with the seed itself (the subset of the full measurement, as before the
+    further subsets existed); the others with seeds derived from (seed, index): as large, other rows,
+    the same for the same seed, and a prefix of a longer list."""
+    results, _ = results_tree
+    run = Run(the_run_folder(results))
+    subsets = data_subsets(run, 0.1, 0, 3)
+    x_train = run.load_data()["train"][0]
+    assert [subset.index for subset in subsets] == [0, 1, 2]
+    assert [subset.seed for subset in subsets] == [0, data_subset_seed(0, 1), data_subset_seed(0, 2)]
+    assert len({subset.seed for subset in subsets}) == 3 and data_subset_seed(5, 1) != data_subset_seed(0, 1)
+    assert all(len(subset.x) == len(subset.y) == round(0.1 * len(x_train)) for subset in subsets)
+    for first, second in ((0, 1), (0, 2), (1, 2)):
+        assert not torch.equal(subsets[first].x, subsets[second].x)
+    again = data_subsets(run, 0.1, 0, 2)
+    assert all(torch.equal(a.x, b.x) and torch.equal(a.y, b.y) for a, b in zip(again, subsets))
+    assert not torch.equal(data_subsets(run, 0.1, 1, 1)[0].x, subsets[0].x)
+    assert len(data_subsets(run, 0.1, 0, 0)) == 1  # at least the subset of the full measurement
+
+
 def test_cli_end_to_end(results_tree, capsys):
     results, folder = results_tree
     out = folder / "out"
@@ -399,18 +474,19 @@ def test_cli_end_to_end(results_tree, capsys):
     assert (out / f"flatness_{label}.md").read_text().startswith("| run | mode | method |")
     with open(out / f"flatness_{label}.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0])[:19] == ["run", "mode", "method", "net", "step", "prune_ratio", "step_prune_ratio",
+    assert list(rows[0])[:27] == ["run", "mode", "method", "net", "step", "prune_ratio", "step_prune_ratio",
                                   "num_surviving_params", "lambda_max", "trace", "trace_stderr", "condition_number",
-                                  *CONTROL_COLUMNS]
+                                  *CONTROL_COLUMNS, *DATA_SUBSET_COLUMNS, *SAME_SUPPORT_COLUMNS]
     assert sorted(row["method"] for row in rows) == ["FilterThresNet", "ThresNet", "dense"]  # one per evaluated model
     metrics = {row["method"]: row for row in csv.DictReader(open(run_folder / "metrics.csv", newline="")) if row["net"] == "0"}
+    parameter_names = [name for name, _ in build_model(NODE, 2).named_parameters()]
+    survivors = {}  # method → positions of its non-zero entries in the flattened parameters
     for row in rows:
         stem = "dense_net0" if row["method"] == "dense" else f"cascade_{row['method']}_net0_rep0_step1"
         checkpoint = load_weights(run_folder / "checkpoints" / f"{stem}.pt")
-        weights = {name: value * checkpoint["masks"].get(name, 1.0) for name, value in checkpoint["model"].items()
-                   if name in dict(build_model(NODE, 2).named_parameters())}
-        surviving = sum(int(value.count_nonzero()) for value in weights.values())
-        assert int(row["num_surviving_params"]) == surviving == int(metrics[row["method"]]["nonzero_params"])
+        weights = {name: checkpoint["model"][name] * checkpoint["masks"].get(name, 1.0) for name in parameter_names}
+        survivors[row["method"]] = np.flatnonzero(torch.cat([weights[name].flatten() for name in parameter_names]).numpy())
+        assert int(row["num_surviving_params"]) == len(survivors[row["method"]]) == int(metrics[row["method"]]["nonzero_params"])
         assert math.isfinite(float(row["lambda_max"])) and float(row["lambda_max"]) > 0
         assert math.isfinite(float(row["trace"]))
         assert float(row["prune_ratio"]) == pytest.approx(float(metrics[row["method"]]["prune_ratio"]))
@@ -428,8 +504,12 @@ def test_cli_end_to_end(results_tree, capsys):
     # the control beside each model: the dense net's Hessian (from autograd) on 3 random subsets of the
     # model's size (the default --control-subsets), mean and std over them
     run = Run(run_folder)
-    x, y = training_subset(run, 0.1, 0)
-    dense_hessian_matrix = reference_hessian(restricted_loss(run, run.load_model("dense_net0"), x, y))
+    subsets = data_subsets(run, 0.1, 0, 3)  # the default --data-subsets
+    hessians = {method: [reference_hessian(restricted_loss(run, run.load_model(stem), subset.x, subset.y, seed=subset.seed))
+                         for subset in subsets]
+                for method, stem in (("dense", "dense_net0"), ("FilterThresNet", "cascade_FilterThresNet_net0_rep0_step1"),
+                                     ("ThresNet", "cascade_ThresNet_net0_rep0_step1"))}
+    dense_hessian_matrix = hessians["dense"][0]
     for row in rows:
         size = int(row["num_surviving_params"])
         subsets = random_subsets(len(dense_hessian_matrix), size, 3, seed=0, net=0)
@@ -444,6 +524,30 @@ def test_cli_end_to_end(results_tree, capsys):
     for column in ("lambda_max", "trace", "condition_number"):  # the dense net's control is the dense net
         assert float(dense[column]) == pytest.approx(float(dense["control_" + column.replace("_number", "") + "_mean"]), rel=1e-12)
     assert "control_lambda_max_mean" in (out / f"flatness_{label}.md").read_text().splitlines()[0]
+
+    # λ_max on the 3 data subsets (subset 0 is the full measurement's), mean and population std; the
+    # same-support control: the dense Hessian on exactly the model's survivors, on every data subset
+    top = lambda matrix: np.linalg.eigvalsh(0.5 * (matrix + matrix.T))[-1]
+    for row in rows:
+        own = [top(matrix) for matrix in hessians[row["method"]]]
+        assert own[0] == pytest.approx(float(row["lambda_max"]), rel=1e-6)
+        assert int(row["data_subsets"]) == 3 and len(set(np.round(own, 12))) == 3
+        assert float(row["lambda_max_subsets_mean"]) == pytest.approx(np.mean(own), rel=1e-6)
+        assert float(row["lambda_max_subsets_std"]) == pytest.approx(np.std(own), rel=1e-4)
+        support = survivors[row["method"]]  # the dense net keeps every entry: its θ is the flattened parameters
+        same = [top(matrix[np.ix_(support, support)]) for matrix in hessians["dense"]]
+        truth = eigen_quantities(dense_hessian_matrix[np.ix_(support, support)])
+        assert float(row["same_support_lambda_max"]) == pytest.approx(truth["lambda_max"], rel=1e-6)
+        assert float(row["same_support_trace"]) == pytest.approx(truth["trace"], rel=1e-6)
+        assert int(row["same_support_data_subsets"]) == 3
+        assert float(row["same_support_lambda_max_subsets_mean"]) == pytest.approx(np.mean(same), rel=1e-6)
+        assert float(row["same_support_lambda_max_subsets_std"]) == pytest.approx(np.std(same), rel=1e-4)
+    assert len(survivors["dense"]) == sum(p.numel() for p in build_model(NODE, 2).parameters())
+    for own, same in (("lambda_max", "same_support_lambda_max"), ("trace", "same_support_trace"),
+                      ("lambda_max_subsets_mean", "same_support_lambda_max_subsets_mean"),
+                      ("lambda_max_subsets_std", "same_support_lambda_max_subsets_std")):
+        assert dense[same] == dense[own]  # S = every parameter: the dense net itself
+    assert all(float(row["same_support_lambda_max"]) != pytest.approx(float(row["lambda_max"]), rel=1e-3) for row in pruned)
 
 
 def test_cli_is_deterministic_and_iterative_path_agrees(results_tree):
@@ -460,6 +564,8 @@ def test_cli_is_deterministic_and_iterative_path_agrees(results_tree):
         assert abs(float(iterative[method]["trace"]) - float(exact[method]["trace"])) < 4 * float(iterative[method]["trace_stderr"])
         # the same subsets, measured by Lanczos on padded HVPs of the dense loss
         assert float(iterative[method]["control_lambda_max_mean"]) == pytest.approx(float(exact[method]["control_lambda_max_mean"]), rel=1e-2)
+        for column in ("lambda_max_subsets_mean", "same_support_lambda_max", "same_support_lambda_max_subsets_mean"):
+            assert float(iterative[method][column]) == pytest.approx(float(exact[method][column]), rel=1e-2)
     again = folder / "again"
     flatness.main([str(results), "--out", str(again)])
     strip = lambda rows: {m: {k: v for k, v in r.items() if k != "seconds"} for m, r in rows.items()}
@@ -478,9 +584,9 @@ def test_cli_noprune_control_is_the_dense_hessian(results_tree):
     noprune = {**next(row for row in rows if row["method"] == "ThresNet" and int(row["net"]) == 0), "method": "NoPrune", "target_prune_ratio": 0.0,
                "prune_ratio": 0.0, "nonzero_params": rows[0]["num_params"], "step_prune_ratio": 0.5}
     (copy / "metrics.csv").write_text(rows_to_csv(rows + [noprune]))
-    checkpoint = load_weights(copy / "checkpoints" / "dense_net0.pt")
+    checkpoint = load_checkpoint(copy / "checkpoints" / "dense_net0.pt")
     checkpoint["model"] = {name: 1.05 * value if value.is_floating_point() else value for name, value in checkpoint["model"].items()}
-    torch.save(checkpoint, copy / "checkpoints" / "cascade_NoPrune_net0_rep0_step1.pt")
+    atomic_torch_save(copy / "checkpoints" / "cascade_NoPrune_net0_rep0_step1.pt", checkpoint)
 
     out = folder / "noprune_out"
     assert flatness.main([str(copy), "--out", str(out), "--control-subsets", "2"]) == 0
@@ -494,14 +600,21 @@ def test_cli_noprune_control_is_the_dense_hessian(results_tree):
         assert float(model[f"control_{control}_mean"]) == float(dense[column])  # ... its control is the dense one
         assert float(model[f"control_{control}_std"]) == 0
     assert int(model["control_subsets"]) == 1 and int(table["ThresNet"]["control_subsets"]) == 2
+    for column in ("lambda_max", "trace"):  # S = every parameter: the same-support control is the dense net
+        assert float(model[f"same_support_{column}"]) == float(dense[f"same_support_{column}"]) == float(dense[column])
+    assert model["same_support_lambda_max_subsets_mean"] == dense["lambda_max_subsets_mean"]
+    assert int(model["data_subsets"]) == 3  # its own λ_max on every data subset, its own spread
+    assert float(model["lambda_max_subsets_mean"]) != pytest.approx(float(dense["lambda_max_subsets_mean"]), rel=1e-3)
 
 
 def test_flatness_cache_resumes_a_killed_analysis_and_serves_a_trimmed_copy(results_tree, tmp_path, capsys):
     """Every measurement is cached as it finishes, keyed by checkpoint contents and the options that
     change the numbers: an analysis killed after its first entries measures only the rest when run
     again and ends with the uninterrupted table; a copy of the run without a pruned checkpoint takes
-    that model from the cache (left out with a note without one); a changed checkpoint or a changed
-    option is measured anew."""
+    that model from the cache (left out with a note without one); a copy without any checkpoint or
+    data split, whose cache predates the data subsets and the same-support control, gives NaN there
+    (with a note) and everything else from the cache; a changed checkpoint or a changed option is
+    measured anew (λ_max alone on further data subsets does not depend on the trace and SLQ options)."""
     results, _ = results_tree
     run = Run(the_run_folder(results))
     label = f"ToyMoons_{NODE}_{run.path.name}"
@@ -526,8 +639,10 @@ def test_flatness_cache_resumes_a_killed_analysis_and_serves_a_trimmed_copy(resu
     counted = []
     resumed, resumed_spectra = analyse_run(run, label, settings, cache, saved=lambda: counted.append(1))
     assert strip(resumed) == strip(uninterrupted) and resumed_spectra == spectra
-    entries = len(cache)  # 3 models + a control for each of the 3 sizes (the dense one is the dense net itself)
-    assert entries == 6 and len(counted) == entries - 2
+    # 3 models + a control for each of the 3 sizes (the dense one is the dense net itself) + 2 same-support
+    # controls, and λ_max alone on 2 further data subsets of the 3 models and of the 2 same-support controls
+    entries = len(cache)
+    assert entries == 3 + 3 + 2 + 2 * (3 + 2) and len(counted) == entries - 2
     dense_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{label} dense_net0: "))
     assert dense_line.endswith(", cached)")  # measured before the kill
 
@@ -542,19 +657,40 @@ def test_flatness_cache_resumes_a_killed_analysis_and_serves_a_trimmed_copy(resu
     assert [row["method"] for row in without_cache] == ["dense", "FilterThresNet"]
     assert f"{label}: {step.stem} has no checkpoint and no cached measurement; left out" in capsys.readouterr().out
 
+    # a results-only copy (no checkpoints, no data split) with a cache from before the new quantities
+    bare = tmp_path / "bare" / run.path.relative_to(results)
+    shutil.copytree(run.path, bare, ignore=shutil.ignore_patterns("checkpoints", "data_split.npz"))
+    older = {key: entry for key, entry in cache.items() if "data subset" not in key and "same support" not in key}
+    trimmed, trimmed_spectra = analyse_run(Run(bare), label, settings, older, saved=lambda: pytest.fail("nothing to measure"))
+    assert trimmed_spectra == spectra
+    notes = capsys.readouterr().out
+    assert "no data_split.npz; the training split is drawn again from the run's seed" in notes
+    assert "no checkpoint and no cache entry: the same-support control of 2 models is not measured" in notes
+    assert "no checkpoint and no cache entry: λ_max on further data subsets of 3 models is not measured" in notes
+    new = {"seconds", *DATA_SUBSET_COLUMNS, *SAME_SUPPORT_COLUMNS}
+    for row, full in zip(trimmed, uninterrupted):
+        assert {k: v for k, v in row.items() if k not in new} == {k: v for k, v in full.items() if k not in new}
+        assert row["data_subsets"] == 1 and row["lambda_max_subsets_mean"] == row["lambda_max"]
+        assert math.isnan(row["lambda_max_subsets_std"]) and math.isnan(row["same_support_lambda_max_subsets_std"])
+        if row["method"] == "dense":
+            assert row["same_support_lambda_max"] == row["lambda_max"] and row["same_support_data_subsets"] == 1
+        else:
+            assert math.isnan(row["same_support_lambda_max"]) and math.isnan(row["same_support_trace"])
+            assert row["same_support_data_subsets"] == 0
+
     # a changed checkpoint and a changed option are measured again
-    checkpoint = load_weights(run.path / "checkpoints" / "cascade_FilterThresNet_net0_rep0_step1.pt")
+    checkpoint = load_checkpoint(run.path / "checkpoints" / "cascade_FilterThresNet_net0_rep0_step1.pt")
     checkpoint["model"] = {name: 1.1 * value if value.is_floating_point() else value for name, value in checkpoint["model"].items()}
-    torch.save(checkpoint, copy / "checkpoints" / "cascade_FilterThresNet_net0_rep0_step1.pt")
+    atomic_torch_save(copy / "checkpoints" / "cascade_FilterThresNet_net0_rep0_step1.pt", checkpoint)
     added = []
     changed, _ = analyse_run(Run(copy), label, settings, dict(cache), saved=lambda: added.append(1))
-    assert len(added) == 1  # the FT model alone (its size, hence its control, is unchanged)
+    assert len(added) == 1 + 2 + 3  # the FT model on all data subsets and its same-support control (its size, hence its control, is unchanged)
     by_method = lambda rows: {row["method"]: row for row in rows}
     assert by_method(changed)["FilterThresNet"]["lambda_max"] != by_method(uninterrupted)["FilterThresNet"]["lambda_max"]
     assert strip([by_method(changed)["ThresNet"]]) == strip([by_method(uninterrupted)["ThresNet"]])
     other = []
     analyse_run(run, label, FlatnessSettings(subset=0.1, probes=7), dict(cache), saved=lambda: other.append(1))
-    assert len(other) == entries
+    assert len(other) == 3 + 3 + 2  # the full measurements on data subset 0; λ_max alone on the others is reused
 
 
 def test_cli_measures_several_nets_each_against_its_own_dense_net(results_tree):
@@ -584,8 +720,23 @@ def test_flatness_figure_takes_a_log_axis_where_the_values_span_decades():
         return dict(mode="cascade" if step else "train", method=method, net=0, step=step, prune_ratio=ratio,
                     step_prune_ratio=ratio, lambda_max=lambda_max, trace=trace, trace_stderr=0.0, condition_number=1e4,
                     lambda_min=1e-4, control_lambda_max_mean=0.05, control_lambda_max_std=0.01, control_trace_mean=0.5,
-                    control_trace_std=0.1, control_condition_mean=1e5, control_condition_std=1e4)
+                    control_trace_std=0.1, control_condition_mean=1e5, control_condition_std=1e4,
+                    lambda_max_subsets_mean=lambda_max, lambda_max_subsets_std=0.1 * lambda_max, data_subsets=3,
+                    same_support_lambda_max=0.05, same_support_trace=0.6,
+                    same_support_lambda_max_subsets_mean=0.05, same_support_lambda_max_subsets_std=math.nan,
+                    same_support_data_subsets=1)
     rows = [row("dense", 0, 0.0, 0.1, 1.0), row("ThresNet", 1, 0.5, 0.01, 0.5), row("ThresNet", 2, 0.9, 4.0, 2.0)]
     figure = flatness.plot_flatness(rows, "synthetic")
     assert [axis.get_yscale() for axis in figure.axes[:3]] == ["log", "linear", "log"]
     assert not flatness.spans_decades([0.0, 5.0]) and not flatness.spans_decades([float("nan")])
+    # λ_max is the mean over the data subsets; the same-support control is dotted in the method's colour
+    solid, dashed, dotted = ([line for line in figure.axes[0].get_lines() if line.get_linestyle() == style] for style in ("-", "--", ":"))
+    assert len(solid) == len(dashed) == len(dotted) == 1
+    np.testing.assert_allclose(np.asarray(solid[0].get_ydata(), dtype=float), [0.1, 0.01, 4.0])
+    np.testing.assert_allclose(np.asarray(dotted[0].get_ydata(), dtype=float), [0.05, 0.05, 0.05])
+    assert dotted[0].get_color() == solid[0].get_color()
+    assert figure.axes[0].get_ylabel() == "λ_max, mean ± std\nover data subsets"
+    # the legend: a column per method, then the two controls one below the other
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == [
+        "WT", "", f"dashed: {flatness.CONTROL_LABEL}", f"dotted: {flatness.SAME_SUPPORT_LABEL}"]
+    assert [sum(line.get_linestyle() == ":" for line in axis.get_lines()) for axis in figure.axes[:3]] == [1, 1, 0]  # no κ

@@ -9,7 +9,8 @@ from experiment.config import load_configs
 from experiment.config.settings import PlottedKeepRatios
 from experiment.plan import make_plan
 from conftest import tiny_config
-from experiment.report import dense_point, format_table, plotted_lines, plotted_prune_ratios, pruned_points, quantity_of
+from experiment.report import (dense_label, dense_point, format_table, plotted_lines, plotted_prune_ratios, pruned_points,
+                               quantity_of)
 from experiment.results import RunDir
 from experiment.runner import report
 
@@ -74,9 +75,10 @@ def test_a_classifiers_end_of_run_table_shows_top1_error_in_percent(tmp_path, ca
         for method in ("ThresNet", "FilterThresNet"):
             run.upsert_metrics(row("cascade", method, net, 1, 0.5, None) | {"top1_acc": accuracy - 0.2})
     report(plan, run)
-    title, header, dense, pruned = capsys.readouterr().out.strip().splitlines()
-    assert "test top-1 error (%), mean ± std over nets" in title
-    assert header.split() == ["prune", "ratio", *"FilterThresNet test top-1 error (%) ThresNet test top-1 error (%)".split()]
+    title, caption, header, dense, pruned = capsys.readouterr().out.strip().splitlines()
+    assert title.startswith("node_l2_h4_tanh_da on ToyMoons, run /")
+    assert caption == "test top-1 error (%): mean ± std over nets, the achieved prune ratio as PR:"
+    assert header.split() == ["target", "PR", *"FilterThresNet test top-1 error (%) ThresNet test top-1 error (%)".split()]
     assert dense.count("15.0000 ± 5.0000") == 2 and pruned.count("35.0000 ± 5.0000") == 2
     assert len({len(header), len(dense), len(pruned)}) == 1  # columns aligned
 
@@ -89,3 +91,10 @@ def test_plotting_bounds_keep_ratios_of_the_figures():
     lines = plotted_lines(plotting, pruned_points(rows, "nll"))
     assert [point.target_prune_ratio for point in lines[("cascade", "ThresNet")]] == [0.15, 0.5, 0.98]
     assert plotted_lines(PlottedKeepRatios(min_val=0.6, max_val=0.7), pruned_points(rows, "nll")) == {}  # PR 30–40 %
+
+
+def test_the_dense_line_says_how_many_nets_and_epochs():
+    two = dense_point([row("train", "dense", 0, 0, 0.0, 1.0), row("train", "dense", 1, 0, 0.0, 1.2)], "nll")
+    one = dense_point([row("train", "dense", 0, 0, 0.0, 1.0)], "nll")
+    assert dense_label(two, 500) == "dense, 500 epochs (2 nets)"
+    assert dense_label(one) == "dense (1 net)"  # the end-of-run plot, which does not say

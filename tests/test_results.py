@@ -219,9 +219,9 @@ def test_run_ids_of_regenerated_toy_data_differ_from_those_of_the_old_data(tmp_p
     """Toy sets whose generator changed (dataset revision 2) get new run ids, so a results tree made
     with the old data is never resumed with the new; unchanged datasets keep their ids."""
 
-    def revision_one_id(config: dict) -> str:  # (the launcher section, network.maxSteps and tf32 came later, outside the run id too)
+    def revision_one_id(config: dict) -> str:  # (the launcher and limits sections, network.maxSteps and tf32 came later, outside the run id too)
         relevant = {key: value for key, value in config.items()
-                    if key not in ("experiments", "directories", "device", "launcher", "tf32")}
+                    if key not in ("experiments", "directories", "device", "launcher", "limits", "tf32")}
         relevant["network"] = {key: value for key, value in relevant["network"].items() if key != "maxSteps"}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 

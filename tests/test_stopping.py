@@ -80,4 +80,4 @@ def test_rule_applied_to_a_finished_full_run_selects_without_training(tmp_path):
     assert [row["selected"] for row in rows] == [0, 1, 0, 0, 0]
     error = 100 * (1 - rows[1]["top1_acc"])
     assert (f"stop rule, ThresNet (cascade): the sparsest nets within tolerance have PR {rows[1]['prune_ratio']:.3f}, "
-            f"test top-1 error (%) {error:.4f} ± 0.0000 (mean ± std over 1 nets)") in judged.stdout
+            f"test top-1 error (%) {error:.4f} (n = 1)\n") in judged.stdout

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_command, cli_env, load_weights, the_run_folder, tiny_config
+from conftest import HANG_TIMEOUT, cli_command, cli_env, load_weights, the_run_folder, tiny_config
 from experiment.config import load_configs
 from experiment.jobs import Job, Shard, jobs_of
 from experiment.main import main
@@ -37,7 +37,6 @@ from experiment.workers import worker_devices
 
 KEEPS = (0.5, 0.25)
 METHODS = ["FilterThresNet", "ThresNet"]
-TIMEOUT = 300
 
 # lines of the experiment log, with or without a worker's prefix
 TRAINED = re.compile(r"^(?:worker \d+: )?(?:training|retraining) (\S+)$", re.MULTILINE)
@@ -57,7 +56,7 @@ def start(config: Path, results: Path, output: Path, *arguments: str) -> subproc
 
 def finish(process: subprocess.Popen, output: Path, expected_exit: int = 0) -> str:
     try:
-        process.wait(timeout=TIMEOUT)
+        process.wait(timeout=HANG_TIMEOUT)
     finally:
         if process.poll() is None:
             process.kill()
@@ -163,7 +162,7 @@ def test_concurrent_upserts_keep_every_row(tmp_path):
         writer.start()
     start.set()
     for writer in writers:
-        writer.join(timeout=120)
+        writer.join(timeout=HANG_TIMEOUT)
         assert writer.exitcode == 0
     keys = [(int(row["net"]), int(row["step"])) for row in read_rows(tmp_path / "run")]
     assert sorted(keys) == [(writer, index) for writer in (0, 1) for index in range(count)]
@@ -247,7 +246,7 @@ def test_two_workers_match_one_and_take_over_a_killed_workers_job(config, refere
     process = start(config, results, log_path, "--workers", "2")
     killed_worker, saved = None, None
     try:
-        deadline = time.monotonic() + TIMEOUT
+        deadline = time.monotonic() + HANG_TIMEOUT
         while killed_worker is None and time.monotonic() < deadline and process.poll() is None:
             for progress in results.glob(f"*/*/*/progress/{victim}_*.pt"):  # exists from epoch 1 until the step ends
                 try:

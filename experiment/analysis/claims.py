@@ -1,44 +1,71 @@
-"""The paper's claims, measured: per claim and run the numbers (`Measure`: mean ± std over nets or
-models) and a verdict (`Verdict`: holds / does not hold / inconclusive / does not apply / not
+"""The paper's claims, measured: per claim and run the effects (`Measure`: a mean over nets with its
+95 % interval) and a verdict (`Verdict`: holds / does not hold / inconclusive / does not apply / not
 measured, and why), from a run's metrics rows and from the tables that `paper.mode_collapse` and
 `paper.flatness` write.
 
-The claims (the paper's abstract and §5) and how each is decided:
+The net is the unit of replication. Models of one net share its dense weights and its training
+chain, so the steps of a chain are not independent samples: every effect is first summarised per
+net (over the moderate steps, scheduled prune ratio ≤ 0.8, the geometric part of the paper's
+schedule), and the interval is the t interval over those per-net summaries
+(`experiment.analysis.statistics.Interval`).
 
-(a) *Pruning improves the test NLL of flows at moderate prune ratios.* Per flow run and pruning
-    method, per net: the mean over the moderate steps (scheduled prune ratio ≤ 0.8, the geometric
-    part of the paper's schedule) of the pruned net's test NLL minus the dense net's, and minus the
-    NoPrune control's at the same step (equal training). Holds when some method is lower than both
-    in every net, does not hold when every method is higher than one of them in every net,
-    inconclusive otherwise (the nets disagree).
-(b) *Pruned flows avoid mode collapse.* From `paper.mode_collapse`: the share of models that pass
-    (all modes hit at k = 2, TV ≤ 0.1 at k = 3) among the dense nets, the pruned nets at moderate
-    steps (per method) and the NoPrune models at the same steps. Holds when a method's pass share is
-    above both the dense nets' and the NoPrune models'; does not apply when the dense nets pass.
-(c) *Pruning flattens the loss surface.* From `paper.flatness`: λ_max of each pruned model divided by
-    its random-subset control (the dense net's Hessian restricted to as many random parameters as
-    survive) and by the NoPrune model at the same step. Holds when pruned models are below 1 on both
-    ratios in a majority of the measured models for some method, does not hold when below 1 in none.
-(d) *Up to 98 % of the parameters can be removed without loss of accuracy.* Per run and method, the
-    prune potential (`experiment.analysis.prune_potential`): the largest mean achieved prune ratio whose mean value is within
-    δ of the dense nets' (0.005 nats, 0.5 percentage points of top-1 error). Holds when it reaches 0.98
+The rule. An effect E has a side the paper claims (lower NLL, a higher pass share, a lower λ_max)
+and a size δ below which it does not matter. With [lo, hi] its 95 % interval over nets:
+
+* **does not hold** when [lo, hi] lies wholly within ±δ (an effect too small to matter), or when it
+  excludes no effect on the side opposite to the claim;
+* **holds** when it excludes no effect on the claimed side (and is not within ±δ);
+* **inconclusive** otherwise, and whenever there are fewer than two nets (no interval).
+
+A method's verdict on a claim combines the effects the claim needs (e.g. lower than dense AND lower
+than the NoPrune control): holds when all hold, does not hold when any does not hold, inconclusive
+otherwise. A run's verdict: holds when some pruning method holds, does not hold when every one does
+not hold, inconclusive otherwise. Under no effect the claimed side is excluded by chance in 2.5 %
+of runs per method (one side of a two-sided 95 % interval), so with two pruning methods "holds"
+comes by chance in at most 5 % of runs (`tests/test_claims.py` simulates it at the measured noise).
+
+The claims (the paper's abstract and §5) and their effects:
+
+(a) *Pruning improves the test NLL of flows at moderate prune ratios.* Per method and net, the mean
+    over the moderate steps of the pruned net's test NLL minus its dense net's, and minus the NoPrune
+    control's at the same step (equal training); δ = 0.005 nats. Both must hold. With a converged
+    dense baseline (`converged_claim`, "does pruning beat a dense net trained to convergence?"):
+    the per-net means of the pruned nets against the converged dense nets (Welch's interval, two
+    independent sets of nets).
+(b) *Pruned flows avoid mode collapse.* From `paper.mode_collapse`: per net, the share of a method's
+    moderate models that pass the mode test, minus its dense net's pass (0 or 1) and minus the share
+    of the NoPrune models at the same steps; δ = 0.05 (one model in twenty). Does not apply when
+    every dense net passes (no collapse to avoid).
+(c) *Pruning flattens the loss surface.* From `paper.flatness`: per model r = ln(λ_max / control),
+    for the random-subset control (the dense net's Hessian on as many random parameters) and for the
+    NoPrune model at the same step; per net the median of r over its moderate models (robust to one
+    sharp model); shown as the ratio exp(r) with its interval; δ = ln 1.1 (10 %, about the spread of
+    λ_max over random 2 % data subsets). Both must hold. The same-support control (the dense net's
+    Hessian on exactly the surviving parameters) and the spread of λ_max over data subsets are shown
+    beside, without a verdict.
+(d) *Up to 98 % of the parameters can be removed without loss of accuracy.* Per net, the prune
+    potential: the largest achieved prune ratio at which that net's value is within δ of its dense
+    net's (0.005 nats, 0.5 percentage points of top-1 error). Holds when the interval of the
+    potentials lies at or above the schedule's last step (PR 0.98), does not hold when it lies
+    below, inconclusive otherwise.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from experiment.analysis.prune_potential import delta_of, prune_potential
+from experiment.analysis.prune_potential import delta_of
+from experiment.analysis.statistics import Interval, variance_components
 from experiment.config.settings import recorded_config
 from experiment.jobs import jobs_of
 from experiment.plan import Plan, make_plan
 from experiment.pruning.rules import CONTROL_METHOD
-from experiment.report import dense_point, main_metric, method_name, pruned_points, quantity_of
+from experiment.report import main_metric, method_name, quantity_of
 from experiment.results import Run
 from experiment.results.rows import step_prune_ratio
 from experiment.results.tree import read_csv
@@ -47,20 +74,23 @@ from experiment.runner import finished_jobs
 MODERATE_MAX_RATIO = 0.8  # the geometric part of the paper's schedule (PR 0.2 .. 0.8)
 FULL_POTENTIAL = 0.975  # an achieved ratio this high is the schedule's last step, PR 0.98
 PRUNING_METHODS = ("FilterThresNet", "ThresNet")
+SHARE_DELTA = 0.05  # (b): one model in twenty
+FLATNESS_DELTA = math.log(1.1)  # (c): a 10 % change of λ_max
+
+HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
 
 
 @dataclass(frozen=True)
 class Measure:
-    """One number of a claim row: `mean` ± `std` over `count` nets (or models); `std` is NaN for a
-    number that has no spread (one of the mean curve)."""
+    """One effect of a claim row: `effect` (mean, 95 % interval, number of nets and the per-net
+    values) in `unit`, and the rule's `verdict` on it ("" for a number shown for context)."""
 
     claim: str
     run: str
     method: str
     measure: str
-    mean: float
-    std: float
-    count: int
+    effect: Interval
+    verdict: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,9 +101,45 @@ class Verdict:
     why: str
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    array = np.asarray(values, dtype=float)
-    return float(array.mean()), float(array.std()), len(array)  # population std, as in the end-of-run table
+def decide(effect: Interval, delta: float, claimed: str = "lower") -> str:
+    """The rule (see the module docstring) on one effect whose claimed side is `claimed` ("lower":
+    below zero, "higher": above)."""
+    if not effect.has_bounds:
+        return UNSURE
+    if -delta <= effect.low and effect.high <= delta:
+        return FAILS
+    below, above = effect.high < 0, effect.low > 0
+    if below if claimed == "lower" else above:
+        return HOLDS
+    if above if claimed == "lower" else below:
+        return FAILS
+    return UNSURE
+
+
+def combined(verdicts: Sequence[str]) -> str:
+    """A method's verdict from those of the effects it needs: all hold → holds, any does not → does not."""
+    if verdicts and all(verdict == HOLDS for verdict in verdicts):
+        return HOLDS
+    return FAILS if FAILS in verdicts else UNSURE
+
+
+def run_verdict(claim: str, label: str, by_method: dict[str, str], details: str) -> Verdict:
+    """A run's verdict from its pruning methods' (see the module docstring)."""
+    if HOLDS in by_method.values():
+        return Verdict(claim, label, HOLDS, details)
+    if by_method and all(verdict == FAILS for verdict in by_method.values()):
+        return Verdict(claim, label, FAILS, details)
+    return Verdict(claim, label, UNSURE, details)
+
+
+def _method_details(measures: list[Measure], by_method: dict[str, str]) -> str:
+    """'WT: holds (vs dense holds, vs NoPrune inconclusive); FT: ...' from the measures with a verdict."""
+    parts = []
+    for name, verdict in by_method.items():
+        own = [f"{measure.measure.split(',')[0]} {measure.verdict}" for measure in measures
+               if measure.method == name and measure.verdict]
+        parts.append(f"{name}: {verdict} ({'; '.join(own)})")
+    return "; ".join(parts)
 
 
 def _label(run: Run) -> str:
@@ -89,153 +155,320 @@ def _csv_label(rows: list[dict], path: Path) -> str:
     return f"{dataset} {network_and_id.rpartition('_')[0]}"
 
 
-def _per_net_values(run: Run) -> tuple[dict[int, float], dict[tuple[str, int, float], float]]:
-    """(dense value per net, value per (method, net, step prune ratio)) in plotted units, each
-    net's repetitions averaged."""
-    column = main_metric(run.settings.training)
-    _, transform = quantity_of(column)
-    dense: dict[int, list[float]] = {}
-    pruned: dict[tuple[str, int, float], list[float]] = {}
-    for row in run.rows:
-        if row.get("mode") not in ("cascade", "retrain", "train") or row.get(column) in (None, ""):
-            continue
-        value = transform(float(row[column]))
-        if row["method"] == "dense":
-            dense.setdefault(int(row["net"]), []).append(value)
-        else:
-            key = (row["method"], int(row["net"]), round(step_prune_ratio(row), 9))
-            pruned.setdefault(key, []).append(value)
-    return ({net: float(np.mean(values)) for net, values in dense.items()},
-            {key: float(np.mean(values)) for key, values in pruned.items()})
+def is_moderate(ratio: float) -> bool:
+    return ratio <= MODERATE_MAX_RATIO + 1e-9
 
 
-def _signs(differences: Sequence[float]) -> str:
-    """'lower' / 'higher' when every net agrees, else 'mixed'."""
-    if all(difference < 0 for difference in differences):
-        return "lower"
-    if all(difference > 0 for difference in differences):
-        return "higher"
-    return "mixed"
+@dataclass(frozen=True)
+class NetValues:
+    """A run's main quantity in plotted units, each net's repetitions averaged: `dense[net]`, and
+    `pruned[(method, net, step ratio)]` = (value, achieved prune ratio)."""
+
+    dense: dict[int, float]
+    pruned: dict[tuple[str, int, float], tuple[float, float]]
+
+    @classmethod
+    def of(cls, run: Run) -> "NetValues":
+        column = main_metric(run.settings.training)
+        _, transform = quantity_of(column)
+        dense: dict[int, list[float]] = {}
+        pruned: dict[tuple[str, int, float], list[tuple[float, float]]] = {}
+        for row in run.rows:
+            if row.get("mode") not in ("cascade", "retrain", "train") or row.get(column) in (None, ""):
+                continue
+            value = transform(float(row[column]))
+            if row["method"] == "dense":
+                dense.setdefault(int(row["net"]), []).append(value)
+            else:
+                key = (row["method"], int(row["net"]), round(step_prune_ratio(row), 9))
+                pruned.setdefault(key, []).append((value, float(row["prune_ratio"])))
+        return cls({net: float(np.mean(values)) for net, values in dense.items()},
+                   {key: (float(np.mean([value for value, _ in values])), float(np.mean([ratio for _, ratio in values])))
+                    for key, values in pruned.items()})
+
+    def steps(self, method: str, net: int) -> list[float]:
+        """The step ratios of `method` in `net`, ascending."""
+        return sorted(ratio for (name, n, ratio) in self.pruned if name == method and n == net)
+
+    def moderate_mean(self, method: str, net: int, paired_with: str | None = None) -> float | None:
+        """The mean over the moderate steps of `method`'s value in `net` (minus `paired_with`'s at the
+        same step, over the steps both have); None without such steps."""
+        steps = [ratio for ratio in self.steps(method, net) if is_moderate(ratio)
+                 and (paired_with is None or (paired_with, net, ratio) in self.pruned)]
+        if not steps:
+            return None
+        return float(np.mean([self.pruned[(method, net, ratio)][0]
+                              - (self.pruned[(paired_with, net, ratio)][0] if paired_with else 0.0) for ratio in steps]))
 
 
 def improvement_claim(run: Run) -> tuple[list[Measure], Verdict]:
-    """Claim (a) for one flow run."""
-    label = _label(run)
-    dense, pruned = _per_net_values(run)
-    measures, outcomes = [], {}
+    """Claim (a) for one flow run: per method, lower than dense and lower than NoPrune (per-net means
+    over the moderate steps)."""
+    values = NetValues.of(run)
+    per_method = {}
     for method in PRUNING_METHODS:
         versus_dense, versus_control = [], []
-        for net, dense_value in sorted(dense.items()):
-            steps = [ratio for (name, n, ratio) in pruned if name == method and n == net and ratio <= MODERATE_MAX_RATIO + 1e-9]
-            paired = [ratio for ratio in steps if (CONTROL_METHOD, net, ratio) in pruned]
-            if not steps or not paired:
-                continue
-            versus_dense.append(float(np.mean([pruned[(method, net, ratio)] - dense_value for ratio in steps])))
-            versus_control.append(float(np.mean([pruned[(method, net, ratio)] - pruned[(CONTROL_METHOD, net, ratio)]
-                                                 for ratio in paired])))
-        if not versus_dense:
+        for net, dense_value in sorted(values.dense.items()):
+            own, paired = values.moderate_mean(method, net), values.moderate_mean(method, net, paired_with=CONTROL_METHOD)
+            if own is not None and paired is not None:
+                versus_dense.append(own - dense_value)
+                versus_control.append(paired)
+        if versus_dense:
+            per_method[method_name(method)] = (versus_dense, versus_control)
+    return improvement_decision(_label(run), per_method, delta_of(main_metric(run.settings.training)))
+
+
+def improvement_decision(label: str, per_method: dict[str, tuple[list[float], list[float]]],
+                         delta: float) -> tuple[list[Measure], Verdict]:
+    """Claim (a) from per-net effects: `per_method[name]` = (pruned − dense, pruned − NoPrune), one
+    value per net (its mean over the moderate steps)."""
+    measures, by_method = [], {}
+    for name, (versus_dense, versus_control) in per_method.items():
+        effects = [Measure("a", label, name, "NLL − dense, per-net mean over PR ≤ 0.8", Interval.across(versus_dense)),
+                   Measure("a", label, name, f"NLL − {CONTROL_METHOD} at the same step, per-net mean over PR ≤ 0.8",
+                           Interval.across(versus_control))]
+        effects = [replace(m, verdict=decide(m.effect, delta, "lower")) for m in effects]
+        measures += effects
+        by_method[name] = combined([m.verdict for m in effects])
+    if not by_method:
+        return measures, Verdict("a", label, "not measured", "no pruned and NoPrune models at moderate prune ratios")
+    return measures, run_verdict("a", label, by_method, _method_details(measures, by_method))
+
+
+def improvement_noise(run: Run) -> dict[str, tuple[float, float]]:
+    """Per pruning method, the (between-net, within-net) standard deviations of its test NLL minus the
+    NoPrune control's over the moderate steps (`variance_components` of the nets × steps table; only
+    nets with every moderate step of both)."""
+    values = NetValues.of(run)
+    noise = {}
+    for method in PRUNING_METHODS:
+        table = []
+        for net in sorted(values.dense):
+            steps = [ratio for ratio in values.steps(CONTROL_METHOD, net) if is_moderate(ratio)]
+            if steps and all((method, net, ratio) in values.pruned for ratio in steps):
+                table.append([values.pruned[(method, net, ratio)][0] - values.pruned[(CONTROL_METHOD, net, ratio)][0]
+                              for ratio in steps])
+        if len(table) >= 2 and len({len(row) for row in table}) == 1:
+            noise[method_name(method)] = variance_components(np.array(table))
+    return noise
+
+
+def simulate_improvement_claim(between: float, within: float, nets: int, steps: int, effect: float, runs: int,
+                               generator: np.random.Generator, delta: float = 0.005,
+                               dense_gap: float = 0.04) -> tuple[float, float]:
+    """How often claim (a)'s rule says "holds" on simulated runs of `nets` nets × `steps` moderate
+    steps: (share of runs that hold, share in which WT holds). Each model's NLL is u + e per method
+    (NoPrune, WT, FT), u ~ N(0, between²/2) per net, e ~ N(0, within²/2) per step, so that a method's
+    difference to NoPrune has the given between-net and within-net standard deviations; WT's NLL is
+    lower by −`effect` (0: no effect of pruning), FT's is not; each dense net lies `dense_gap` above
+    its NoPrune mean, so that only the comparison with NoPrune decides."""
+    holds = wt_holds = 0
+    for _ in range(runs):
+        values = (generator.normal(0.0, between / math.sqrt(2), (3, nets, 1))
+                  + generator.normal(0.0, within / math.sqrt(2), (3, nets, steps)))
+        values[1] += effect
+        control, dense = values[0], values[0].mean(axis=1) + dense_gap
+        per_method = {name: (list(values[index].mean(axis=1) - dense), list((values[index] - control).mean(axis=1)))
+                      for index, name in ((1, "WT"), (2, "FT"))}
+        measures, verdict = improvement_decision("simulated", per_method, delta)
+        holds += verdict.verdict == HOLDS
+        wt_holds += combined([m.verdict for m in measures if m.method == "WT"]) == HOLDS
+    return holds / runs, wt_holds / runs
+
+
+def converged_claim(run: Run, baseline: Run) -> tuple[list[Measure], Verdict]:
+    """Claim (a) against a dense baseline trained to convergence (`baseline`: a run of dense nets of
+    the same dataset and network, e.g. more epochs and a learning-rate decay): per method, the per-net
+    means over the moderate steps against the baseline's dense nets (Welch's interval). The NoPrune
+    control's are shown beside (retraining alone against convergence), without a verdict."""
+    label = f"{_label(run)} vs {baseline.settings.training.num_epochs}-epoch dense"
+    values, reference = NetValues.of(run), NetValues.of(baseline)
+    delta = delta_of(main_metric(run.settings.training))
+    converged = list(reference.dense.values())
+    measures = [Measure("a", label, "dense", f"converged dense NLL ({baseline.settings.training.num_epochs} epochs)",
+                        Interval.across(converged)),
+                Measure("a", label, "dense", f"paper-schedule dense NLL ({run.settings.training.num_epochs} epochs)",
+                        Interval.across(list(values.dense.values())))]
+    by_method = {}
+    for method in (*PRUNING_METHODS, CONTROL_METHOD):
+        means = [mean for net in sorted(values.dense) if (mean := values.moderate_mean(method, net)) is not None]
+        if not means:
             continue
         name = method_name(method)
-        measures.append(Measure("a", label, name, "NLL − dense, mean over PR ≤ 0.8", *_mean_std(versus_dense)))
-        measures.append(Measure("a", label, name, "NLL − NoPrune at the same step, mean over PR ≤ 0.8", *_mean_std(versus_control)))
-        outcomes[name] = (_signs(versus_dense), _signs(versus_control), len(versus_dense))
-    if not outcomes:
-        return measures, Verdict("a", label, "not measured", "no pruned and NoPrune models at moderate prune ratios")
-    better = [name for name, (dense_sign, control_sign, _) in outcomes.items() if dense_sign == control_sign == "lower"]
-    worse = [name for name, (dense_sign, control_sign, _) in outcomes.items() if "higher" in (dense_sign, control_sign)]
-    nets = max(count for *_, count in outcomes.values())
-    details = "; ".join(f"{name}: {dense_sign} than dense, {control_sign} than NoPrune" for name, (dense_sign, control_sign, _) in outcomes.items())
-    if better:
-        return measures, Verdict("a", label, "holds", f"{details} (in every one of {nets} nets)")
-    if len(worse) == len(outcomes):
-        return measures, Verdict("a", label, "does not hold", f"{details} (in every one of {nets} nets)")
-    return measures, Verdict("a", label, "inconclusive", f"{details} ({nets} nets disagree)")
+        effect = Interval.difference(means, converged)
+        verdict = decide(effect, delta, "lower") if method != CONTROL_METHOD else ""
+        measures.append(Measure("a", label, name, "NLL − converged dense, per-net mean over PR ≤ 0.8", effect, verdict))
+        if verdict:
+            by_method[name] = verdict
+    if not by_method or len(converged) == 0:
+        return measures, Verdict("a", label, "not measured", "no pruned models at moderate ratios or no converged dense nets")
+    return measures, run_verdict("a", label, by_method, _method_details(measures, by_method))
 
 
 def potential_claim(run: Run) -> tuple[list[Measure], Verdict]:
-    """Claim (d) for one run."""
-    label = _label(run)
+    """Claim (d) for one run: the per-net prune potentials."""
+    label, values = _label(run), NetValues.of(run)
     column = main_metric(run.settings.training)
-    _, transform = quantity_of(column)
-    dense = dense_point(run.rows, column, transform)
-    lines = pruned_points(run.rows, column, transform)
-    delta = delta_of(column)
-    unit = quantity_of(column)[0]
-    measures, potentials = [], {}
-    if dense is not None:
-        measures.append(Measure("d", label, "dense", unit, dense.value_mean, dense.value_std, dense.num_nets))
-    for (mode, method), points in sorted(lines.items()):
-        if method == CONTROL_METHOD or dense is None:
+    unit, delta = quantity_of(column)[0], delta_of(column)
+    measures = [Measure("d", label, "dense", unit, Interval.across(list(values.dense.values())))] if values.dense else []
+    by_method = {}
+    for method in PRUNING_METHODS:
+        potentials, there = [], []
+        for net, dense_value in sorted(values.dense.items()):
+            steps = values.steps(method, net)
+            if not steps:
+                continue
+            within = [values.pruned[(method, net, ratio)] for ratio in steps if values.pruned[(method, net, ratio)][0] <= dense_value + delta]
+            best = max(within, key=lambda value_and_ratio: value_and_ratio[1], default=None)
+            potentials.append(best[1] if best else 0.0)
+            if best:
+                there.append(best[0])
+        if not potentials:
             continue
-        best = prune_potential(dense, points, delta)
-        potential = best.prune_ratio_mean if best else 0.0
         name = method_name(method)
-        # (a property of the mean curve: no spread over nets)
-        measures.append(Measure("d", label, name, f"prune potential (δ = {delta:g}), mean achieved PR", potential, math.nan,
-                                best.num_nets if best else dense.num_nets))
-        if best is not None:
-            measures.append(Measure("d", label, name, f"{unit} there", best.value_mean, best.value_std, best.num_nets))
-        potentials[name] = potential
-    if not potentials:
+        effect = Interval.across(potentials)
+        if not effect.has_bounds:
+            verdict = UNSURE
+        else:
+            verdict = HOLDS if effect.low >= FULL_POTENTIAL else FAILS if effect.high < FULL_POTENTIAL else UNSURE
+        measures.append(Measure("d", label, name, f"prune potential per net (δ = {delta:g}), achieved PR", effect, verdict))
+        if there:
+            measures.append(Measure("d", label, name, f"{unit} there", Interval.across(there)))
+        by_method[name] = verdict
+    if not by_method:
         return measures, Verdict("d", label, "not measured", "no pruned models")
-    shown = ", ".join(f"{name} {value:.3f}" for name, value in potentials.items())
-    if max(potentials.values()) >= FULL_POTENTIAL:
-        return measures, Verdict("d", label, "holds", f"within δ of dense up to PR 0.98: {shown}")
-    return measures, Verdict("d", label, "does not hold", f"largest prune ratio within δ of dense: {shown}")
+    shown = ", ".join(f"{m.method} {m.effect.mean:.3f} [{m.effect.low:.3f}, {m.effect.high:.3f}]" for m in measures if m.verdict)
+    return measures, run_verdict("d", label, by_method, f"prune potential, mean [95 % interval] over nets: {shown}; "
+                                                        f"the schedule's last step is PR 0.98")
 
 
 def mode_collapse_claim(path: Path) -> tuple[list[Measure], Verdict]:
     """Claim (b) from one `paper.mode_collapse` CSV (a row per model and k; `passes` is per model)."""
-    rows = [row for row in read_csv(path) if row["method"] == "dense" or float(row["step_prune_ratio"]) <= MODERATE_MAX_RATIO + 1e-9]
+    rows = [row for row in read_csv(path) if row["method"] == "dense" or is_moderate(float(row["step_prune_ratio"]))]
     label = _csv_label(rows, path)
-    models: dict[str, dict[tuple, int]] = {}
+    passes: dict[tuple[str, int, int], list[int]] = {}  # (method, net, step) → pass per repetition
+    seen = set()
     for row in rows:
-        model = (row["mode"], row["net"], row["repetition"], row["step"])
-        models.setdefault(row["method"], {})[model] = int(row["passes"])
-    shares = {method: _mean_std(list(passes.values())) for method, passes in models.items()}
-    measures = [Measure("b", label, method_name(method), "share of models that pass", *shares[method])
-                for method in ("dense", *PRUNING_METHODS, CONTROL_METHOD) if method in shares]
-    if "dense" not in shares:
-        return measures, Verdict("b", label, "not measured", "no dense models in the mode-collapse table")
-    dense_share = shares["dense"][0]
-    control_share = shares.get(CONTROL_METHOD, (np.nan,))[0]
-    if dense_share == 1.0:
-        return measures, Verdict("b", label, "does not apply", "every dense net passes: there is no collapse to avoid")
-    better = [method_name(m) for m in PRUNING_METHODS if m in shares and shares[m][0] > dense_share and not shares[m][0] <= control_share]
-    shown = ", ".join(f"{method_name(m)} {shares[m][0]:.2f}" for m in ("dense", *PRUNING_METHODS, CONTROL_METHOD) if m in shares)
-    if better:
-        return measures, Verdict("b", label, "holds", f"pass shares {shown}: {', '.join(better)} above dense and NoPrune")
-    return measures, Verdict("b", label, "does not hold", f"pass shares {shown}: no method above both dense and NoPrune")
+        model = (row["method"], row["mode"], int(row["net"]), int(row["repetition"]), int(row["step"]))
+        if model not in seen:
+            seen.add(model)
+            passes.setdefault((row["method"], int(row["net"]), int(row["step"])), []).append(int(row["passes"]))
+    share = {key: float(np.mean(values)) for key, values in passes.items()}
+    nets = sorted({net for (method, net, _) in share if method == "dense"})
+    if not nets:
+        return [], Verdict("b", label, "not measured", "no dense models in the mode-collapse table")
+    dense = {net: share[("dense", net, 0)] for net in nets}
+    measures = [Measure("b", label, "dense", "share of dense nets that pass", Interval.across(list(dense.values())))]
+
+    def per_net(method: str, net: int, steps: set[int] | None = None) -> float | None:
+        """The pass share of `method`'s models of `net` (at `steps` only, if given)."""
+        values = [value for (name, n, step), value in share.items() if name == method and n == net and (steps is None or step in steps)]
+        return float(np.mean(values)) if values else None
+
+    def steps_of(method: str, net: int) -> set[int]:
+        return {step for (name, n, step) in share if name == method and n == net}
+
+    by_method = {}
+    for method in PRUNING_METHODS:
+        own, versus_dense, versus_control = [], [], []
+        for net in nets:
+            method_share = per_net(method, net)
+            if method_share is None:
+                continue
+            own.append(method_share)
+            versus_dense.append(method_share - dense[net])
+            common = steps_of(method, net) & steps_of(CONTROL_METHOD, net)
+            if common:
+                versus_control.append(per_net(method, net, common) - per_net(CONTROL_METHOD, net, common))
+        if not own:
+            continue
+        name = method_name(method)
+        measures.append(Measure("b", label, name, "share of moderate models that pass", Interval.across(own)))
+        effects = [Measure("b", label, name, "pass share − dense, per net", Interval.across(versus_dense))]
+        if versus_control:
+            effects.append(Measure("b", label, name, f"pass share − {CONTROL_METHOD} at the same steps, per net",
+                                   Interval.across(versus_control)))
+        effects = [replace(m, verdict=decide(m.effect, SHARE_DELTA, "higher")) for m in effects]
+        measures += effects
+        by_method[name] = combined([m.verdict for m in effects]) if versus_control else UNSURE
+    control = [value for net in nets if (value := per_net(CONTROL_METHOD, net)) is not None]
+    if control:
+        measures.append(Measure("b", label, CONTROL_METHOD, "share of moderate models that pass", Interval.across(control)))
+    if all(value == 1.0 for value in dense.values()):
+        measures = [replace(m, verdict="") for m in measures]
+        return measures, Verdict("b", label, "does not apply", f"every dense net passes ({len(nets)} of {len(nets)}): "
+                                                                "there is no collapse to avoid")
+    if not by_method:
+        return measures, Verdict("b", label, "not measured", "no pruned models at moderate prune ratios")
+    return measures, run_verdict("b", label, by_method, _method_details(measures, by_method))
 
 
 def flatness_claim(path: Path) -> tuple[list[Measure], Verdict]:
-    """Claim (c) from one `paper.flatness` CSV (net 0's models at chosen steps)."""
-    rows = read_csv(path)
+    """Claim (c) from one `paper.flatness` CSV: per net, the median over its moderate models of the
+    log ratios of λ_max to the controls (see the module docstring)."""
+    rows = [row for row in read_csv(path) if row["method"] != "dense"
+            and is_moderate(float(row["step_prune_ratio"]) if row.get("step_prune_ratio") not in (None, "") else 0.0)]
     label = _csv_label(rows, path)
-    control_at = {(row["net"], row["step"]): float(row["lambda_max"]) for row in rows if row["method"] == CONTROL_METHOD}
-    measures, majority = [], {}
+    control_at = {(int(row["net"]), int(row["step"])): float(row["lambda_max"]) for row in rows if row["method"] == CONTROL_METHOD}
+    measures, by_method = [], {}
     for method in PRUNING_METHODS:
         members = [row for row in rows if row["method"] == method]
         if not members:
             continue
-        versus_subset = [float(row["lambda_max"]) / float(row["control_lambda_max_mean"]) for row in members]
-        versus_control = [float(row["lambda_max"]) / control_at[(row["net"], row["step"])]
-                          for row in members if (row["net"], row["step"]) in control_at]
+        nets = sorted({int(row["net"]) for row in members})
+
+        def per_net_median(denominator) -> list[float]:
+            medians = []
+            for net in nets:
+                ratios = [math.log(float(row["lambda_max"]) / value) for row in members if int(row["net"]) == net
+                          and (value := denominator(row)) is not None and value > 0 and float(row["lambda_max"]) > 0]
+                if ratios:
+                    medians.append(float(np.median(ratios)))
+            return medians
+
+        random_subset = per_net_median(lambda row: _number(row.get("control_lambda_max_mean")))
+        versus_control = per_net_median(lambda row: control_at.get((int(row["net"]), int(row["step"]))))
+        same_support = per_net_median(lambda row: _number(row.get("same_support_lambda_max")))
         name = method_name(method)
-        measures.append(Measure("c", label, name, "λ_max / random-subset control", *_mean_std(versus_subset)))
-        if versus_control:
-            measures.append(Measure("c", label, name, "λ_max / NoPrune at the same step", *_mean_std(versus_control)))
-        below = [subset < 1 and (row["net"], row["step"]) in control_at and subset * float(row["control_lambda_max_mean"]) < control_at[(row["net"], row["step"])]
-                 for subset, row in zip(versus_subset, members)]
-        majority[name] = (sum(below), len(below))
-    if not majority:
-        return measures, Verdict("c", label, "not measured", "no pruned models in the flatness table")
-    shown = ", ".join(f"{name}: {count} of {total}" for name, (count, total) in majority.items())
-    if any(total and count > total / 2 for count, total in majority.values()):
-        return measures, Verdict("c", label, "holds", f"models flatter than both controls: {shown}")
-    if all(count == 0 for count, _ in majority.values()):
-        return measures, Verdict("c", label, "does not hold", f"models flatter than both controls: {shown}")
-    return measures, Verdict("c", label, "inconclusive", f"models flatter than both controls: {shown}")
+        effects = [Measure("c", label, name, "λ_max / random-subset control, per-net median over PR ≤ 0.8",
+                           Interval.across(random_subset)),
+                   Measure("c", label, name, f"λ_max / {CONTROL_METHOD} at the same step, per-net median over PR ≤ 0.8",
+                           Interval.across(versus_control))]
+        effects = [Measure(m.claim, m.run, m.method, m.measure, m.effect.mapped(math.exp),
+                           decide(m.effect, FLATNESS_DELTA, "lower") if m.effect.count else UNSURE) for m in effects]
+        measures += effects
+        if same_support:
+            measures.append(Measure("c", label, name, "λ_max / same-support control, per-net median over PR ≤ 0.8",
+                                    Interval.across(same_support).mapped(math.exp)))
+        by_method[name] = combined([m.verdict for m in effects])
+    spreads = [std / mean for row in rows if (mean := _number(row.get("lambda_max_subsets_mean")))
+               and (std := _number(row.get("lambda_max_subsets_std"))) is not None]
+    if spreads:
+        measures.append(Measure("c", label, "all", "relative std of λ_max over data subsets, per model",
+                                Interval(float(np.median(spreads)), float(np.min(spreads)), float(np.max(spreads)), len(spreads))))
+    if not by_method:
+        return measures, Verdict("c", label, "not measured", "no pruned models at moderate ratios in the flatness table")
+    return measures, run_verdict("c", label, by_method, _method_details(measures, by_method))
+
+
+def _number(text) -> float | None:
+    """A CSV cell as a finite float (None: empty or not finite)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def asked_plans(run: Run) -> list[Plan]:
+    """The plans of every request made of the run (requests.yaml: each its own `experiments` on the
+    recorded config), or of the recorded config alone for a run folder without requests."""
+    config = recorded_config(run.config, str(run.folder.config_file))
+    requests = run.folder.load_requests() if run.folder.requests_file.exists() else []
+    if not requests:
+        return [make_plan(config)]
+    return [make_plan(recorded_config({**run.config, "experiments": request["experiments"]}, str(run.folder.requests_file)))
+            for request in requests]
 
 
 def recorded_plan(run: Run) -> Plan:
@@ -244,10 +477,14 @@ def recorded_plan(run: Run) -> Plan:
 
 
 def unfinished_jobs(run: Run) -> tuple[int, int]:
-    """(jobs with rows missing, all jobs) of the run's config: dense nets and prune chains."""
-    plan = recorded_plan(run)
-    jobs = len(jobs_of(plan))
-    return jobs - len(finished_jobs(plan, run.folder)), jobs
+    """(jobs with rows missing, all jobs) over every request made of the run (`asked_plans`): a job
+    counts as missing when some request asked for rows of it that are not there."""
+    everything, missing = set(), set()
+    for plan in asked_plans(run):
+        names = {job.name for job in jobs_of(plan)}
+        everything |= names
+        missing |= names - finished_jobs(plan, run.folder)
+    return len(missing), len(everything)
 
 
 def so_far(result: tuple[list[Measure], Verdict], run: Run) -> tuple[list[Measure], Verdict]:
@@ -269,13 +506,22 @@ def table_claim(result: tuple[list[Measure], Verdict], path: Path, runs: Sequenc
     return result if run is None else so_far(result, run)
 
 
-def measure_claims(runs: Sequence[Run], mode_collapse: Sequence[Path] = (), flatness: Sequence[Path] = ()) -> tuple[list[Measure], list[Verdict]]:
-    """Every claim's measures and verdicts for the given runs and analysis CSVs, in claim order; the
+def same_model(run: Run, baseline: Run) -> bool:
+    return (run.settings.network.dataset, run.settings.network.name) == (baseline.settings.network.dataset,
+                                                                           baseline.settings.network.name)
+
+
+def measure_claims(runs: Sequence[Run], mode_collapse: Sequence[Path] = (), flatness: Sequence[Path] = (),
+                   baselines: Sequence[Run] = ()) -> tuple[list[Measure], list[Verdict]]:
+    """Every claim's measures and verdicts for the given runs, converged dense `baselines` (each
+    compared with the flow runs of its dataset and network) and analysis CSVs, in claim order; the
     verdicts on a run whose jobs are not all finished (also those from its analysis CSVs) say so."""
     results = []
     for run in runs:
         if main_metric(run.settings.training) == "nll":
             results.append(so_far(improvement_claim(run), run))
+            results += [so_far(so_far(converged_claim(run, baseline), baseline), run)
+                        for baseline in baselines if same_model(run, baseline)]
     results += [table_claim(mode_collapse_claim(Path(path)), Path(path), runs) for path in mode_collapse]
     results += [table_claim(flatness_claim(Path(path)), Path(path), runs) for path in flatness]
     results += [so_far(potential_claim(run), run) for run in runs]

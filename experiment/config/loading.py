@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import math
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from experiment.config.schema import (
 from experiment.config.yaml_safety import RefusedYAML, parse_yaml
 
 COMMAND_LINE = "command line"  # the source named for overrides
+MAX_CONFIG_BYTES = 4 * 2**20  # a config file is a few kilobytes; more is a mistake (a log, a data file)
+MAX_EXPERIMENTS = 10_000  # experiments one command may expand to (customizations × override values)
 
 
 @dataclass
@@ -55,9 +59,14 @@ def load_configs(path: str | os.PathLike, overrides: Sequence[str] = ()) -> list
     framework's configs that mean nothing here (schema.IGNORED_ORIGINAL_KEYS) are dropped, each
     reported once as a 'config warning: FILE: KEY: ...' line on stderr. Raises ConfigError."""
     parsed_overrides = [_parse_override(text) for text in overrides]
-    override_combinations = list(itertools.product(*parsed_overrides))
     top_file = str(path)
     document = _load_document(Path(path), top_file, ())
+    count = _customization_count(document) * math.prod(len(alternatives) for alternatives in parsed_overrides)
+    if count > MAX_EXPERIMENTS:
+        raise ConfigError(top_file, "customizations" if "customizations" in document.value else "<root>",
+                          f"the customizations and command-line values make {count:,} experiments; one command "
+                          f"runs at most {MAX_EXPERIMENTS:,} (split the sweep into several configs)")
+    override_combinations = list(itertools.product(*parsed_overrides))
     configs = []
     shown_warnings: set[str] = set()  # a key every expanded config inherits is reported once
     for label, customized in _expand_customizations(document):
@@ -85,13 +94,36 @@ def load_configs(path: str | os.PathLike, overrides: Sequence[str] = ()) -> list
     return configs
 
 
+def _read_config_text(path: Path, name: str) -> str:
+    """The text of config file `path` (shown as `name`): a regular file of UTF-8 text of at most
+    MAX_CONFIG_BYTES; anything else (a folder, a FIFO or device that would block or never end, a
+    binary file) is a ConfigError saying what it is."""
+    where = "" if path.is_absolute() else f" (looked for relative to the working directory {Path.cwd()})"
+    try:
+        status = path.stat()
+    except OSError as error:
+        raise ConfigError(name, "<root>", f"cannot read config file: {error.strerror}{where}") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise ConfigError(name, "<root>", "is a folder, not a config file")
+    if not stat.S_ISREG(status.st_mode):
+        raise ConfigError(name, "<root>", "is not a regular file (a pipe, socket or device); give a YAML file")
+    if status.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(name, "<root>", f"is {status.st_size:,} bytes; a config file is at most {MAX_CONFIG_BYTES:,}")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(name, "<root>", f"cannot read config file: {error.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(name, "<root>", f"is not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start}); "
+                                          "a config file is YAML text") from None
+
+
 def _load_document(path: Path, name: str, stack: tuple[Path, ...]) -> _Sourced:
     """The mapping in file `path` (shown as `name`) with its includes resolved; `stack` holds the
     files including it, to detect cycles."""
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(name, "<root>", f"cannot read config file: {error.strerror}") from None
+    text = _read_config_text(path, name)
     try:
         data = parse_yaml(text)
     except RefusedYAML as error:
@@ -145,8 +177,12 @@ def _find_include(include: Any, including_file: str, include_key: KeyPath) -> tu
         raise ConfigError(including_file, format_key_path(include_key), f"expected a file path, got {include!r}")
     candidates = [Path(including_file).parent / include, Path(include)]
     for candidate in candidates:
-        if candidate.is_file():
-            return candidate, os.path.normpath(candidate)
+        if candidate.exists() and not candidate.is_dir():
+            return candidate, os.path.normpath(candidate)  # not a regular file: `_read_config_text` says so
+    folders = [candidate for candidate in candidates if candidate.is_dir()]
+    if folders:
+        raise ConfigError(including_file, format_key_path(include_key),
+                          f"{os.path.normpath(folders[0])!r} is a folder; an include names a YAML file")
     tried = " and ".join(repr(os.path.normpath(candidate)) for candidate in candidates)
     raise ConfigError(including_file, format_key_path(include_key), f"included file not found (tried {tried})")
 
@@ -159,6 +195,22 @@ def _merge(base: _Sourced, top: _Sourced) -> _Sourced:
     for key, child in top.value.items():
         merged[key] = _merge(merged[key], child) if key in merged else child
     return _Sourced(merged, top.source)
+
+
+def _customization_count(document: _Sourced) -> int:
+    """How many experiments `_expand_customizations` will make of `document`, counted without making
+    them (a grid entry: the product of its value lists); entries it will refuse count 1."""
+    entries = document.value.get("customizations")
+    if entries is None or not isinstance(entries.value, list) or not entries.value:
+        return 1
+    count = 0
+    for entry in entries.value:
+        grid = entry.value.get("grid") if isinstance(entry.value, dict) else None
+        if grid is not None and isinstance(grid.value, dict):
+            count += math.prod(len(values.value) if isinstance(values.value, list) else 1 for values in grid.value.values())
+        else:
+            count += 1
+    return count
 
 
 def _expand_customizations(document: _Sourced) -> list[tuple[str | None, _Sourced]]:

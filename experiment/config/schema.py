@@ -15,21 +15,33 @@ import difflib
 import inspect
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch.optim import lr_scheduler
 
 from experiment.data import DATASET_NAMES, DATASETS
 from experiment.data.transforms import TRANSFORM_NAMES, TRANSFORMS
+from experiment.models import build_model
 from experiment.models.dopri5 import DEFAULT_MAX_STEPS
 from experiment.models.names import parse_model_name
-from experiment.training.losses import FLOW_LOSSES, LOSSES
+from experiment.training.losses import FLOW_LOSSES, LOSS_ARGUMENTS, LOSSES, build_loss
 from experiment.training.metrics import METRICS
 
 KeyPath = tuple[str | int, ...]
+
+# Bounds on counts that multiply into jobs, files and memory: far above any real experiment, low enough
+# that a typo (numNets: 1000000000) is an error rather than hours of planning or an exhausted memory.
+MAX_NETS = 10_000
+MAX_REPETITIONS = 1_000
+MAX_KEEP_RATIOS = 10_000  # per spacing entry and in all
+DEFAULT_MAX_PARAMETERS = 100_000_000
+TRAINING_BYTES_PER_PARAMETER = 16  # float32 weight, gradient and the optimizer's two moments (AdamW)
 
 METHODS = ("ThresNet", "FilterThresNet", "NoPrune")
 MODES = ("cascade", "retrain", "train")
@@ -130,7 +142,25 @@ def _of_type(kind: type, expected: str) -> Checker:
     return check
 
 
-_string = _of_type(str, "a string")
+def _string(value: Any, path: KeyPath, sources: Sources) -> str:
+    """A string without control characters: every config string may end up in a file name, a log
+    line or a line of a generated job script, where a newline would start a new line of its own
+    (e.g. a shell command after an `#SBATCH` line)."""
+    if not isinstance(value, str):
+        raise sources.error(path, f"expected a string, got {_describe(value)}")
+    control = next((character for character in value if unicodedata.category(character) == "Cc"), None)
+    if control is not None:
+        raise sources.error(path, f"must not contain control characters such as newlines or tabs, got {value!r}")
+    return value
+
+
+def _folder(value: Any, path: KeyPath, sources: Sources) -> str:
+    """A folder path: a non-empty string (the working directory is '.')."""
+    if not _string(value, path, sources):
+        raise sources.error(path, "must not be empty; write '.' for the folder you run from")
+    return value
+
+
 _boolean = _of_type(bool, "true or false")
 _mapping = _of_type(dict, "a mapping")
 _any_list = _of_type(list, "a list")
@@ -144,14 +174,17 @@ def _kwargs(value: Any, path: KeyPath, sources: Sources) -> dict:
     return numbers_from_strings(value)
 
 
-def _integer(minimum: int) -> Checker:
-    """An int (bool is not one) of at least `minimum`."""
+def _integer(minimum: int, maximum: int | None = None, why: str = "") -> Checker:
+    """An int (bool is not one) of at least `minimum` and, if given, at most `maximum` (`why` says
+    what the bound guards)."""
 
     def check(value: Any, path: KeyPath, sources: Sources) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
             raise sources.error(path, f"expected an integer, got {_describe(value)}")
         if value < minimum:
             raise sources.error(path, f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise sources.error(path, f"must be at most {maximum:,}, got {value:,}{f' ({why})' if why else ''}")
         return value
 
     return check
@@ -197,13 +230,15 @@ def _device(value: Any, path: KeyPath, sources: Sources) -> str:
     return value
 
 
-def _list_of(check_item: Checker, non_empty: bool = False) -> Checker:
-    """A list whose entries each pass `check_item`."""
+def _list_of(check_item: Checker, non_empty: bool = False, maximum: int | None = None) -> Checker:
+    """A list (of at most `maximum` entries, if given) whose entries each pass `check_item`."""
 
     def check(value: Any, path: KeyPath, sources: Sources) -> list:
         items = _any_list(value, path, sources)
         if non_empty and not items:
             raise sources.error(path, "must not be empty")
+        if maximum is not None and len(items) > maximum:
+            raise sources.error(path, f"{len(items):,} entries; at most {maximum:,}")
         return [check_item(item, path + (index,), sources) for index, item in enumerate(items)]
 
     return check
@@ -297,6 +332,20 @@ NETWORK_FIELDS = {
 
 METRIC_FIELDS = {"type": Field(_choice(tuple(METRICS), "metric")), "kwargs": Field(_kwargs, {})}
 
+
+def _metric(value: Any, path: KeyPath, sources: Sources) -> dict:
+    """One `metricsTest` entry: its kwargs must be the metric's (TopK: `topk`, an integer >= 1)."""
+    entry = _fields(value, path, sources, METRIC_FIELDS)
+    metric = METRICS[entry["type"]]
+    accepted = metric.arguments if metric is not None else tuple(entry["kwargs"])  # Dummy ignores everything
+    for name, argument in entry["kwargs"].items():
+        if name not in accepted:
+            raise sources.error(path + ("kwargs", name), f"{entry['type']} takes no argument {name!r}; "
+                                                         f"it takes: {', '.join(accepted) or 'none'}")
+        if name == "topk":
+            _integer(1)(argument, path + ("kwargs", name), sources)
+    return entry
+
 SCHEDULER_FIELDS = {
     "type": Field(_choice(LR_SCHEDULERS, "learning-rate scheduler")),
     "kwargs": Field(_kwargs, {}),
@@ -312,8 +361,31 @@ def _lr_scheduler(value: Any, path: KeyPath, sources: Sources) -> dict:
         raise sources.error(path + ("stepKwargs", both[0]), f"{both[0]!r} is given in both kwargs and stepKwargs")
     given = {name: path + ("kwargs", name) for name in entry["kwargs"]}
     given |= {name: path + ("stepKwargs", name) for name in entry["stepKwargs"]}
-    _check_arguments(getattr(lr_scheduler, entry["type"]), given, path + ("kwargs",), sources)
+    scheduler = getattr(lr_scheduler, entry["type"])
+    _check_arguments(scheduler, given, path + ("kwargs",), sources)
+    _check_finite(entry["kwargs"], path + ("kwargs",), sources)
+    _check_finite(entry["stepKwargs"], path + ("stepKwargs",), sources)
+    _check_scheduler_values(scheduler, {**entry["kwargs"], **entry["stepKwargs"]}, path, sources)
     return entry
+
+
+SCHEDULER_TRIAL_STEPS = 3  # epochs a scheduler is stepped on a dummy optimizer to find bad values
+
+
+def _check_scheduler_values(scheduler: type, kwargs: dict, path: KeyPath, sources: Sources) -> None:
+    """Values the scheduler would only meet in training (StepLR `step_size: 0` divides by zero at the
+    first epoch; a `gamma` of 0 or below turns the learning rate to 0 or negative): `gamma` must be
+    > 0, and the scheduler must build and step a few epochs on a dummy optimizer."""
+    if "gamma" in kwargs and isinstance(kwargs["gamma"], (int, float)) and kwargs["gamma"] <= 0:
+        raise sources.error(path + ("kwargs", "gamma"), f"must be > 0, got {kwargs['gamma']}")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        built = scheduler(optimizer, **kwargs)
+        for _ in range(SCHEDULER_TRIAL_STEPS):
+            optimizer.step()
+            built.step(1.0) if isinstance(built, lr_scheduler.ReduceLROnPlateau) else built.step()
+    except (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError) as error:
+        raise sources.error(path, f"{scheduler.__name__}: {type(error).__name__}: {error}") from None
 
 
 TRANSFORM_FIELDS = {"type": Field(_choice(TRANSFORM_NAMES, "transform")), "kwargs": Field(_kwargs, {})}
@@ -334,7 +406,7 @@ def _transform(value: Any, path: KeyPath, sources: Sources) -> dict:
 TRAINING_FIELDS = {
     "loss": Field(_choice(LOSSES, "loss")),
     "lossKwargs": Field(_kwargs, {}),
-    "metricsTest": Field(_list_of(_section(METRIC_FIELDS), non_empty=True)),
+    "metricsTest": Field(_list_of(_metric, non_empty=True)),
     "batchSize": Field(_integer(1)),
     "testBatchSize": Field(_optional(_integer(1)), None),  # null: same as batchSize
     "optimizer": Field(_choice(OPTIMIZERS, "optimizer")),
@@ -364,7 +436,31 @@ def _complete_training(schedule: dict, path: KeyPath, sources: Sources) -> dict:
         )
     if schedule["enableAMP"]:
         raise sources.error(path + ("enableAMP",), "mixed precision is not supported: adaptive ODE solvers need float32")
+    _check_loss_arguments(schedule["loss"], schedule["lossKwargs"], path + ("lossKwargs",), sources)
+    for index, entry in enumerate(schedule["lrSchedulers"]):
+        if entry["type"] == "ReduceLROnPlateau" and schedule["startEpoch"] > 0:
+            raise sources.error(path + ("lrSchedulers", index, "type"),
+                                "ReduceLROnPlateau steps on the validation loss of each epoch, which a schedule that "
+                                f"starts at epoch {schedule['startEpoch']} (startEpoch) does not have for its first epochs")
     return schedule
+
+
+def _check_loss_arguments(loss: str, kwargs: dict, path: KeyPath, sources: Sources) -> None:
+    """lossKwargs must be arguments the loss takes (LOSS_ARGUMENTS) with values it accepts (tried on
+    a dummy batch of two classes)."""
+    for name in kwargs:
+        if name not in LOSS_ARGUMENTS[loss]:
+            raise sources.error(path + (name,), f"{loss} takes no argument {name!r}; it takes: "
+                                                f"{', '.join(LOSS_ARGUMENTS[loss]) or 'none'}")
+    _check_finite(kwargs, path, sources)
+    if kwargs:
+        try:
+            value = build_loss(loss, kwargs, 2)(torch.zeros(2, 2), torch.tensor([0, 1]))
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise sources.error(path, f"{loss}: {str(error).splitlines()[0]}") from None
+        if value.ndim != 0:
+            raise sources.error(path, f"{loss} with these arguments gives a loss per sample; training needs one "
+                                      "number per batch (reduction: mean or sum)")
 
 
 # Optimizer arguments that are rates, factors or offsets of the update: negative values make no sense.
@@ -406,22 +502,24 @@ def _retraining_keys(value: Any, path: KeyPath, sources: Sources) -> dict:
 
 _KEEP_RATIO = _number(lambda number: 0 < number <= 1, "keep ratio {value} outside (0, 1]")
 
+_RATIO_COUNT = _integer(1, MAX_KEEP_RATIOS, "keep ratios of one run")
+
 RANGE_SPACING_FIELDS = {
     "type": Field(_choice(SPACING_TYPES, "spacing type")),
-    "numIntervals": Field(_integer(1)),
+    "numIntervals": Field(_RATIO_COUNT),
     "maxVal": Field(_KEEP_RATIO),
     "minVal": Field(_KEEP_RATIO),
 }
 MANUAL_SPACING_FIELDS = {
     "type": Field(_choice(SPACING_TYPES, "spacing type")),
-    "values": Field(_list_of(_KEEP_RATIO, non_empty=True)),
+    "values": Field(_list_of(_KEEP_RATIO, non_empty=True, maximum=MAX_KEEP_RATIOS)),
 }
 
 
 RELATIVE_SPACING_FIELDS = {
     "type": Field(_choice(SPACING_TYPES, "spacing type")),
     "ratio": Field(_number(lambda number: 0 < number < 1, "must lie in (0, 1), got {value}")),
-    "maxSteps": Field(_integer(1)),
+    "maxSteps": Field(_RATIO_COUNT),
 }
 
 
@@ -469,8 +567,8 @@ STOP_RULE_FIELDS = {
 EXPERIMENT_FIELDS = {
     "methods": Field(_methods, []),
     "mode": Field(_choice(MODES, "mode"), "cascade"),
-    "numNets": Field(_integer(1), 1),
-    "numRepetitions": Field(_integer(1), 1),
+    "numNets": Field(_integer(1, MAX_NETS, "dense nets of one run"), 1),
+    "numRepetitions": Field(_integer(1, MAX_REPETITIONS, "repetitions of one prune chain"), 1),
     "spacing": Field(_list_of(_spacing), []),
     "retrainIterations": Field(_integer(-1), -1),
     "plotting": Field(_plotting, {}),
@@ -478,16 +576,45 @@ EXPERIMENT_FIELDS = {
 }
 
 
+def keep_ratio_sequence(spacing: Sequence[Mapping]) -> list[float]:
+    """The keep ratios of a validated `experiments.spacing`, its entries concatenated in order:
+    geometric → geomspace(maxVal, minVal, numIntervals), linear → linspace(...), manual → values,
+    relative → each of maxSteps steps prunes `ratio` of what the previous keep ratio k left:
+    k·(1 − ratio), starting from the last ratio before the entry (1 at first)."""
+    ratios: list[float] = []
+    for entry in spacing:
+        if entry["type"] in ("geometric", "linear"):
+            space = np.geomspace if entry["type"] == "geometric" else np.linspace
+            ratios += space(entry["maxVal"], entry["minVal"], entry["numIntervals"]).tolist()
+        elif entry["type"] == "relative":
+            start = ratios[-1] if ratios else 1.0
+            ratios += [start * (1.0 - entry["ratio"]) ** step for step in range(1, entry["maxSteps"] + 1)]
+        else:
+            ratios += list(entry["values"])
+    return ratios
+
+
 def _experiments(value: Any, path: KeyPath, sources: Sources) -> dict:
     experiments = _fields(value, path, sources, EXPERIMENT_FIELDS)
     if experiments["mode"] != "train" and experiments["methods"] and not experiments["spacing"]:
         raise sources.error(path + ("spacing",), f"mode {experiments['mode']!r} with methods needs keep ratios")
+    counts = [len(entry["values"]) if entry["type"] == "manual" else entry.get("numIntervals", entry.get("maxSteps"))
+              for entry in experiments["spacing"]]
+    if sum(counts) > MAX_KEEP_RATIOS:
+        raise sources.error(path + ("spacing",), f"{sum(counts):,} keep ratios in all; at most {MAX_KEEP_RATIOS:,}")
+    if experiments["mode"] == "cascade" and experiments["methods"]:
+        ratios = keep_ratio_sequence(experiments["spacing"])
+        rising = next((index for index in range(1, len(ratios)) if ratios[index] >= ratios[index - 1]), None)
+        if rising is not None:
+            raise sources.error(path + ("spacing",), f"keep ratio {ratios[rising]:.4g} (step {rising + 1}) is not below "
+                                                     f"the one before it, {ratios[rising - 1]:.4g}: a cascade prunes "
+                                                     "further at every step (mode retrain starts each step from dense)")
     return experiments
 
 
 DIRECTORY_FIELDS = {
-    "results": Field(_string, "./data/results"),
-    "training_data": Field(_string, "./data/training"),
+    "results": Field(_folder, "./data/results"),
+    "training_data": Field(_folder, "./data/training"),
 }
 
 
@@ -510,7 +637,12 @@ LAUNCHER_FIELDS = {
     "memGb": Field(_optional(_POSITIVE), None),
     "arrayParallelism": Field(_optional(_integer(1)), None),  # null: every task at once
     "jobName": Field(_name, "sparse-flows"),
-    "logs": Field(_optional(_string), None),  # null: {directories.results}/submitit/%j
+    "logs": Field(_optional(_folder), None),  # null: {directories.results}/submitit/%j
+}
+
+# Safety bounds a config may raise; not part of the run id (experiment/results/tree.py).
+LIMIT_FIELDS = {
+    "maxParameters": Field(_integer(1), DEFAULT_MAX_PARAMETERS),
 }
 
 TOP_FIELDS = {
@@ -523,6 +655,7 @@ TOP_FIELDS = {
     "device": Field(_device, "auto"),
     "tf32": Field(_boolean, False),  # False: full float32 on GPUs, as on the CPU (experiment/process.py set_tf32)
     "launcher": Field(_section(LAUNCHER_FIELDS), {}),
+    "limits": Field(_section(LIMIT_FIELDS), {}),
 }
 
 # Keys of the original framework's configs (its src/experiment/experiment/param/default.yaml, which it
@@ -561,7 +694,26 @@ def remove_ignored_original_keys(raw: Any, sources: Sources) -> list[str]:
         if mapping is not None:
             del mapping[path[-1]]
             warnings.append(sources.warning(path, f"ignored: {reason}"))
-    return warnings
+    return warnings + _ignore_flow_output_size(raw, sources)
+
+
+def _ignore_flow_output_size(raw: Any, sources: Sources) -> list[str]:
+    """A flow's `network.outputSize` other than its data dimension (the original's image-flow configs
+    say 10, a leftover of its classifiers that it never read) is replaced by the data dimension, with
+    a warning. Values of the wrong type are left for validation to report."""
+    network = raw.get("network") if isinstance(raw, dict) else None
+    if not isinstance(network, dict) or network.get("dataset") not in DATASETS or not isinstance(network.get("name"), str):
+        return []
+    try:
+        is_flow = parse_model_name(network["name"]).is_flow
+    except ValueError:
+        return []
+    size, dim = network.get("outputSize"), DATASETS[network["dataset"]].dim
+    if not is_flow or not isinstance(size, int) or isinstance(size, bool) or size == dim:
+        return []
+    network["outputSize"] = dim
+    return [sources.warning(("network", "outputSize"), f"{size} ignored: a flow's output is its data dimension, "
+                                                       f"{dim} for {network['dataset']}")]
 
 
 def _mapping_holding(raw: Any, path: KeyPath) -> dict | None:
@@ -582,8 +734,29 @@ def validate_config(raw: Any, sources: Sources) -> dict:
     retraining = copy.deepcopy(config["training"]) | config["retraining"]
     config["retraining"] = _complete_training(retraining, ("retraining",), sources)
     _check_network_fits_data(config, sources)
+    _check_model_size(config, sources)
     _check_stop_rule(config, sources)
     return config
+
+
+@lru_cache(maxsize=64)
+def parameter_count(name: str, output_size: int) -> int:
+    """The number of parameters of model `name` for `output_size`, counted on torch's meta device
+    (shapes without storage: a model of any size is counted without allocating it)."""
+    with torch.device("meta"):
+        return sum(parameter.numel() for parameter in build_model(name, output_size).parameters())
+
+
+def _check_model_size(config: dict, sources: Sources) -> None:
+    """A model above `limits.maxParameters` is refused before anything is written or allocated; the
+    error gives its training memory (TRAINING_BYTES_PER_PARAMETER per parameter)."""
+    network, limit = config["network"], config["limits"]["maxParameters"]
+    count = parameter_count(network["name"], network["outputSize"])
+    if count > limit:
+        memory = count * TRAINING_BYTES_PER_PARAMETER
+        raise sources.error(("network", "name"), f"{network['name']} has {count:,} parameters (about "
+                                                 f"{memory / 2**30:,.1f} GiB to train), above limits.maxParameters "
+                                                 f"= {limit:,}; raise that bound to train it")
 
 
 def _check_stop_rule(config: dict, sources: Sources) -> None:
@@ -619,3 +792,13 @@ def _check_network_fits_data(config: dict, sources: Sources) -> None:
         loss = config[section]["loss"]
         if (loss in FLOW_LOSSES) != is_flow:
             raise sources.error((section, "loss"), f"{loss} does not fit {'a flow' if is_flow else 'a classifier'} ({network['name']})")
+        for index, spec in enumerate(config[section]["metricsTest"]):
+            metric = METRICS[spec["type"]]
+            if metric is not None and metric.for_flows != is_flow:
+                raise sources.error((section, "metricsTest", index, "type"),
+                                    f"{spec['type']} does not fit {'a flow' if is_flow else 'a classifier'} ({network['name']})")
+            topk = spec["kwargs"].get("topk", 1)
+            if spec["type"] == "TopK" and topk >= data.num_classes:
+                raise sources.error((section, "metricsTest", index, "kwargs", "topk"),
+                                    f"the top {topk} of {data.num_classes} classes ({network['dataset']}) always hold the "
+                                    f"label; topk must be below {data.num_classes}")

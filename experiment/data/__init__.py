@@ -21,6 +21,7 @@ class DatasetInfo:
     build: Callable[[str | os.PathLike, int], Splits]  # (data_dir, seed) -> Splits
     image_shape: tuple[int, int, int] | None = None  # (C, H, W) of image datasets, None otherwise
     revision: int = 1  # raised whenever the same name and seed start to give other data
+    generated: bool = False  # made in memory from the seed (toy sets): loading it reads and writes no file
 
 
 def _toy(generator: toy.Generator, num_train: int, num_classes: int, revision: int = 1) -> DatasetInfo:
@@ -31,7 +32,7 @@ def _toy(generator: toy.Generator, num_train: int, num_classes: int, revision: i
         train, test = toy.make_toy_splits(generator, num_train, seed)
         return Splits(train=train, test=test, valid=None, dim=toy.DIM, num_classes=num_classes)
 
-    return DatasetInfo(dim=toy.DIM, num_classes=num_classes, build=build, revision=revision)
+    return DatasetInfo(dim=toy.DIM, num_classes=num_classes, build=build, revision=revision, generated=True)
 
 
 def _image(load: Callable[[str | os.PathLike, int], tuple[TensorDataset, TensorDataset]],

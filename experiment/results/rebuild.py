@@ -33,16 +33,23 @@ class RunData:
     dim: int  # D, the data dimension
 
 
-def load_run_data(settings: Settings, run: RunDir, *, make_split: bool = False) -> RunData:
+def load_run_data(settings: Settings, run: RunDir, *, make_split: bool = False, draw_missing_split: bool = False) -> RunData:
     """The run's dataset split as its models were trained: a dataset without a validation set of its
     own is split by the run folder's persisted data_split.npz. With `make_split` (the runner) the
     split file is made from the settings' seed on first use, under its lock; without (a reader, which
-    never writes), it must be there."""
+    never writes), it must be there — or, with `draw_missing_split` (a copy of a run trimmed to its
+    results), is drawn again in memory from the seed as the runner drew it: the same split as long as
+    the dataset and experiment/data/splits.py are unchanged since the run."""
     seed = settings.seed
     splits = load_dataset(settings.network.dataset, settings.directories.training_data, derive_seed(seed, "data"))
     indices = None
     if splits.valid is None:
         num_train = len(splits.train)
-        indices = (run.data_split(lambda: train_valid_indices(num_train, derive_seed(seed, "split"))) if make_split
-                   else read_split(run.split_file))
+        draw = lambda: train_valid_indices(num_train, derive_seed(seed, "split"))  # noqa: E731
+        if make_split:
+            indices = run.data_split(draw)
+        elif draw_missing_split and not run.split_file.exists():
+            indices = draw()
+        else:
+            indices = read_split(run.split_file)
     return RunData(split_tensors(splits, indices), splits.dim)

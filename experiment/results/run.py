@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from experiment.config.settings import Settings, recorded_settings
-from experiment.files import load_checkpoint
+from experiment.files import RETRAIN_ADVICE, DamagedFileError, load_checkpoint
 from experiment.pruning.rules import apply_masks
 from experiment.results.rebuild import build_run_model, load_run_data
 from experiment.results.tree import RunDir, is_failed, model_name, read_csv
@@ -40,10 +40,14 @@ class Run:
 
     def load_model(self, row_or_name: dict | str, device: str | torch.device = "cpu") -> nn.Module:
         """The trained model of a metrics row (or of a checkpoint stem such as "dense_net0"), masks
-        applied, in eval mode."""
+        applied, in eval mode; DamagedFileError (saying how to train it again) when its checkpoint is
+        missing or damaged."""
         name = row_or_name if isinstance(row_or_name, str) else model_name(row_or_name)
         model = build_run_model(self.settings.network, device)
-        checkpoint = load_checkpoint(self.folder.checkpoint(name), device)
+        path = self.folder.checkpoint(name)
+        if not path.exists():
+            raise DamagedFileError(path, "is missing", RETRAIN_ADVICE)
+        checkpoint = load_checkpoint(path, device)
         model.load_state_dict(checkpoint["model"])
         apply_masks(model, checkpoint["masks"])
         return model.eval()
@@ -60,6 +64,8 @@ class Run:
         return read_csv(self.folder.curve(name), "Restore it from a backup; the same curve is kept in its model's "
                                                   "checkpoint, under the key 'curve'")
 
-    def load_data(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{"train", "valid", "test"} → (x, y) exactly as the run used them (persisted split)."""
-        return load_run_data(self.settings, self.folder).splits
+    def load_data(self, draw_missing_split: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{"train", "valid", "test"} → (x, y) exactly as the run used them (persisted split; with
+        `draw_missing_split`, a missing split file is drawn again in memory from the run's seed, see
+        `load_run_data`)."""
+        return load_run_data(self.settings, self.folder, draw_missing_split=draw_missing_split).splits

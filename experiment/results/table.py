@@ -4,14 +4,16 @@ DataFrame with each run's config in columns (`ResultsTable.to_pandas`, for sweep
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from experiment.config import load_configs
 from experiment.config.settings import recorded_settings
-from experiment.results.tree import RunDir, is_failed, read_csv
+from experiment.results.tree import RunDir, is_failed, read_csv, run_folder
 
 if TYPE_CHECKING:  # pandas is an optional extra, imported only by to_pandas
     import pandas
@@ -108,12 +110,36 @@ def run_dirs(path: str | Path) -> list[RunDir]:
     return [RunDir(config.parent) for config in sorted(root.rglob("config.yaml"))]
 
 
-def load_results(path: str | Path) -> ResultsTable:
-    """The metrics rows of the models that finished in the run folder `path`, or in every run folder
-    below a results root (rows of failed models, which hold no measurements, are left out; see
-    `Run.failures`), with each run's resolved config."""
+class NoResults(ValueError):
+    """A config whose runs have no results yet; the message says the command that makes them."""
+
+
+def config_run_dirs(config_file: str | Path, overrides: Sequence[str] = ()) -> list[RunDir]:
+    """The run folders of a config file, one per config it expands to, as `python -m experiment.main
+    CONFIG OVERRIDES...` creates them (the overrides change the run id, so give the command's own);
+    NoResults when one of them has no results yet, ConfigError for a bad config."""
+    folders = [run_folder(config) for config in load_configs(config_file, overrides)]
+    missing = [str(folder) for folder in folders if not (folder / "config.yaml").exists()]
+    if missing:
+        command = " ".join(["python -m experiment.main", str(config_file), *overrides])
+        raise NoResults(f"{config_file}: no results yet at {', '.join(missing)}; run {command}")
+    return [RunDir(folder) for folder in folders]
+
+
+def load_results(target: str | Path, overrides: Sequence[str] = ()) -> ResultsTable:
+    """The metrics rows of the models that finished in `target`: a config file (the runs it and the
+    `key.path=value` `overrides` make, see `config_run_dirs`: exactly those runs, whatever else
+    shares their results folder), a run folder, or every run folder below a folder such as a results
+    root. Rows of failed models, which hold no measurements, are left out (see `Run.failures`); each
+    row comes with its run's resolved config."""
+    if Path(target).suffix in (".yaml", ".yml"):
+        runs = config_run_dirs(target, overrides)
+    elif overrides:
+        raise ValueError(f"{target}: key.path=value overrides apply only to a config file, got {' '.join(overrides)}")
+    else:
+        runs = run_dirs(target)
     rows, configs = [], {}
-    for run in run_dirs(path):
+    for run in runs:
         config = configs[str(run.path)] = run.load_config()
         network = recorded_settings(config, str(run.config_file)).network
         for row in read_csv(run.metrics_file):

@@ -17,10 +17,12 @@
                                                      or data_split.npz are read and rewritten
         report.lock             held while prune_curve.png is written
         jobs/{job name}.lock    held by the process training a job (experiment/jobs.py)
+        *.holder                who took the lock beside it last (host:pid, since, command): named by a
+                                process that waits for it (`RunLock`)
 
 The run id is a hash of the resolved config without the keys that only say *which* or *how many*
-models to compute, where to put them or how to submit them (`experiments`, `directories`, `device`,
-`launcher`), so adding a method, a net or a ratio to a finished run, or running it elsewhere, reuses
+models to compute, where to put them, how to submit them or what to refuse (`experiments`,
+`directories`, `device`, `launcher`, `limits`), so adding a method, a net or a ratio to a finished run, or running it elsewhere, reuses
 everything already computed.
 
 Many writers. Any number of processes, on one machine or on several sharing the file system, may work
@@ -76,7 +78,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import yaml
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from experiment.config.settings import settings_of
 from experiment.data import DATASETS
@@ -85,7 +87,7 @@ from experiment.models.dopri5 import DEFAULT_MAX_STEPS
 
 log = logging.getLogger("experiment")
 
-RUN_ID_EXCLUDED_KEYS = ("experiments", "directories", "device", "launcher")
+RUN_ID_EXCLUDED_KEYS = ("experiments", "directories", "device", "launcher", "limits")
 METRIC_KEY = ("mode", "method", "net", "repetition", "step")
 
 
@@ -150,14 +152,14 @@ class RunDir:
         with run.lock("config"):
             remove_temporaries(run.path, lambda name: name in (run.config_file.name, run.requests_file.name))
             recorded = run.load_config() if run.config_file.exists() else None
+            earlier = run.load_requests()  # both read first: a damaged one is an error naming it, before any write
             text = yaml.safe_dump(merged_config(recorded, asked), sort_keys=False)
             if not run.config_file.exists() or run.config_file.read_text() != text:
                 atomic_write_text(run.config_file, text)
             entry = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": socket.gethostname(),
                      "pid": os.getpid(), "cwd": os.getcwd(), "command": shlex.join(sys.orig_argv),
                      "experiments": asked["experiments"]}
-            earlier = run.requests_file.read_text() if run.requests_file.exists() else ""
-            atomic_write_text(run.requests_file, earlier + yaml.safe_dump([entry], sort_keys=False))
+            atomic_write_text(run.requests_file, yaml.safe_dump([*earlier, entry], sort_keys=False))
         return run
 
     @property
@@ -194,22 +196,33 @@ class RunDir:
         """The folder of the run's lock files, beside the run folder."""
         return self.path.with_name(f"{self.path.name}.locks")
 
-    def lock(self, name: str) -> FileLock:
-        """The lock `{run id}.locks/{name}.lock` (`name` may contain a folder, e.g. `jobs/dense_net0`).
-        Without a soft fall-back: a lock file, unlike flock, would outlive a killed owner."""
+    def lock(self, name: str) -> "RunLock":
+        """The lock `{run id}.locks/{name}.lock` (`name` may contain a folder, e.g. `jobs/dense_net0`)."""
         path = self.locks / f"{name}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(path, fallback_to_soft=False)
+        return RunLock(path)
 
-    def job_lock(self, job_name: str) -> FileLock:
+    def job_lock(self, job_name: str) -> "RunLock":
         return self.lock(f"jobs/{job_name}")
 
     def load_config(self) -> dict:
-        return yaml.safe_load(self.config_file.read_text())
+        """config.yaml: a mapping with the config's sections; DamagedFileError naming it otherwise."""
+        config = _load_yaml(self.config_file, CONFIG_ADVICE)
+        if not isinstance(config, dict) or not all(isinstance(config.get(key), dict) for key in ("network", "experiments")):
+            raise DamagedFileError(self.config_file, "does not hold a resolved config (a mapping with network, training, "
+                                                     "experiments, ...)", CONFIG_ADVICE)
+        return config
 
     def load_requests(self) -> list[dict]:
-        """The entries of requests.yaml, oldest first."""
-        return yaml.safe_load(self.requests_file.read_text()) if self.requests_file.exists() else []
+        """The entries of requests.yaml, oldest first; DamagedFileError naming it when it is not a
+        list of requests."""
+        if not self.requests_file.exists():
+            return []
+        requests = _load_yaml(self.requests_file, REQUESTS_ADVICE)
+        if not isinstance(requests, list) or not all(isinstance(entry, dict) and isinstance(entry.get("experiments"), dict)
+                                                     for entry in requests):
+            raise DamagedFileError(self.requests_file, "is not a list of requests", REQUESTS_ADVICE)
+        return requests
 
     def data_split(self, make_split: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         """The persisted (train, valid) indices, created with `make_split()` on first use."""
@@ -234,7 +247,11 @@ class RunDir:
         atomic_write_text(self.curve(model), rows_to_csv(rows))
 
     def read_metrics(self) -> list[dict]:
-        return read_csv(self.metrics_file, METRICS_ADVICE)
+        """metrics.csv's rows (`read_csv`), each checked: the key columns there and of their types, every
+        measurement a number (or empty); DamagedFileError naming the file, line and column otherwise."""
+        rows = read_csv(self.metrics_file, METRICS_ADVICE)
+        check_metrics_rows(self.metrics_file, rows)
+        return rows
 
     def upsert_metrics(self, row: dict) -> None:
         """Adds `row` to metrics.csv, replacing a row with the same METRIC_KEY (under metrics.lock, so
@@ -265,6 +282,68 @@ class RunDir:
             atomic_write_text(self.metrics_file, rows_to_csv(rows))
 
 
+class RunLock:
+    """A `filelock.FileLock` (flock, without a soft fall-back: a lock file, unlike flock, would outlive
+    a killed owner) that says whom it waits for. Its holder records itself in `{name}.holder` beside
+    the lock (host, pid, command, since when); a process that waits more than WAIT_NOTICE_SECONDS
+    logs that record, and again every WAIT_REPEAT_SECONDS, so a holder that is stopped (SIGSTOP, a
+    suspended terminal) or stuck is named rather than waited for in silence."""
+
+    WAIT_NOTICE_SECONDS = 10.0
+    WAIT_REPEAT_SECONDS = 600.0
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file_lock = FileLock(path, fallback_to_soft=False)
+
+    @property
+    def holder_file(self) -> Path:
+        return self.path.with_suffix(".holder")
+
+    def holder(self) -> str:
+        """Who holds (or last held) the lock, as its holder recorded it."""
+        try:
+            return self.holder_file.read_text().strip() or "a process that recorded nothing"
+        except OSError:
+            return "a process that recorded nothing"
+
+    def acquire(self, blocking: bool = True) -> "RunLock":
+        """Takes the lock (Timeout when not `blocking` and it is held); `with lock.acquire(...):`
+        releases it at the end."""
+        if not blocking:
+            self.file_lock.acquire(blocking=False)
+        else:
+            waited = 0.0
+            wait = self.WAIT_NOTICE_SECONDS
+            while True:
+                try:
+                    self.file_lock.acquire(timeout=wait)
+                    break
+                except Timeout:
+                    waited += wait
+                    log.warning("waiting %.0f s for %s, held by %s", waited, self.path, self.holder())
+                    wait = self.WAIT_REPEAT_SECONDS
+        try:
+            record = f"{socket.gethostname()}:{os.getpid()} since {datetime.now(timezone.utc).isoformat(timespec='seconds')} " \
+                     f"({shlex.join(sys.orig_argv)})"
+            atomic_write_text(self.holder_file, record + "\n")
+        except BaseException:
+            self.file_lock.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        self.file_lock.release()
+
+    def __enter__(self) -> "RunLock":
+        if not self.file_lock.is_locked:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.release()
+
+
 def metric_key(row: dict) -> tuple[str, ...]:
     """The METRIC_KEY values of a row (or key), as strings: what identifies its model."""
     return tuple(str(row[name]) for name in METRIC_KEY)
@@ -286,6 +365,41 @@ def merged_config(recorded: dict | None, asked: dict) -> dict:
     return {**asked, "experiments": experiments}
 
 
+TEXT_COLUMNS = ("mode", "method", "status", "error", "trace_estimator")  # every other metrics column holds numbers
+
+
+def check_metrics_rows(path: Path, rows: list[dict]) -> None:
+    """Raises DamagedFileError when a metrics row lacks a key column, has a key of the wrong type (net,
+    repetition and step integers ≥ 0) or a measurement that is not a number (a hand edit, a renamed
+    header, a cell of another file)."""
+    for line, row in enumerate(rows, start=2):
+        missing = [name for name in METRIC_KEY if name not in row]
+        if missing:
+            raise DamagedFileError(path, f"has no column {missing[0]!r} (its header: {', '.join(row)})", METRICS_ADVICE)
+        for name in ("net", "repetition", "step"):
+            if not isinstance(row[name], int) or row[name] < 0:
+                raise DamagedFileError(path, f"line {line}: column {name!r} holds {row[name]!r}, not a count", METRICS_ADVICE)
+        for name in ("mode", "method"):
+            if not isinstance(row[name], str) or not row[name]:
+                raise DamagedFileError(path, f"line {line}: column {name!r} holds {row[name]!r}, not a name", METRICS_ADVICE)
+        for name, value in row.items():
+            if name not in TEXT_COLUMNS and isinstance(value, str) and value != "":
+                raise DamagedFileError(path, f"line {line}: column {name!r} holds {value!r}, not a number", METRICS_ADVICE)
+
+
+def _load_yaml(path: Path, advice: str):
+    """The YAML document in `path`; DamagedFileError naming it when it is not readable YAML text."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        reason = str(error).splitlines()[0][:160]
+        raise DamagedFileError(path, f"is not readable YAML ({type(error).__name__}: {reason})", advice) from None
+
+
+CONFIG_ADVICE = ("It records the run's resolved config: restore it from a backup or another copy of the run, or move "
+                 "it aside and run the same command again, which records the config anew")
+REQUESTS_ADVICE = ("It only records the requests made of the run (nothing is computed from it): restore it from a "
+                   "backup, or move it aside and the next request starts a new one")
 METRICS_ADVICE = ("Restore it from a backup, or move it aside and run the experiment again: every model's row is "
                   "then evaluated again from its checkpoint")
 SPLIT_ADVICE = ("It holds the train/validation split every model of this run was trained with: restore it from a "
@@ -321,6 +435,9 @@ def rows_to_csv(rows: list[dict], columns: Sequence[str] | None = None) -> str:
     return buffer.getvalue()
 
 
+_REPORTED_TORN_LINES: set[tuple[str, str]] = set()  # (file, torn text) warned about by this process
+
+
 def read_csv(path: Path, advice: str = "Restore it from a backup") -> list[dict]:
     """Rows of a CSV file with numbers parsed back into int/float ('' stays a string).
 
@@ -338,8 +455,10 @@ def read_csv(path: Path, advice: str = "Restore it from a backup") -> list[dict]
     if torn:
         if not complete:
             raise DamagedFileError(path, "has no complete header line", advice)
-        log.warning("%s: its last line is incomplete (%r...), probably cut off by a crash; reading the file without "
-                    "it (the next update of the file drops it)", path, torn[:40])
+        if (str(path), torn) not in _REPORTED_TORN_LINES:  # the file is read many times until it is rewritten
+            _REPORTED_TORN_LINES.add((str(path), torn))
+            log.warning("%s: its last line is incomplete (%r...), probably cut off by a crash; reading the file without "
+                        "it (the next update of the file drops it)", path, torn[:40])
     reader = csv.DictReader(io.StringIO(complete + "\n"))
     rows = []
     try:

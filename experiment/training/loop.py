@@ -139,8 +139,7 @@ def train(model: nn.Module, schedule: Schedule, data: TrainData, loss_fn: Loss, 
             if not math.isfinite(value):
                 raise TrainingFailed(epoch, f"non-finite {what} loss ({value})")
         learning_rate = optimizer.param_groups[0]["lr"]
-        for scheduler in schedulers:
-            scheduler.step()
+        step_schedulers(schedulers, valid_loss)
         seconds = time.perf_counter() - started
         state["curve"].append({
             "epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss, "lr": learning_rate,
@@ -167,6 +166,15 @@ def train(model: nn.Module, schedule: Schedule, data: TrainData, loss_fn: Loss, 
         model.load_state_dict(state["best"]["model"])
         kept_epoch = state["best"]["epoch"]
     return TrainOutcome(curve=state["curve"], seconds=state["seconds"], kept_epoch=kept_epoch)
+
+
+def step_schedulers(schedulers: list[torch.optim.lr_scheduler.LRScheduler], valid_loss: float) -> None:
+    """One epoch's step of each scheduler; ReduceLROnPlateau steps on the epoch's validation loss."""
+    for scheduler in schedulers:
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(valid_loss)
+        else:
+            scheduler.step()
 
 
 def epoch_generators(seed: int, epoch: int, device: torch.device,

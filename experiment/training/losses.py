@@ -35,3 +35,7 @@ def build_loss(name: str, kwargs: dict, data_dim: int) -> Loss:
 
 LOSSES = ("NLLPriorLoss", "NLLNatsLoss", "NLLBitsLoss", "CrossEntropyLoss")
 FLOW_LOSSES = ("NLLPriorLoss", "NLLNatsLoss", "NLLBitsLoss")
+# The keyword arguments (lossKwargs) each loss takes: the flows' none, cross-entropy those of
+# torch.nn.functional.cross_entropy (`reduction` must leave one number per batch: "mean" or "sum").
+LOSS_ARGUMENTS = {"NLLPriorLoss": (), "NLLNatsLoss": (), "NLLBitsLoss": (),
+                  "CrossEntropyLoss": ("ignore_index", "label_smoothing", "reduction")}

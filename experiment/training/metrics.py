@@ -21,6 +21,8 @@ class Metric:
     column: str  # column name in the metrics table
     lower_is_better: bool
     compute: Callable[..., float]  # (outputs, targets, data_dim, **kwargs) -> float
+    for_flows: bool  # True: of log-densities (flows); False: of logits (classifiers)
+    arguments: tuple[str, ...] = ()  # the kwargs it takes
 
 
 def _top_k(outputs: torch.Tensor, targets: torch.Tensor, data_dim: int, topk: int = 1) -> float:
@@ -43,11 +45,11 @@ def _matthews(outputs: torch.Tensor, targets: torch.Tensor, data_dim: int) -> fl
 
 
 METRICS: dict[str, Metric | None] = {
-    "NLLPrior": Metric("nll", True, lambda out, tgt, dim: nll_nats(out).item()),
-    "NLLNats": Metric("nll", True, lambda out, tgt, dim: nll_nats(out).item()),
-    "NLLBits": Metric("bits_per_dim", True, lambda out, tgt, dim: bits_per_dim(out, dim).item()),
-    "TopK": Metric("top{topk}_acc", False, _top_k),
-    "MCorr": Metric("mcorr", False, _matthews),
+    "NLLPrior": Metric("nll", True, lambda out, tgt, dim: nll_nats(out).item(), for_flows=True),
+    "NLLNats": Metric("nll", True, lambda out, tgt, dim: nll_nats(out).item(), for_flows=True),
+    "NLLBits": Metric("bits_per_dim", True, lambda out, tgt, dim: bits_per_dim(out, dim).item(), for_flows=True),
+    "TopK": Metric("top{topk}_acc", False, _top_k, for_flows=False, arguments=("topk",)),
+    "MCorr": Metric("mcorr", False, _matthews, for_flows=False),
     "Dummy": None,
 }
 
