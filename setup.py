@@ -28,5 +28,5 @@ setup(
     # submits `--launcher slurm` job arrays (experiment/launcher.py), and the tests run it locally;
     # pandas also serves `ResultsTable.to_pandas` (experiment/results/table.py).
     extras_require={"tabular": ["pandas>=1.5", "h5py>=3.8"], "cluster": ["submitit>=1.5"], "pandas": ["pandas>=1.5"],
-                    "test": ["pytest>=7.0", "pandas>=1.5", "h5py>=3.8", "submitit>=1.5"]},
+                    "test": ["pytest>=7.0", "pytest-xdist>=3.0", "pandas>=1.5", "h5py>=3.8", "submitit>=1.5"]},
 )

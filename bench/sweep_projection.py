@@ -33,7 +33,7 @@ from experiment import process
 from experiment.config import load_configs
 from experiment.plan import make_plan
 from experiment.pruning.rules import prune
-from experiment.runner import prepare, retrain
+from experiment.chain import prepare, retrain
 from experiment.training.loop import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "param/toy/ffjord/gaussians/l4_h64_sigmoid_da.yaml"
@@ -56,7 +56,7 @@ def main() -> None:
         config = load_configs(arguments.config, [f"directories.results={results}", "experiments.numNets=1",
                                                  f"training.numEpochs={arguments.dense_epochs}",
                                                  f"retraining.numEpochs={arguments.retrain_epochs}"])[0]
-        experiment = prepare(config, progress_bars=False)
+        experiment = prepare(make_plan(config), progress_bars=False)
         network = experiment.settings.network
         print(f"{network.name} on {network.dataset}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} thread(s)")

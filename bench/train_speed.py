@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from experiment.config import load_configs
-from experiment.runner import prepare
+from experiment.plan import make_plan
+from experiment.chain import prepare
 from experiment.training.evaluate import evaluate
 from experiment.training.loop import train
 
@@ -28,7 +29,7 @@ def bench(network: str, epochs: int, device: str, results: str) -> dict:
     overrides = [f"network.name={network}", f"training.numEpochs={epochs}", f"device={device}",
                  f"directories.results={results}", "experiments.numNets=1"]
     config = load_configs(CONFIG, overrides)[0]
-    experiment = prepare(config)
+    experiment = prepare(make_plan(config))
     torch.manual_seed(0)
     model = experiment.new_model()
     schedule = experiment.settings.training

@@ -11,6 +11,6 @@ The public API is small:
 from experiment.config import ConfigError, load_configs
 from experiment.models import build_model
 from experiment.results import load_results
-from experiment.runner import run_experiment
+from experiment.scheduler import run_experiment
 
 __all__ = ["ConfigError", "build_model", "load_configs", "load_results", "run_experiment"]

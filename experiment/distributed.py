@@ -1,4 +1,4 @@
-"""Data-parallel training of one model over the processes `torchrun` starts (SPEC §11).
+"""Data-parallel training of one model over the processes `torchrun` starts (docs/RUNNING.md).
 
     torchrun --standalone --nproc_per_node K -m experiment.main CONFIG.yaml
 

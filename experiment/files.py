@@ -12,6 +12,7 @@ naming the file; what can be recomputed is set aside (`set_aside`) and recompute
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import io
@@ -19,7 +20,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from datetime import datetime, timezone
 from pathlib import Path
@@ -212,3 +213,81 @@ def remove_temporaries(folder: Path, owns: Callable[[str], bool]) -> list[Path]:
             log.info("removed %s, left by a process killed while writing %s", path, match["target"])
             removed.append(path)
     return removed
+
+
+# ------------------------------------------------------------------------------ CSV files
+
+
+def rows_to_csv(rows: list[dict], columns: Sequence[str] | None = None) -> str:
+    """The CSV text of `rows` (every CSV file of the project is written by this): the header is
+    `columns`, or else every key of the rows in first-seen order; a row without a column leaves its
+    cell empty."""
+    if columns is None:
+        columns = list(dict.fromkeys(name for row in rows for name in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+_REPORTED_TORN_LINES: set[tuple[str, str]] = set()  # (file, torn text) warned about by this process
+
+
+def read_csv(path: Path, advice: str = "Restore it from a backup") -> list[dict]:
+    """Rows of a CSV file with numbers parsed back into int/float ('' stays a string).
+
+    Every CSV file we write ends with a newline, so text after the last newline is a row torn by
+    something that bypassed the atomic write (a copy cut short, a full disk): it is left out, with a
+    warning. A file that does not parse otherwise is a DamagedFileError naming it, with `advice`."""
+    if not path.exists():
+        return []
+    try:
+        with open(path, newline="") as file:
+            text = file.read()
+    except UnicodeDecodeError as error:
+        raise DamagedFileError(path, f"is not text ({error})", advice) from None
+    complete, _, torn = text.rpartition("\n")
+    if torn:
+        if not complete:
+            raise DamagedFileError(path, "has no complete header line", advice)
+        if (str(path), torn) not in _REPORTED_TORN_LINES:  # the file is read many times until it is rewritten
+            _REPORTED_TORN_LINES.add((str(path), torn))
+            log.warning("%s: its last line is incomplete (%r...), probably cut off by a crash; reading the file without "
+                        "it (the next update of the file drops it)", path, torn[:40])
+    reader = csv.DictReader(io.StringIO(complete + "\n"))
+    rows = []
+    try:
+        for row in reader:
+            if None in row or None in row.values():
+                raise DamagedFileError(path, f"line {reader.line_num} does not have the {len(reader.fieldnames)} "
+                                             "fields of the header", advice)
+            rows.append({name: _parse_number(value) for name, value in row.items()})
+    except csv.Error as error:
+        raise DamagedFileError(path, f"is not a readable CSV file (line {reader.line_num}: {error})", advice) from None
+    return rows
+
+
+def _parse_number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def numeric(value: object) -> float | None:
+    """A CSV cell (as `read_csv` gives it) as a float; None for an empty or text cell (bools are not numbers here)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def write_curve(path: Path, rows: list[dict]) -> None:
+    """The training-curve file `path` holding exactly `rows`, one row per epoch (none: no file),
+    rewritten whole and atomically, so that a reader never sees a torn row (a curve is small)."""
+    if rows:
+        atomic_write_text(path, rows_to_csv(rows))
+    else:
+        path.unlink(missing_ok=True)

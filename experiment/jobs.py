@@ -1,4 +1,4 @@
-"""The jobs of a resolved config (SPEC §11): one per dense net, then one per prune chain
+"""The jobs of a resolved config (docs/RUNNING.md): one per dense net, then one per prune chain
 (method × net × repetition), each chain after the dense net it starts from.
 
 A job is a unit of work one process does under the job's lock (experiment/results/tree.py); its
@@ -15,9 +15,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 from experiment.plan import Plan
-from experiment.results.tree import chain_name, dense_name
 
 JobKind = Literal["dense", "chain"]
+
+
+def dense_name(net: int) -> str:
+    return f"dense_net{net}"
+
+
+def chain_name(mode: str, method: str, net: int, repetition: int) -> str:
+    """The prefix shared by the models of one prune chain (their names add `_step{k}`)."""
+    return f"{mode}_{method}_net{net}_rep{repetition}"
 
 
 @dataclass(frozen=True)

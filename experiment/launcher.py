@@ -1,10 +1,10 @@
-"""`--launcher slurm|local`: a command's jobs submitted as a job array through submitit (SPEC §11).
+"""`--launcher slurm|local`: a command's jobs submitted as a job array through submitit (docs/RUNNING.md).
 
     python -m experiment.main CONFIG.yaml [key.path=value ...] --launcher slurm [--tasks N] [resources]
 
 submits one job-array task per shard: task i of N runs `--shard i/N` of the same command (config,
 overrides, `--workers`, `--threads`, `--gpus-per-job`) by calling `experiment.main.main` in the task's
-Python process. The tasks share the results tree like any other processes (experiment/runner.py),
+Python process. The tasks share the results tree like any other processes (experiment/scheduler.py),
 so whatever stops a task loses nothing finished: submitit requeues a task that is preempted or
 reaches its time limit (`ShardTask.checkpoint`), and the requeued task resumes from the progress
 files; a failed task's jobs are done by running the same command again.
@@ -37,7 +37,8 @@ from experiment.config.settings import LauncherSettings, Settings
 from experiment.jobs import Job, Shard
 from experiment.plan import Plan
 from experiment.results.tree import RunDir
-from experiment.runner import MODELS_FAILED, JobRunner, report, summarize_failures
+from experiment.report import MODELS_FAILED, report, summarize_failures
+from experiment.scheduler import JobRunner
 from experiment.workers import gpus_needed
 
 if TYPE_CHECKING:
@@ -338,8 +339,7 @@ def launch(arguments: argparse.Namespace, plans: Sequence[Plan], jobs: Sequence[
     """`--launcher`: the array planned, then printed (`--dry-run`) or submitted and summarised (and
     with `--wait` waited for), each task calling `entry` (experiment.main.main) with its command line.
     Raises ConfigError or LaunchError before anything is submitted."""
-    configs = [plan.config for plan in plans]
-    unfinished = JobRunner(configs, repair=arguments.repair).unfinished(jobs)
+    unfinished = JobRunner(plans, repair=arguments.repair).unfinished(jobs)
     planned = plan_launch(arguments, [plan.settings for plan in plans], jobs, unfinished)
     if arguments.dry_run:
         print_tasks(planned, jobs, unfinished)

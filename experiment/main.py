@@ -10,7 +10,7 @@ could not finish): each is listed at the end and has a failed row in its run's m
 
 Any number of these commands may run at once on one results tree, on one machine or on several
 sharing a file system: each job (a dense net, a prune chain) is done by one process at a time, and a
-job whose process died is taken over (SPEC §11, experiment/runner.py). `--workers N` runs N worker
+job whose process died is taken over (docs/RUNNING.md, experiment/scheduler.py). `--workers N` runs N worker
 processes here; `--shard I/N` does only the I-th of N fixed shares of the jobs (set by a SLURM job
 array's SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT when not given); `--launcher slurm` submits such
 a job array, one task per shard, through submitit (experiment/launcher.py). Started by `torchrun
@@ -30,17 +30,18 @@ import torch
 import yaml
 
 from experiment import launcher, process
-from experiment.config import ConfigError, Settings, add_overrides_argument, load_configs, settings_of
+from experiment.config import ConfigError, Settings, add_overrides_argument, load_configs
 from experiment.devices import resolve_device
+from experiment.distributed import Ranks, join, leave, ranks_from_environment
 from experiment.files import DamagedFileError, os_error_text
-from experiment.distributed import SINGLE, Ranks, join, leave, ranks_from_environment
 from experiment.jobs import Job, Shard, jobs_of
+from experiment.models import parameter_count
 from experiment.plan import Plan, make_plan, sweep_labels
+from experiment.progress import is_finished
 from experiment.projection import projection_lines
-from experiment.report import dense_point, format_sweep_table, main_metric, pruned_points, quantity_of
-from experiment.results.tree import RunDir, is_failed
-from experiment.runner import JobRunner, is_finished, report, run_experiment, summarize_failures
-from experiment.workers import STOPPED_BY_FILE_ERROR, run_workers, worker_devices
+from experiment.results.tree import RunDir
+from experiment.scheduler import JobRunner, Orders, run_plans
+from experiment.workers import worker_devices
 
 # Shown after the options by --help: a first command to copy, and where the config keys are explained.
 EXAMPLES = """examples:
@@ -117,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plans = [make_plan(config) for config in configs]
     labels = sweep_labels(configs) if len(configs) > 1 else [""]
+    try:
+        check_model_sizes(plans, arguments.config, arguments.overrides)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
     if not arguments.dry_run:
         try:  # (a finished run is only read: a read-only copy of a results tree can be rerun)
             check_results_folders([plan for plan in plans if not is_finished(plan, RunDir(plan.run_folder), arguments.repair)])
@@ -150,16 +156,12 @@ def main(argv: list[str] | None = None) -> int:
 
     process.configure(arguments.threads)
     logging.basicConfig(level=logging.INFO if ranks.leader else logging.WARNING, format="%(message)s", stream=sys.stdout)
+    orders = Orders(workers=arguments.workers, threads=arguments.threads, gpus_per_job=arguments.gpus_per_job,
+                    repair=arguments.repair, shard=selected_shard)
     try:
         if ranks.parallel:
-            return run_data_parallel(configs, jobs, selected_shard, arguments, ranks)
-        if arguments.workers == 1 and selected_shard is None:
-            for index, (config, swept) in enumerate(zip(configs, labels)):
-                print(f"experiment {index + 1} of {len(configs)}{f': {swept}' if swept else ''}", flush=True)
-                run_experiment(config, arguments.repair, swept)
-            print_sweep_summary(plans, labels)
-            return summarize_failures(plans)
-        return run_jobs(plans, jobs, selected_shard, arguments)
+            return run_data_parallel(plans, jobs, orders, ranks)
+        return run_plans(plans, jobs, orders)
     except DamagedFileError as error:  # metrics.csv or data_split.npz: the researcher decides (see the message)
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -187,7 +189,7 @@ def print_dry_run(plans: list[Plan], jobs: list[Job], selected_shard: Shard | No
     """What the command would do, cost first: experiments, jobs finished and to do, the trainings and
     epochs left and a projected wall time (experiment/projection.py); then each experiment's plan (its
     resolved config too with --show-config) and the jobs."""
-    unfinished = JobRunner([plan.config for plan in plans]).unfinished(jobs)
+    unfinished = JobRunner(plans).unfinished(jobs)
     where = f" of shard {selected_shard}" if selected_shard else ""
     print("# dry run: nothing is written")
     print(f"experiments: {len(plans)}; jobs{where}: {len(jobs)}, {len(jobs) - len(unfinished)} finished, {len(unfinished)} to do")
@@ -210,21 +212,6 @@ def print_dry_run(plans: list[Plan], jobs: list[Job], selected_shard: Shard | No
     for job in jobs:
         after = "" if job.dense is None else f"  (after {job.dense})"
         print(f"{job}{after}{'' if job in unfinished else '  (finished)'}")
-
-
-def print_sweep_summary(plans: list[Plan], labels: list[str]) -> None:
-    """After the experiments of a sweep (more than one): one table across them (`format_sweep_table`)
-    per main metric."""
-    if len(plans) < 2:
-        return
-    by_metric: dict[str, list] = {}
-    for plan, swept in zip(plans, labels):
-        metric = main_metric(plan.settings.training)
-        _, transform = quantity_of(metric)
-        rows = [row for row in plan.planned_rows(RunDir(plan.run_folder).read_metrics()) if not is_failed(row)]
-        by_metric.setdefault(metric, []).append((swept, dense_point(rows, metric, transform), pruned_points(rows, metric, transform)))
-    for metric, experiments in by_metric.items():
-        print("\n" + format_sweep_table(experiments, quantity_of(metric)[0]), flush=True)
 
 
 def project_folder(config_file: Path) -> Path | None:
@@ -251,6 +238,25 @@ def print_results_folders(plans: list[Plan], config_file: Path) -> None:
             print(f"note: run {plan.run_id} already exists in {there}, the results folder of the config's project; "
                   f"this command works in {plan.run_folder.absolute()} instead (relative results folders are relative "
                   f"to the working directory: run it from {project} to go on with that run)", flush=True)
+
+
+TRAINING_BYTES_PER_PARAMETER = 16  # float32 weight, gradient and the optimizer's two moments (AdamW)
+
+
+def check_model_sizes(plans: list[Plan], config_file: str, overrides: list[str]) -> None:
+    """A model above `limits.maxParameters` is refused before anything is written or allocated
+    (counted without allocating it, `parameter_count`); the error gives its training memory and
+    names the command line when an override set the model or the bound, else the config file."""
+    overridden = {override.split("=", 1)[0].strip() for override in overrides}
+    source = "command line" if overridden & {"network.name", "limits.maxParameters"} else config_file
+    for plan in plans:
+        network, limit = plan.settings.network, plan.settings.limits.max_parameters
+        count = parameter_count(network.name, network.output_size)
+        if count > limit:
+            memory = count * TRAINING_BYTES_PER_PARAMETER
+            raise ConfigError(source, "network.name", f"{network.name} has {count:,} parameters (about "
+                                                      f"{memory / 2**30:,.1f} GiB to train), above limits.maxParameters "
+                                                      f"= {limit:,}; raise that bound to train it")
 
 
 def check_devices(settings: list[Settings], workers: int, gpus_per_job: float | None, ranks: Ranks) -> None:
@@ -302,53 +308,18 @@ def check_results_folders(plans: list[Plan]) -> None:
                                  "(the lock is held by the operating system, not by the file)")
 
 
-def run_data_parallel(configs: list[dict], jobs: list[Job], selected_shard: Shard | None,
-                      arguments: argparse.Namespace, ranks: Ranks) -> int:
-    """This rank's part of `jobs` under torchrun: rank 0 as `run_jobs` does, the others following it
+def run_data_parallel(plans: list[Plan], jobs: list[Job], orders: Orders, ranks: Ranks) -> int:
+    """This rank's part of `jobs` under torchrun: rank 0 as `run_plans` does, the others following it
     (each on its own GPU, cuda:LOCAL_RANK, when the configs ask for a GPU)."""
-    device = join(ranks, resolve_device(settings_of(configs[0]).device))
+    device = join(ranks, resolve_device(plans[0].settings.device))
     try:
-        configs = [{**config, "device": str(device)} for config in configs]
+        plans = [make_plan({**plan.config, "device": str(device)}) for plan in plans]
         if ranks.leader:
-            return run_jobs([make_plan(config) for config in configs], jobs, selected_shard, arguments, ranks)
-        JobRunner(configs, progress_bars=False, ranks=ranks, repair=arguments.repair).run(jobs)
+            return run_plans(plans, jobs, orders, ranks)
+        JobRunner(plans, progress_bars=False, ranks=ranks, repair=orders.repair).run(jobs)
         return 0
     finally:
         leave(ranks)
-
-
-def run_jobs(plans: list[Plan], jobs: list[Job], selected_shard: Shard | None, arguments: argparse.Namespace,
-             ranks: Ranks = SINGLE) -> int:
-    """`jobs` (a shard's, or all of several workers') done here or in worker processes, then the
-    end-of-run table of every config; 1 if a worker failed, else MODELS_FAILED if a model failed. A run
-    none of whose `jobs` is left is only read (no request recorded, the plot only made if missing), as
-    in `run_experiment`."""
-    configs = [plan.config for plan in plans]
-    runner = JobRunner(configs, ranks=ranks, repair=arguments.repair)
-    unfinished = runner.unfinished(jobs)
-    busy = {job.run_id for job in unfinished}
-    runs = [RunDir.record_request(plan.config) if plan.run_id in busy else RunDir(plan.run_folder) for plan in plans]
-    workers = min(arguments.workers, len(unfinished))  # more would find nothing to do
-    where = f" of shard {selected_shard}" if selected_shard else ""
-    how = f"{ranks.world_size} data-parallel ranks" if ranks.parallel else f"{workers} worker(s)"
-    print(f"{len(unfinished)} of {len(jobs)} job(s){where} to do, from {len(configs)} experiment(s), on {how}", flush=True)
-    if arguments.workers == 1:
-        runner.run(unfinished)
-    elif workers:
-        failed = run_workers(configs, unfinished, workers, arguments.threads, arguments.gpus_per_job, arguments.repair)
-        if any(code == STOPPED_BY_FILE_ERROR for code in failed.values()):
-            print("the run is incomplete: a worker stopped on the file error above; fix it and run the same command "
-                  "again to resume", file=sys.stderr)
-            return 2
-        if failed:
-            print(f"{len(failed)} worker(s) failed; the run is incomplete: run the same command again to resume it",
-                  file=sys.stderr)
-            return 1
-    labels = sweep_labels(configs) if len(configs) > 1 else [""]
-    for plan, run, swept in zip(plans, runs, labels):
-        report(plan, run, replot=plan.run_id in busy, swept=swept)
-    print_sweep_summary(plans, labels)
-    return summarize_failures(plans)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,20 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiment.config.schema import keep_ratio_sequence
+from experiment.config.identity import RUN_ID_EXCLUDED_KEYS, run_folder, run_id
+from experiment.config.schema import CONTROL_METHOD, keep_ratio_sequence
 from experiment.config.settings import Settings, settings_of
-from experiment.pruning.rules import CONTROL_METHOD
-from experiment.results.rows import step_prune_ratio
-from experiment.results.tree import RUN_ID_EXCLUDED_KEYS, run_folder, run_id
+from experiment.files import numeric
 from experiment.stopping import StopRule
+
+
+def step_prune_ratio(row: dict) -> float:
+    """The prune ratio a metrics row's step is scheduled at: its target for the pruning methods;
+    the NoPrune control (target 0: it prunes nothing) records the ratio the pruning methods reach at
+    the same step in `step_prune_ratio`, so that it is compared at an equal training budget."""
+    value = numeric(row.get("step_prune_ratio"))
+    return float(row["target_prune_ratio"]) if value is None else value
+
 
 
 @dataclass(frozen=True)

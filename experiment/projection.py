@@ -22,7 +22,8 @@ from experiment.config.settings import Settings
 from experiment.data import DATASETS
 from experiment.plan import Plan
 from experiment.results.rebuild import build_run_model, load_run_data
-from experiment.results.tree import RunDir, metric_key, read_csv
+from experiment.results.tree import RunDir, metric_key
+from experiment.files import read_csv
 from experiment.seeds import seeded_generator
 from experiment.training.loop import TrainData, train
 from experiment.training.losses import build_loss

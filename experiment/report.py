@@ -1,13 +1,17 @@
 """The end-of-run summary and the point summary the `paper/` scripts share: the main test metric
 per (mode, method, prune ratio), averaged over each net's repetitions, then mean ± std over nets;
 printed as a table and plotted (`prune_curve.png` in the run folder) at the end of every run, in the
-quantity the `paper/` figures show (`quantity_of`: test NLL, bits/dim, or top-k error in %)."""
+quantity the `paper/` figures show (`quantity_of`: test NLL, bits/dim, or top-k error in %); and
+what a command reports at its end: each run's table (`report`), the models that failed and the exit
+code that says so (`summarize_failures`, MODELS_FAILED)."""
 
 from __future__ import annotations
 
 import io
 import math
 import re
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,9 +22,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from experiment.config.settings import PlottedKeepRatios, Schedule
-from experiment.files import atomic_write_bytes
+from experiment.files import atomic_write_bytes, remove_temporaries
+from experiment.plan import Plan
 from experiment.pruning.rules import CONTROL_METHOD
-from experiment.results.rows import numeric, step_prune_ratio
+from experiment.files import numeric
+from experiment.plan import step_prune_ratio
+from experiment.results.tree import RunDir, is_failed, model_name
 from experiment.training.metrics import metric_column
 
 
@@ -291,3 +298,49 @@ def plot_prune_curve(dense: Point | None, lines: dict[tuple[str, str], list[Poin
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=120)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+MODELS_FAILED = 3  # the exit code of a command that did all its jobs but some models failed
+
+
+
+def failures(plan: Plan, run: RunDir) -> list[str]:
+    """'{run folder} {model}: {reason}' for each failed model of the plan."""
+    return [f"{run.path} {model_name(row)}: {row['error']}" for row in plan.planned_rows(run.read_metrics()) if is_failed(row)]
+
+
+def summarize_failures(plans: Sequence[Plan]) -> int:
+    """Prints every failed model of `plans` (run folder, model, reason) on stderr; returns
+    MODELS_FAILED if there is one, else 0: the exit code of a command that did all its jobs."""
+    failed = [failure for plan in plans for failure in failures(plan, RunDir(plan.run_folder))]
+    if failed:
+        print(f"{len(failed)} model(s) failed; the other models finished (a rerun does not retry these; docs/RUNNING.md, 'When a model fails'):",
+              *failed, sep="\n  ", file=sys.stderr, flush=True)
+    return MODELS_FAILED if failed else 0
+
+
+def report(plan: Plan, run: RunDir, replot: bool = True, swept: str = "") -> None:
+    """Prints prune ratio vs the main metric per method, in the quantity the paper/ figures show
+    (`quantity_of`: top-k error in %, NLL, bits/dim; failed models left out, and listed below)
+    and plots it into the run folder (under report.lock, which also clears a killed plot's leftover
+    temporary file); with `replot=False` (a finished run, only read) only if the plot is missing.
+    `swept`: what this experiment of a sweep sets (`sweep_labels`), said in the title."""
+    metric = main_metric(plan.settings.training)
+    label, transform = quantity_of(metric)  # what the paper/ figures show: top-k error in %, NLL, bits/dim
+    rows = [row for row in plan.planned_rows(run.read_metrics()) if not is_failed(row)]
+    dense, lines = dense_point(rows, metric, transform), pruned_points(rows, metric, transform)
+    selected = selected_points(rows, metric, transform) if plan.stop_rule is not None else {}
+    title = f"{plan.settings.network.name} on {plan.settings.network.dataset}{f' ({swept})' if swept else ''}"
+    print(f"\n{title}, run {run.path.absolute()}\n{label}: mean ± std over nets, the achieved prune ratio as PR:")
+    if dense is not None or lines:
+        print(format_table(dense, lines, label))
+        if selected:
+            print(format_selection(selected, label))
+        path = run.path / "prune_curve.png"
+        if replot or not path.exists():
+            with run.lock("report"):
+                remove_temporaries(run.path, lambda name: name == path.name)
+                plot_prune_curve(dense, plotted_lines(plan.settings.experiments.plotting, lines), label, title, path, selected)
+    for failure in failures(plan, run):
+        print(f"FAILED {failure}")
+

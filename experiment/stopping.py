@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from experiment.pruning.rules import CONTROL_METHOD
+from experiment.config.schema import CONTROL_METHOD
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 from experiment.analysis.claims import Measure, Verdict, measure_claims
 from experiment.files import atomic_write_text
 from experiment.results import Run
-from experiment.results.tree import rows_to_csv
+from experiment.files import rows_to_csv
 from paper.common import command, markdown_table
 
 COLUMNS = ("claim", "run", "method", "measure", "mean", "ci_low", "ci_high", "count", "per_net", "measure_verdict",

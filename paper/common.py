@@ -18,6 +18,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.style
 import numpy as np
+import PIL.Image
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -297,15 +298,32 @@ def run_label(run: Run) -> str:
     return f"{network.dataset}_{network.name}_{run.path.name}"
 
 
+# A PNG is for reading on screen (the PDF carries full quality): at most this many pixels wide, in
+# a palette of at most 128 colours, which keeps a many-panel figure to a few hundred KB.
+PNG_MAX_WIDTH = 1200
+PNG_COLOURS = 128
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """`figure` as a palette PNG: rendered at the style's dpi, or less where that would be wider than
+    PNG_MAX_WIDTH pixels, then reduced to PNG_COLOURS colours (median cut, no dithering, so that flat
+    areas stay flat)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=min(style().dpi, PNG_MAX_WIDTH / figure.get_figwidth()))
+    image = PIL.Image.open(buffer).convert("RGB").quantize(PNG_COLOURS, method=PIL.Image.Quantize.MEDIANCUT,
+                                                            dither=PIL.Image.Dither.NONE)
+    compact = io.BytesIO()
+    image.save(compact, format="png", optimize=True)
+    return compact.getvalue()
+
+
 def save_figure(figure: Figure, folder: Path, name: str) -> list[Path]:
-    """Writes `name`.png and `name`.pdf into `folder` (atomically)."""
-    paths = []
-    for suffix in ("png", "pdf"):
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format=suffix, dpi=style().dpi)  # no tight box: keep the style's width
-        path = folder / f"{name}.{suffix}"
-        atomic_write_bytes(path, buffer.getvalue())
-        paths.append(path)
+    """Writes `name`.png (`png_bytes`) and `name`.pdf into `folder` (atomically)."""
+    pdf = io.BytesIO()
+    figure.savefig(pdf, format="pdf")  # no tight box: keep the style's width
+    paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
+    atomic_write_bytes(paths[0], png_bytes(figure))
+    atomic_write_bytes(paths[1], pdf.getvalue())
     return paths
 
 

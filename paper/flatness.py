@@ -108,7 +108,7 @@ from experiment.analysis.flatness import COLUMNS, FlatnessSettings, analyse_run,
 from experiment.analysis.hessian import density_grid, spectral_density
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import line_label, method_color, prune_ratio_axis
-from experiment.results.tree import rows_to_csv
+from experiment.files import rows_to_csv
 from paper.common import (
     command, cache_saver, figure_title, find_runs, markdown_table, new_figure, output_folder, parse_arguments, read_cache, run_label, save_figure,
     save_text,

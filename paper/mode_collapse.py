@@ -1,4 +1,4 @@
-"""Mode collapse of pruned 2-D flows (SPEC §8), measured against the true mixture.
+"""Mode collapse of pruned 2-D flows, measured against the true mixture.
 
     python -m paper.mode_collapse TARGET [key.path=value ...] [--out DIR] [--num-samples 20000] [--hit-fraction 0.75] [--max-tv 0.1]
 
@@ -31,7 +31,7 @@ from experiment.analysis.mode_collapse import (
     unmeasurable_reason,
 )
 from experiment.report import is_plotted, line_label, method_color, method_name, prune_ratio_axis
-from experiment.results.tree import rows_to_csv
+from experiment.files import rows_to_csv
 from paper.common import (
     command, cache_saver, figure_title, find_runs, markdown_table, new_figure, output_folder, parse_arguments, read_cache, run_label,
     save_figure, save_text,

@@ -1,4 +1,4 @@
-"""The main quantity vs prune ratio of every run (SPEC §8, first item): test NLL in nats for flows,
+"""The main quantity vs prune ratio of every run (the paper's prune curves): test NLL in nats for flows,
 bits/dim for image flows, top-1 error in % for classifiers, one line per (mode, method), mean ± std
 over nets as a band, the dense nets' mean as the point at prune ratio 0 and a dashed reference line.
 The NoPrune control (same chain, nothing pruned) is drawn at the prune ratio of each step, so each
@@ -44,7 +44,7 @@ from experiment.report import (
     prune_ratio_axis, pruned_points,
 )
 from experiment.results import Run
-from experiment.results.tree import rows_to_csv
+from experiment.files import rows_to_csv
 from paper.common import (
     command, Mark, clip_to_bulk, difference_axis, difference_unit, figure_title, find_runs, is_error_rate, new_figure, output_folder,
     parse_arguments, quantity, run_label, save_figure, save_text, value_axis,

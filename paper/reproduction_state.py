@@ -16,7 +16,7 @@ data_split.npz and the checkpoints the analyses read — the dense nets, every n
 steps `paper.flatness` measures by default and net 0's that `paper.samples_2d` shows — and, while
 some of the run's jobs are unfinished, what resuming needs besides: every progress file (models
 mid-training) and each chain's last recorded step checkpoint (the chain goes on from it:
-`experiment.runner.resume_step`). A megabyte or two instead of every checkpoint. The other step
+`experiment.chain.resume_step`). A megabyte or two instead of every checkpoint. The other step
 checkpoints are left out, so run `python -m paper.mode_collapse` (every model) and `python -m
 paper.flatness` (models of other steps, if asked for) on the run before saving: their caches
 (committed beside their tables) keep each model's measurements, keyed by checkpoint contents.
@@ -39,9 +39,10 @@ from experiment.analysis.two_dimensional import GRID_RATIOS, spread_ratios
 from experiment.config import load_configs
 from experiment.plan import Plan, make_plan
 from experiment.report import is_plotted
-from experiment.results.rows import step_prune_ratio
-from experiment.results.tree import RunDir, is_failed, model_name, run_folder
-from experiment.runner import is_finished
+from experiment.plan import step_prune_ratio
+from experiment.results.tree import RunDir, is_failed, model_name
+from experiment.config.identity import run_folder
+from experiment.progress import is_finished
 from paper.common import command
 
 CONFIGS = Path("param/reproduction")

@@ -1,4 +1,4 @@
-"""2-D figures per prune ratio (SPEC §8): what the toy models look like as they are pruned.
+"""2-D figures per prune ratio: what the toy models look like as they are pruned.
 
     python -m paper.samples_2d TARGET [key.path=value ...] [--out DIR] [--style screen|paper] [--ratios PR ...] [--num-ratios 4] [--net 0]
 

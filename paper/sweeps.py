@@ -1,4 +1,4 @@
-"""Sweeps over architectures, activations, solvers or optimizer settings (SPEC §8): the prune
+"""Sweeps over architectures, activations, solvers or optimizer settings: the prune
 potential of each run and the error against the absolute number of non-zero parameters.
 
     python -m paper.sweeps TARGET [key.path=value ...] [--out DIR]
@@ -31,7 +31,7 @@ import numpy as np
 from experiment.analysis.prune_potential import delta_of, prune_potential
 from experiment.results import Run
 from experiment.plan import sweep_labels
-from experiment.results.tree import rows_to_csv
+from experiment.files import rows_to_csv
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import Point, dense_point, line_label, method_name, plotted_lines, pruned_points
 from paper.common import command, markdown_table, new_figure, quantity, save_figure, save_text, value_axis, write_over_runs

@@ -1,4 +1,4 @@
-"""Result tables (SPEC §8): test NLL in nats (tabular sets) or bits/dim (images) with parameter
+"""Result tables: test NLL in nats (tabular sets) or bits/dim (images) with parameter
 counts, the dense nets and the best pruned nets of every run, next to the published baselines.
 
     python -m paper.tables TARGET [key.path=value ...] [--out DIR]
@@ -28,9 +28,9 @@ from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import Point, dense_point, method_name, pruned_points, quantity_of
 from paper.common import command, markdown_table, quantity, save_text, write_over_runs
 
-# Published baselines, test NLL / parameter count (SPEC §8, table "Published baselines, test NLL /
-# parameter count": tabular sets in nats, images in bits/dim; parameter counts as computed by the
-# authors' size scripts, kept as published). Missing entries (NAF on images) were not published.
+# Published baselines, test NLL / parameter count (tabular sets in nats, images in bits/dim; parameter
+# counts as computed by the authors' size scripts, kept as published; also listed in
+# docs/PAPER_SETTINGS.md). Missing entries (NAF on images) were not published.
 BASELINES: dict[str, dict[str, tuple[float, str]]] = {
     "MADE": {"Power": (3.08, "5.9K"), "Gas": (-3.56, "6.2K"), "Hepmass": (20.98, "147K"), "Miniboone": (15.59, "164K"),
              "Bsds300": (-148.85, "621K"), "MNIST": (2.04, "1.20M"), "CIFAR10": (5.67, "11.5M")},
@@ -204,7 +204,7 @@ def markdown_tables(entries: list[TableEntry]) -> str:
     if header:
         lines += ["", "## Against published baselines", "",
                   "Test NLL in nats (tabular) or bits/dim (images) / parameter count (non-zero parameters for pruned "
-                  "nets). Baselines as published (SPEC §8); the lowest value per column in bold.", "",
+                  "nets). Baselines as published; the lowest value per column in bold.", "",
                   *_markdown(header, rows), "", *[f"* {note}" for note in notes]]
     return "\n".join(lines) + "\n"
 

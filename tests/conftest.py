@@ -107,8 +107,17 @@ def file_states(folder: Path) -> dict[str, tuple[int, str]]:
 
 
 def load_weights(path: Path) -> dict:
-    """A checkpoint loaded the way the spec promises it can be: plain tensors and builtins only."""
+    """A checkpoint loaded the way docs/RESULTS.md promises it can be: plain tensors and builtins only."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# Under pytest-xdist (pytest.ini) each test file runs on one worker, the files in collection order:
+# the longest file goes first, so that no worker is left running it alone at the end.
+LONGEST_FIRST = "test_digits_end_to_end.py"
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name != LONGEST_FIRST)  # a stable sort: the rest keep their order
 
 
 def pytest_configure(config):

@@ -16,7 +16,7 @@ from experiment.analysis.claims import (Measure, converged_claim, decide, flatne
 from experiment.analysis.statistics import Interval, variance_components
 from experiment.config import load_configs
 from experiment.results import Run
-from experiment.results.tree import rows_to_csv
+from experiment.files import rows_to_csv
 from paper import claims
 
 STEPS = (0.2, 0.5, 0.9)  # two moderate steps (PR <= 0.8) and one beyond

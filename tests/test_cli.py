@@ -18,6 +18,8 @@ from conftest import REPO, describe, run_cli, run_process, tiny_config
 from experiment import main as experiment_main
 from paper import tables
 
+pytestmark = pytest.mark.slow  # runs the command line in subprocesses
+
 OVERRIDE = "training.numEpochs=1"
 
 

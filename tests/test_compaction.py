@@ -1,4 +1,4 @@
-"""Compaction (issue 10): FT-pruned models retrained and evaluated as smaller dense twins.
+"""Compaction: FT-pruned models retrained and evaluated as smaller dense twins.
 
 * the compact twin of a model pruned by FT (one-shot at several ratios, or a cascade of two steps)
   is smaller and gives the masked model's log-densities (Hutchinson with the same seed, exact trace)
@@ -32,12 +32,13 @@ from experiment.data.toy import gaussians
 from experiment.models import build_model, count_nfe
 from experiment.models.multiscale import MultiscaleCNF
 from experiment.models.cnf import CNF
-from experiment.models.ode import SolverOptions
+from experiment.models.solvers import SolverOptions
 from experiment.models.prunable import ChainLayer
 from experiment.pruning.compaction import compact, expand
 from experiment.pruning.layers import prunable_chains
 from experiment.pruning.rules import apply_masks, prune
-from experiment.runner import prepare, retrain
+from experiment.plan import make_plan
+from experiment.chain import prepare, retrain
 from experiment.training.loop import TrainData, train
 from experiment.training.losses import build_loss
 from conftest import HANG_TIMEOUT, NODE_BASE, cli_command, cli_env, describe, load_weights, run_cli, the_run_folder, write_yaml
@@ -136,6 +137,7 @@ def test_twin_is_smaller_and_gives_the_masked_models_outputs(name, dim, ratios):
     assert count_nfe(twin) > 0  # the twin's ODE blocks count their evaluations as the model's do
 
 
+@pytest.mark.slow
 def test_conv_field_twin_keeps_the_time_channel_and_the_outputs(pruned_multiscale):
     model, masks = pruned_multiscale
     twin = compact(model, masks).model
@@ -281,7 +283,7 @@ def write_node_config(folder: Path, retraining: dict) -> Path:
 
 def test_retrain_uses_the_twin_and_resumes_a_masked_retraining_begun_before_compaction(tmp_path):
     config = load_configs(write_node_config(tmp_path, {"numEpochs": 2, "batchSize": 256}))[0]
-    experiment = prepare(config, progress_bars=False)
+    experiment = prepare(make_plan(config), progress_bars=False)
     schedule = experiment.settings.retraining
     torch.manual_seed(0)
     model = experiment.new_model()
@@ -327,6 +329,7 @@ def poll_and_kill(process: subprocess.Popen, results: Path, victim: str, epochs:
     return None
 
 
+@pytest.mark.slow
 def test_cli_chain_keeps_the_full_layout_and_a_killed_twin_resumes_to_the_same_rows(tmp_path):
     epochs = 2
     config = write_node_config(tmp_path / "a", {"numEpochs": epochs, "batchSize": 128})

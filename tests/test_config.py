@@ -130,7 +130,8 @@ def test_settings_are_the_resolved_config_typed(tmp_path: Path) -> None:
                                 {"type": "relative", "ratio": 0.5, "maxSteps": 2}]})))
     settings = settings_of(config)
     assert settings.network == NetworkSettings(name="node_l2_h64_tanh_da", dataset="ToyMoons", output_size=2,
-                                               atol=None, rtol=None, max_steps=config["network"]["maxSteps"])
+                                               atol=None, rtol=None, max_steps=config["network"]["maxSteps"],
+                                               solver_backend="auto")
     assert (settings.training.num_epochs, settings.retraining.num_epochs) == (50, 30)
     assert settings.training.test_batch_size == 128 and settings.training.optimizer_kwargs == {"lr": 0.01, "weight_decay": 1.0e-4}
     assert settings.training.lr_schedulers == (LRSchedulerSpec("MultiStepLR", {"gamma": 0.1}, {"milestones": [40, 45]}),)
@@ -754,3 +755,18 @@ experiments: {mode: train}
     assert ("config warning: " + str(tmp_path / "main.yaml") + ": network.outputSize: 10 ignored: a flow's output is its "
             "data dimension, 64 for Digits") in capsys.readouterr().err
     assert run_folder(plain) == run_folder(load_one(write(tmp_path, "right.yaml", text.replace("outputSize: 10", "outputSize: 64"))))
+
+
+def test_the_solver_backend_key_fits_the_model_and_stays_out_of_the_run_id_at_auto(tmp_path: Path) -> None:
+    path = write(tmp_path, "main.yaml", VALID)
+    plain = load_one(path)
+    assert plain["network"]["solverBackend"] == "auto"
+    assert run_id(plain) == run_id({**plain, "network": {key: value for key, value in plain["network"].items()
+                                                        if key != "solverBackend"}})  # runs made before the key
+    assert run_id(load_one(path, ("network.solverBackend=backprop",))) != run_id(plain)
+    with pytest.raises(ConfigError, match="network.solverBackend: the fused solver takes MLP fields with dopri5"):
+        load_one(path, ("network.name=node_l2_h64_tanh_rk4_adjoint", "network.solverBackend=fused"))
+    with pytest.raises(ConfigError, match="asks for backpropagation through the solver"):
+        load_one(path, ("network.name=node_l2_h64_tanh_da_autograd", "network.solverBackend=torchdiffeq"))
+    with pytest.raises(ConfigError, match="unknown solver backend 'jax'"):
+        load_one(path, ("network.solverBackend=jax",))

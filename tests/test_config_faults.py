@@ -1,5 +1,5 @@
 """Faults at the edge of a run's configuration, found by `python -m experiment.main` before anything is
-written (issue 11): bad optimizer values, `--threads` below 1, options after the overrides, and a
+written: bad optimizer values, `--threads` below 1, options after the overrides, and a
 results folder that cannot be written. The YAML-level faults (repeated keys, alias bombs) are in
 tests/test_config.py with the other malformed configs."""
 
@@ -45,18 +45,19 @@ def test_threads_below_one_is_a_usage_error(config, threads, capsys):
 
 
 @pytest.mark.parametrize("order", [
-    ["CONFIG", "--dry-run", "seed=3", "device=cpu"],
-    ["CONFIG", "seed=3", "--dry-run", "device=cpu"],
-    ["--dry-run", "CONFIG", "seed=3", "--threads", "2", "device=cpu"],
+    ["CONFIG", "--dry-run", "seed=3", "--show-config", "device=cpu"],
+    ["CONFIG", "seed=3", "--show-config", "--dry-run", "device=cpu"],
+    ["--show-config", "--dry-run", "CONFIG", "seed=3", "--threads", "2", "device=cpu"],
 ])
 def test_options_and_overrides_in_any_order(config, order, capsys):
     assert main([str(config) if argument == "CONFIG" else argument for argument in order]) == 0
     printed = capsys.readouterr().out
-    resolved = yaml.safe_load(printed.split("# plan")[0])
+    resolved = yaml.safe_load(printed.split("# experiment 1 of 1")[1].split("# plan")[0])
     assert (resolved["seed"], resolved["device"]) == (3, "cpu")
     assert not (config.parent / "results").exists()
 
 
+@pytest.mark.slow
 def test_results_folder_under_a_file(config, tmp_path):
     """Run for real (a subprocess): one line naming the folder, exit code 2, no traceback, nothing made."""
     blocker = tmp_path / "not_a_folder"

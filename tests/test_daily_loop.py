@@ -19,8 +19,10 @@ from experiment.main import main
 from experiment.plan import make_plan
 from experiment.projection import work_of
 from experiment.results import RunDir, load_results, run_folder
-from experiment.results.tree import rows_to_csv
-from experiment.runner import run_experiment
+from experiment.files import rows_to_csv
+from experiment.scheduler import run_experiment
+
+pytestmark = pytest.mark.slow  # runs small experiments end to end
 
 CASCADE = {"mode": "cascade", "methods": ["ThresNet"], "spacing": [{"type": "manual", "values": [0.5, 0.3]}]}
 
@@ -54,6 +56,11 @@ def test_a_dry_run_leads_with_the_cost(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
     assert main([str(config), "--dry-run", "--show-config"]) == 0
     assert "network:\n  name: node_l2_h4_tanh_da" in capsys.readouterr().out
+
+
+def test_every_row_records_the_solver_backend(finished):
+    run = RunDir(make_plan(load_configs(finished)[0]).run_folder)
+    assert {row["backend"] for row in run.read_metrics()} == {"fused"}  # node_l2_h4_tanh_da: an MLP field, dopri5, adjoint
 
 
 def test_a_dry_run_of_a_finished_run_says_nothing_is_left(finished, capsys):

@@ -23,6 +23,8 @@ from experiment.distributed import SINGLE, Ranks, ranks_from_environment
 from experiment.main import main
 from experiment.results import RunDir
 
+pytestmark = pytest.mark.slow  # starts torchrun ranks
+
 TRAIN_SIZE = 14742  # ToyGaussians' training split
 BATCH = 1229  # 14742 = 11 × 1229 + 1223: the last batch splits 612 / 611 over two ranks
 TRAINED = re.compile(r"^(?:training|retraining) (\S+)$", re.MULTILINE)

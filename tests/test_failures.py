@@ -1,4 +1,4 @@
-"""A model that diverges or whose solves cannot finish fails alone (issue 11): it gets a failed row in
+"""A model that diverges or whose solves cannot finish fails alone: it gets a failed row in
 metrics.csv (status "failed", the epoch and reason in `error`, no numbers), its chain stops there,
 the rest of the sweep goes on, and the command ends with exit code 3 and a list of what failed.
 
@@ -21,9 +21,11 @@ from conftest import describe, file_states, run_cli, run_folders, tiny_config, w
 from experiment.config import ConfigError, load_configs, settings_of
 from experiment.models import SolverError, build_model
 from experiment.results import Run, load_results, run_id
-from experiment.runner import MODELS_FAILED
+from experiment.report import MODELS_FAILED
 from experiment.training.loop import TrainData, TrainingFailed, train
 from experiment.training.losses import build_loss
+
+pytestmark = pytest.mark.slow  # runs sweeps with failing models in subprocesses
 
 RK4_NETWORK = "node_l2_h4_relu_rk4_adjoint"  # unbounded: lr 1e6 overflows at once (tanh stays finite)
 

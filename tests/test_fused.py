@@ -1,4 +1,4 @@
-"""The fused solve of MLP fields (experiment/models/fused.py, mlp_tangents.py, dopri5.py) against
+"""The fused solve of MLP fields (experiment/models/solvers/: fused.py, mlp_tangents.py, dopri5.py) against
 autograd and torchdiffeq: the same field, tangents and gradients to rounding; the same log-densities,
 Hutchinson estimates and parameter gradients as the torchdiffeq adjoint and as backprop through the
 solver, within solver tolerance; NFE counted; models it cannot take keep the torchdiffeq path."""
@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from experiment.models import build_model, count_nfe
-from experiment.models.dopri5 import SolverError, dopri5
+from experiment.models.solvers.dopri5 import SolverError, dopri5
 from experiment.models.mlp import mlp
-from experiment.models.mlp_tangents import MLP, as_mlp, forward, vjp
+from experiment.models.solvers.mlp_tangents import MLP, as_mlp, forward, vjp
 from experiment.models.ode import ODEBlock
 
 ACTIVATIONS = ("sigmoid", "tanh", "softplus", "relu")
@@ -59,7 +59,8 @@ def test_only_plain_mlps_are_fused():
     for name in ("ffjord_l4_h64_sigmoid_da_autograd", "ffjord_l4_h64_sigmoid_rk4_adjoint", "ffjord_l2_hm2_f1_tanh"):
         model = build_model(name, 2)
         blocks = [module for module in model.modules() if isinstance(module, ODEBlock)]
-        assert all(block.fused_mlp(getattr(block.field, "field", block.field)) is None for block in blocks), name
+        assert all(block.backend != "fused" for block in blocks), name
+    assert {block.backend for block in build_model("ffjord_l4_h64_sigmoid_da", 2).modules() if isinstance(block, ODEBlock)} == {"fused"}
 
 
 def test_dopri5_solves_a_linear_ode_forwards_and_backwards():
@@ -96,7 +97,7 @@ def twins(name: str, tolerance: float, seed: int = 0) -> tuple[nn.Module, nn.Mod
     reference = build_model(name, 2, atol=tolerance, rtol=tolerance).double()
     reference.load_state_dict(fused.state_dict())
     for block in (m for m in reference.modules() if isinstance(m, ODEBlock)):
-        block.options = dataclasses.replace(block.options, fused=False)
+        block.options = dataclasses.replace(block.options, backend="torchdiffeq")
     return fused, reference
 
 
@@ -159,3 +160,34 @@ def test_evaluations_are_counted_forwards_and_backwards():
     loss.backward()
     assert after_forward - before >= 8  # two for the first step, six per step
     assert count_nfe(fused) - after_forward >= 8
+
+
+@pytest.mark.parametrize("name", ["ffjord_l3_h16_tanh_da", "node_l2_h16_tanh_da"])
+def test_every_backend_trains_the_same_model_to_the_same_outputs(name):
+    """The same tiny flow (or classifier), the same initial weights and the same Hutchinson noise,
+    trained a few steps on each backend that applies (fused, torchdiffeq's adjoint, backprop through
+    the solver): their outputs agree to the solvers' tolerance."""
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    outputs = {}
+    for backend in ("fused", "torchdiffeq", "backprop"):
+        model = build_model(name, 2, atol=1e-7, rtol=1e-7, generator=torch.Generator().manual_seed(0), backend=backend)
+        assert {block.backend for block in model.modules() if isinstance(block, ODEBlock)} == {backend}
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for step in range(3):
+            generator = torch.Generator().manual_seed(step)
+            output = model(x, generator=generator) if hasattr(model, "log_prob") else model(x)
+            loss = -output.mean() if output.dim() == 1 else output.square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            outputs[backend] = model.log_prob(x, exact_trace=True) if hasattr(model, "log_prob") else model(x)
+    torch.testing.assert_close(outputs["torchdiffeq"], outputs["fused"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs["backprop"], outputs["fused"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_backend_that_does_not_fit_the_model_is_refused():
+    with pytest.raises(ValueError, match="the fused solver takes dopri5 with the adjoint"):
+        build_model("ffjord_l2_h8_tanh_rk4_adjoint", 2, backend="fused")(torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="asks for backpropagation through the solver"):
+        build_model("ffjord_l2_h8_tanh_da_autograd", 2, backend="torchdiffeq")(torch.zeros(1, 2))

@@ -33,8 +33,9 @@ from experiment.config import ConfigError, load_configs
 from experiment.files import DamagedFileError, load_checkpoint, load_or_set_aside
 from experiment.main import main
 from experiment.results import Run, RunDir
-from experiment.results.tree import RunLock, run_folder
-from experiment.runner import run_experiment
+from experiment.results.tree import RunLock
+from experiment.config.identity import run_folder
+from experiment.scheduler import run_experiment
 
 CASCADE = {"mode": "cascade", "methods": ["ThresNet"], "numNets": 1, "spacing": [{"type": "manual", "values": [0.5, 0.3]}]}
 
@@ -160,10 +161,12 @@ def test_config_errors_are_found_before_anything_is_written(tmp_path, override, 
     assert not (tmp_path / "results").exists()
 
 
-def test_a_large_model_may_be_allowed_explicitly(tmp_path):
+@pytest.mark.slow
+def test_a_large_model_may_be_allowed_explicitly(tmp_path, capsys):
     config = cascade_config(tmp_path)
-    with pytest.raises(ConfigError, match="limits.maxParameters"):
-        load_configs(config, ["network.name=node_l2_h4000_tanh_da", "limits.maxParameters=1000"])
+    assert main([str(config), "network.name=node_l2_h4000_tanh_da", "limits.maxParameters=1000", "--dry-run"]) == 2
+    assert "above limits.maxParameters = 1,000" in capsys.readouterr().err
+    assert main([str(config), "network.name=node_l2_h4000_tanh_da", "limits.maxParameters=200000000", "--dry-run"]) == 0
     plain, allowed = (load_configs(config, ["network.name=node_l2_h4000_tanh_da", *extra])[0]
                       for extra in ([], ["limits.maxParameters=200000000"]))
     assert run_folder(plain) == run_folder(allowed)  # a bound, not part of the run id
@@ -263,6 +266,7 @@ def test_a_torn_last_metrics_line_is_reported_once(reference, tmp_path, caplog):
     assert caplog.text.count("its last line is incomplete") == 1
 
 
+@pytest.mark.slow
 def test_a_truncated_data_split_under_workers_is_exit_2_naming_it(reference, tmp_path):
     config, run = finished_copy(reference, tmp_path)
     run.metrics_file.unlink()
@@ -277,6 +281,7 @@ def test_a_truncated_data_split_under_workers_is_exit_2_naming_it(reference, tmp
 # ------------------------------------------------------------------------------------- file system
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_is_one_line_naming_the_file(tmp_path):
     """A write past RLIMIT_FSIZE fails with EFBIG (SIGXFSZ ignored, as a batch system may set it)."""
     config = cascade_config(tmp_path)
@@ -303,6 +308,7 @@ def test_a_folder_where_a_lock_file_belongs_is_named_before_anything_is_written(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the command as another user")
+@pytest.mark.slow
 def test_a_run_folder_of_another_user_is_named_before_anything_is_written(reference):
     """A shared results tree (the results folder open to all, a run folder made by root under umask
     022); the command runs as the user nobody."""
@@ -327,6 +333,7 @@ def test_a_run_folder_of_another_user_is_named_before_anything_is_written(refere
 # ------------------------------------------------------------------------------------------- locks
 
 
+@pytest.mark.slow
 def test_a_process_waiting_for_a_lock_names_its_holder(tmp_path, caplog, monkeypatch):
     """The holder, a real second process, takes the lock and is stopped (SIGSTOP); the waiter says
     whom it waits for, and gets the lock once the holder is gone."""

@@ -69,7 +69,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_cycles():
     files = module_files()
     graph = {name: imported_modules(name, path, set(files)) for name, path in files.items()}
-    assert graph["experiment.main"] >= {"experiment.launcher", "experiment.runner"}  # the graph is really built
+    assert graph["experiment.main"] >= {"experiment.launcher", "experiment.scheduler"}  # the graph is really built
     assert cycles(graph) == []
 
 
@@ -80,3 +80,55 @@ def test_a_cycle_through_a_function_local_import_is_found(tmp_path):
     known = {"first", "second"}
     graph = {"first": imported_modules("first", first, known), "second": imported_modules("second", second, known)}
     assert cycles(graph) == [["first", "second"]]
+
+
+# The layers, lowest first: a module may import its own layer and the ones below, never one above
+# (the data flow config → plan → models/data → training/pruning → results → runs → analysis → paper).
+LAYERS = (
+    ("base", ("experiment.files", "experiment.seeds", "experiment.process", "experiment.distributed",
+              "experiment.config.defaults")),
+    ("config", ("experiment.config", "experiment.stopping", "experiment.devices")),
+    ("plan", ("experiment.plan", "experiment.jobs")),
+    ("models and data", ("experiment.models", "experiment.data")),
+    ("training and pruning", ("experiment.training", "experiment.pruning")),
+    ("results", ("experiment.results", "experiment.report", "experiment.progress")),
+    ("runs", ("experiment.chain", "experiment.scheduler", "experiment.workers", "experiment.launcher",
+              "experiment.projection", "experiment.main", "experiment")),
+    ("analysis", ("experiment.analysis",)),
+    ("paper", ("paper", "bench")),
+)
+# What the config layer validates names against: the registries of the layers it configures (model
+# names, datasets, transforms, losses, metrics). These alone it may import from above.
+CONFIG_VOCABULARY = ("experiment.models.names", "experiment.data", "experiment.data.transforms",
+                     "experiment.training.losses", "experiment.training.metrics")
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of `module`'s layer: the longest prefix that names it."""
+    matches = [(len(prefix), index) for index, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+               if module == prefix or module.startswith(prefix + ".")]
+    assert matches, f"{module} is in no layer; add it to LAYERS"
+    return max(matches)[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """'a (layer) imports b (higher layer)' for every import that points up."""
+    found = []
+    for module, imported in sorted(graph.items()):
+        for other in sorted(imported):
+            if layer_of(other) > layer_of(module) and not (layer_of(module) == 1 and other in CONFIG_VOCABULARY):
+                found.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {other} ({LAYERS[layer_of(other)][0]})")
+    return found
+
+
+def test_layers_only_import_downwards():
+    files = module_files()
+    graph = {name: imported_modules(name, path, set(files)) for name, path in files.items()}
+    assert upward_imports(graph) == []
+
+
+def test_a_planted_upward_import_is_found():
+    files = module_files()
+    graph = {name: imported_modules(name, path, set(files)) for name, path in files.items()}
+    graph["experiment.training.loop"] = graph["experiment.training.loop"] | {"experiment.results.tree"}
+    assert upward_imports(graph) == ["experiment.training.loop (training and pruning) imports experiment.results.tree (results)"]

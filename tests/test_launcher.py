@@ -36,7 +36,10 @@ from experiment.config import ConfigError, load_configs
 from experiment.jobs import Shard, jobs_of
 from experiment.main import main
 from experiment.plan import Plan, make_plan
-from experiment.results.tree import model_name, run_id
+from experiment.results.tree import model_name
+from experiment.config.identity import run_id
+
+pytestmark = pytest.mark.slow  # submits jobs through submitit's local executor
 
 SEEDS = (0, 1)  # the sweep: one experiment per seed
 

@@ -1,4 +1,4 @@
-"""Tests of the mode-collapse measures (`experiment.analysis.mode_collapse`, SPEC §8) on hand-made
+"""Tests of the mode-collapse measures (`experiment.analysis.mode_collapse`, paper/README.md) on hand-made
 sample sets: the shares, distances and measures exactly on placed points, and the verdicts on a perfect
 mixture, a ring through the modes and a model on half of the modes. (The script end to end, on a trained flow, is
 tested in test_paper_2d.py.)"""

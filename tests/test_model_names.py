@@ -1,4 +1,4 @@
-"""The network-name grammar of SPEC §4 (parse_model_name → ModelSpec) and the MLP models that
+"""The network-name grammar (docs/MODELS.md) (parse_model_name → ModelSpec) and the MLP models that
 build_model makes from it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""FFJORD's multiscale image flow (SPEC §4 `ffjord_multiscale_{mnist|cifar}`, §6 pruning).
+"""FFJORD's multiscale image flow (`ffjord_multiscale_{mnist|cifar}`, docs/MODELS.md; pruning: docs/PRUNING.md).
 
 * architecture: the published parameter counts, the per-scale channel layout, any batch size and
   any image size divisible by 2^(scales−1) (small 1×8×8 digits with the MNIST architecture here);
@@ -111,6 +111,7 @@ def test_exact_trace_is_refused():
         small_model()(torch.rand(2, 3, 8, 8))
 
 
+@pytest.mark.slow
 def test_gradient_step_reaches_every_parameter_and_lowers_the_loss():
     model = small_model(seed=2)
     x = images(4, seed=2)
@@ -217,6 +218,7 @@ def mnist_model_state():
     return build_model(MNIST, 784).state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ThresNet", "FilterThresNet"])
 @pytest.mark.parametrize("target", [0.3, 0.6, 0.9])
 def test_pruning_reaches_the_target_and_keeps_the_time_channel(mnist_model_state, method, target):

@@ -1,4 +1,4 @@
-"""The NoPrune control (SPEC §6): the same chain as the pruning methods — cascade or retrain mode,
+"""The NoPrune control (docs/PRUNING.md): the same chain as the pruning methods — cascade or retrain mode,
 learning-rate rewinding, the full retraining schedule at every step — with nothing pruned.
 
 Real runs of `python -m experiment.main` (tiny classifier, two steps) in both modes, checked through
@@ -15,10 +15,13 @@ import torch
 import yaml
 
 from conftest import describe, load_weights, run_cli, the_run_folder, tiny_config
-from experiment.results.tree import read_csv
-from experiment.runner import prepare
+from experiment.files import read_csv
+from experiment.plan import make_plan
+from experiment.chain import prepare
 from experiment.seeds import derive_seed
 from experiment.training.loop import train
+
+pytestmark = pytest.mark.slow  # runs prune chains end to end in subprocesses
 
 KEEPS = (0.6, 0.3)
 METHODS = ["FilterThresNet", "ThresNet", "NoPrune"]
@@ -55,7 +58,7 @@ def test_control_rows_say_noprune_at_prune_ratio_zero(run):
 def retrain_step(folder: Path, start: str, step: int, tmp_path: Path) -> dict[str, torch.Tensor]:
     """Step `step` of the control recomputed from checkpoint `start` exactly as the runner does it:
     the same seed and data, a new optimizer and schedulers (a fresh call of `train`)."""
-    experiment = prepare(yaml.safe_load((folder / "config.yaml").read_text()))
+    experiment = prepare(make_plan(yaml.safe_load((folder / "config.yaml").read_text())))
     model = experiment.new_model()
     model.load_state_dict(load_weights(folder / "checkpoints" / f"{start}.pt")["model"])
     key = dict(mode=experiment.plan.mode, method="NoPrune", net=0, repetition=0, step=step, target_prune_ratio=0.0)

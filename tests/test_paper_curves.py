@@ -1,4 +1,4 @@
-"""The paper's curve, sweep and table scripts (SPEC §8) on a real results tree: two tiny ToyMoons
+"""The paper's curve, sweep and table scripts (paper/README.md) on a real results tree: two tiny ToyMoons
 classifier runs that differ in their activation (a sweep config with two customizations, both
 pruning methods over two ratios in cascade mode), one of them also pruned by WT in retrain mode, so
 its run folder holds rows of two modes.
@@ -33,10 +33,12 @@ from experiment.config import load_configs
 from experiment.report import Point, method_color, pruned_points
 from experiment.results import Run
 from experiment.results.rebuild import load_run_data
-from experiment.results.tree import rows_to_csv
+from experiment.files import rows_to_csv
 from paper import all as paper_all
 from paper import prune_curves, sweeps, tables
 from paper.common import bulk_range, run_label
+
+pytestmark = pytest.mark.slow  # makes real runs and every figure of them
 
 NETWORKS = ("node_l2_h8_tanh_da", "node_l2_h8_sigmoid_da")
 KEEP = [0.5, 0.25]
@@ -210,7 +212,7 @@ def test_table_builder_puts_published_baselines_next_to_ours():
     assert entry.dense.value_mean == pytest.approx(-0.42) and entry.dense.num_params == 43325
     assert (entry.best.method, entry.best.value_mean, entry.best.prune_ratio_mean) == pytest.approx(("ThresNet", -0.52, 0.5))
     markdown = tables.markdown_tables([entry])
-    assert "-0.46 / 43K" in markdown  # FFJORD on POWER, as published (SPEC §8)
+    assert "-0.46 / 43K" in markdown  # FFJORD on POWER, as published (paper/README.md)
     assert "-0.62 / 451K" in markdown and "3.08 / 5.9K" in markdown  # NAF, MADE
     assert "-0.420 ± 0.020" in markdown and "-0.520 ± 0.020" in markdown and "21,662" in markdown
     assert "| POWER |" in markdown and "Ours, pruned" in markdown

@@ -1,4 +1,4 @@
-"""End-to-end tests of `python -m experiment.main` (SPEC §2, §3, §7): real runs of tiny configs in
+"""End-to-end tests of `python -m experiment.main` (docs/RUNNING.md, docs/CONFIG.md, docs/RESULTS.md): real runs of tiny configs in
 subprocesses, checked through the results tree they leave behind.
 
 * a dense-only run writes the documented run folder, with loadable checkpoints;
@@ -38,7 +38,7 @@ from experiment.data import load_dataset
 from experiment.main import main
 from experiment.models import build_model
 from experiment.results import run_id
-from experiment.results.tree import rows_to_csv
+from experiment.files import rows_to_csv
 from experiment.seeds import derive_seed
 from experiment.training import loop
 from experiment.training.evaluate import evaluate
@@ -50,7 +50,7 @@ METRIC_COLUMNS = ("method", "net", "repetition", "step", "prune_ratio", "num_par
                   "nfe_forward", "flops", "train_seconds")
 
 
-# what a dense-only run folder holds at least (SPEC §7; reports such as plots may come on top)
+# what a dense-only run folder holds at least (docs/RESULTS.md; reports such as plots may come on top)
 RUN_FILES = {"config.yaml", "data_split.npz", "metrics.csv", "log.txt", "curves/dense_net0.csv",
              "curves/dense_net1.csv", "checkpoints/dense_net0.pt", "checkpoints/dense_net1.pt"}
 
@@ -83,6 +83,7 @@ def dense_run(tmp_path_factory):
     return config, results, process
 
 
+@pytest.mark.slow
 def test_dense_run_writes_the_documented_run_folder(dense_run):
     config_path, results, process = dense_run
     config = load_configs(config_path)[0]
@@ -150,6 +151,7 @@ def test_dense_run_writes_the_documented_run_folder(dense_run):
     assert "training dense_net0" in training_log(process) and "training dense_net1" in training_log(process)
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_trains_nothing(dense_run):
     config, results, _ = dense_run
     run = the_run_folder(results)
@@ -165,6 +167,7 @@ def test_rerunning_a_finished_run_trains_nothing(dense_run):
     assert (run / "log.txt").read_text() == log_before
 
 
+@pytest.mark.slow
 def test_more_nets_reuse_the_trained_ones(dense_run, tmp_path):
     config, results, _ = dense_run
     # a copy of the finished tree (mtimes kept) in a new results directory, run with one more net, a
@@ -300,6 +303,7 @@ def wait_for_epoch(process: subprocess.Popen, progress: Path, minimum: int) -> i
     pytest.fail(hang_message(f"the run (no progress file with epoch >= {minimum} in {progress})"))
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_bit_identically(tmp_path):
     settings = dict(epochs=RESUME_EPOCHS, nets=1, name="node_l2_h16_tanh_da", dataset="ToySpirals",
                     training={"testBatchSize": 64})
@@ -385,23 +389,26 @@ def test_param_holds_the_paper_configs():
 @pytest.mark.parametrize("where", ["repo_root", "elsewhere"])
 @pytest.mark.parametrize("config", CONFIG_FILES, ids=[str(path.relative_to(PARAM)) for path in CONFIG_FILES])
 def test_every_param_config_passes_dry_run(config, where, tmp_path, monkeypatch, capsys):
+    """From the repository root (relative includes, as the README shows them) and from elsewhere;
+    the results go to a folder of the test's own, so that runs in the checkout's data/ do not count."""
+    results = tmp_path / "results"
     if where == "repo_root":
-        cwd, argument = REPO, str(config.relative_to(REPO))  # as the README shows it
+        cwd, argument = REPO, str(config.relative_to(REPO))
     else:
         cwd, argument = tmp_path / "cwd", str(config)
         cwd.mkdir()
-    data_before = entries(cwd / "data")
     monkeypatch.chdir(cwd)
 
-    assert main([argument, "--dry-run", "--no-calibration"]) == 0
+    assert main([argument, "--dry-run", "--no-calibration", f"directories.results={results}"]) == 0
     captured = capsys.readouterr()
     check_dry_run_output(captured.out, config)
     assert "config error" not in captured.err
-    assert entries(cwd / "data") == data_before, "--dry-run wrote into ./data"
+    assert not results.exists(), "--dry-run wrote into the results folder"
     if where == "elsewhere":
         assert not list(cwd.iterdir()), "--dry-run wrote into the working directory"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["quickstart.yaml", "toy/node/moons/sweep_solver.yaml",
                                     "toy/ffjord/spirals/cnf_l4_h64_sigmoid_da_high_tol.yaml"])
 def test_dry_run_cli_from_another_folder(config, tmp_path):
@@ -435,6 +442,7 @@ def bad_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BAD_CONFIGS)
 def test_bad_config_fails_before_writing(name, bad_runs):
     config, results, process = bad_runs[name]

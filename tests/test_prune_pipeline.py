@@ -1,4 +1,4 @@
-"""Pruning through the real CLI (SPEC §6, §7): tiny cascade/retrain runs of `python -m experiment.main`
+"""Pruning through the real CLI (docs/PRUNING.md, docs/RESULTS.md): tiny cascade/retrain runs of `python -m experiment.main`
 in subprocesses, checked through the checkpoints and metrics they leave behind.
 
 * a cascade run has one metrics row per dense net and per (method, net, step), with achieved prune
@@ -31,12 +31,14 @@ from experiment.models import build_model
 from experiment.pruning.layers import prunable_chains
 from experiment.pruning.rules import weight_threshold
 
+pytestmark = pytest.mark.slow  # runs prune chains end to end in subprocesses
+
 NETWORK = "node_l2_h64_tanh_da"  # 322 parameters: one weight is 0.31%, one hidden neuron (5 parameters) 1.55%
 NUM_PARAMS = 322
 KEEPS = (0.7, 0.5, 0.3)
 METHODS = ("FilterThresNet", "ThresNet")
 RETRAIN_EPOCHS = 3
-WT_TOLERANCE = 0.005  # SPEC §6
+WT_TOLERANCE = 0.005  # docs/PRUNING.md
 FT_TOLERANCE = 2.5 / NUM_PARAMS + 1e-9  # half a neuron: the best FT can do on this net
 
 

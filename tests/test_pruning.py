@@ -1,4 +1,4 @@
-"""The pruning rules of SPEC §6 on models in memory (no training runs, except one tiny in-process loop).
+"""The pruning rules (docs/PRUNING.md) on models in memory (no training runs, except one tiny in-process loop).
 
 * WT (`ThresNet`) keeps the largest-magnitude prunable weights between live neurons (one global
   threshold) and removes every parameter without a path to the output (rows, biases of dead neurons);
@@ -33,7 +33,7 @@ NODE = "node_l2_h64_tanh_da"  # the paper's default toy classifier, 322 paramete
 TARGETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 CASCADE = (0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.98)
 NODE_BASE = Path(__file__).resolve().parents[1] / "param" / "toy" / "node" / "base.yaml"
-TOLERANCE = 0.005  # SPEC §6: hit the target PR within 0.5%
+TOLERANCE = 0.005  # docs/PRUNING.md: hit the target PR within 0.5%
 
 
 # ----------------------------------------------------------------------------------------- helpers

@@ -1,4 +1,4 @@
-"""Pruning keeps only live parameters (SPEC §6), checked on real cascade checkpoints of the CLI.
+"""Pruning keeps only live parameters (docs/PRUNING.md), checked on real cascade checkpoints of the CLI.
 
 Three tiny but real `python -m experiment.main` cascades, each with FilterThresNet (FT) and ThresNet
 (WT) over 11 prune ratios from 0.2 to 0.98:
@@ -38,6 +38,8 @@ from experiment.models import build_model
 from experiment.models.ode import ODEBlock
 from experiment.pruning.layers import prunable_chains
 from experiment.pruning.liveness import remove_dead
+
+pytestmark = pytest.mark.slow  # trains and prunes every model family
 
 PRUNE_RATIOS = (0.2, 0.36, 0.49, 0.59, 0.67, 0.74, 0.8, 0.85, 0.9, 0.95, 0.98)
 KEEP_RATIOS = tuple(round(1.0 - ratio, 2) for ratio in PRUNE_RATIOS)

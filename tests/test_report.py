@@ -12,7 +12,7 @@ from conftest import tiny_config
 from experiment.report import (dense_label, dense_point, format_table, plotted_lines, plotted_prune_ratios, pruned_points,
                                quantity_of)
 from experiment.results import RunDir
-from experiment.runner import report
+from experiment.report import report
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "param" / "quickstart.yaml"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import tiny_config
 from experiment.config import load_configs
-from experiment.runner import run_experiment
+from experiment.scheduler import run_experiment
 from paper.reproduction_state import restore, save
 
 CASCADE = {"mode": "cascade", "methods": ["ThresNet"], "numNets": 1,

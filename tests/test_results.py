@@ -1,4 +1,4 @@
-"""Tests of the results tree API (SPEC §7): `load_results` over real runs, `ResultsTable` queries and
+"""Tests of the results tree API (docs/RESULTS.md): `load_results` over real runs, `ResultsTable` queries and
 its pandas DataFrame, `RunDir.upsert_metrics`, and the crash-safe (atomic) writes everything in a run folder goes through."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from experiment.config import load_configs
 from experiment.results import ResultsTable, RunDir, load_results, run_id
 from experiment.files import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from experiment.results.tree import METRIC_KEY
-from experiment.runner import run_experiment
+from experiment.scheduler import run_experiment
 
 
 # ------------------------------------------------------------------------------ load_results
@@ -219,10 +219,12 @@ def test_run_ids_of_regenerated_toy_data_differ_from_those_of_the_old_data(tmp_p
     """Toy sets whose generator changed (dataset revision 2) get new run ids, so a results tree made
     with the old data is never resumed with the new; unchanged datasets keep their ids."""
 
-    def revision_one_id(config: dict) -> str:  # (the launcher and limits sections, network.maxSteps and tf32 came later, outside the run id too)
+    def revision_one_id(config: dict) -> str:  # (the launcher and limits sections, network.maxSteps,
+        # network.solverBackend and tf32 came later, outside the run id too)
         relevant = {key: value for key, value in config.items()
                     if key not in ("experiments", "directories", "device", "launcher", "limits", "tf32")}
-        relevant["network"] = {key: value for key, value in relevant["network"].items() if key != "maxSteps"}
+        relevant["network"] = {key: value for key, value in relevant["network"].items()
+                               if key not in ("maxSteps", "solverBackend")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
     for dataset, changed in (("ToyMoons", True), ("ToySpirals", True), ("ToyConcentric", False)):

@@ -1,4 +1,4 @@
-"""Damaged files and crashes get a clear answer (issue 11), checked on real runs of a tiny cascade
+"""Damaged files and crashes get a clear answer, checked on real runs of a tiny cascade
 config (one dense net, one prune step):
 
 * a damaged checkpoint or progress file is set aside as `NAME.corrupt-<time>` and its model trained
@@ -32,9 +32,11 @@ from experiment.files import DamagedFileError, TEMPORARY, atomic_write_bytes, at
 from experiment.jobs import Job
 from experiment.main import main
 from experiment.results import Run, RunDir
-from experiment.results.tree import run_folder
-from experiment.runner import run_experiment
+from experiment.config.identity import run_folder
+from experiment.scheduler import run_experiment
 from experiment.seeds import derive_seed
+
+pytestmark = pytest.mark.slow  # kills and resumes real runs in subprocesses
 
 CASCADE = {"mode": "cascade", "methods": ["ThresNet"], "numNets": 1, "spacing": [{"type": "manual", "values": [0.5]}]}
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from conftest import describe, file_states, run_cli, the_run_folder, tiny_config
-from experiment.results.tree import read_csv
+from experiment.files import read_csv
 from experiment.stopping import StopRule, decide
+
+pytestmark = pytest.mark.slow  # runs prune chains end to end in subprocesses
 
 # A small classifier whose validation error jumps by ~30 percentage points at PR 0.98 (step 3):
 # steps 1 and 2 are better than the dense net, steps 3 to 5 are collapsed.

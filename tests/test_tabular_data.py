@@ -1,4 +1,4 @@
-"""The MAF tabular datasets (SPEC section 5): small files in the real formats, made here, read
+"""The MAF tabular datasets (docs/DATASETS.md): small files in the real formats, made here, read
 through the registry; preprocessing checked against independent re-implementations."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""FFJORD's tabular flow `ffjord_l{NH}_hm{M}_f{F}_{act}` (SPEC §4) and how pruning sees it (SPEC §6).
+"""FFJORD's tabular flow `ffjord_l{NH}_hm{M}_f{F}_{act}` (docs/MODELS.md) and how pruning sees it (docs/PRUNING.md).
 
 * the paper's five models have exactly the published parameter counts;
 * each block's field is NH+1 concat-squash layers, Linear(x) ⊙ σ(a·t + b) + c·t; pruning sees
@@ -26,7 +26,7 @@ from experiment.pruning.layers import prunable_chains
 from experiment.pruning.rules import prune
 from experiment.pruning.sparsity import measure_sparsity
 
-# (name, D, published parameter count), SPEC §4
+# (name, D, published parameter count), docs/MODELS.md
 PAPER_MODELS = [
     ("ffjord_l3_hm10_f5_tanh", 6, 43_325),  # POWER
     ("ffjord_l3_hm20_f5_tanh", 8, 278_565),  # GAS
@@ -36,7 +36,7 @@ PAPER_MODELS = [
 ]
 POWER, POWER_DIM = "ffjord_l3_hm10_f5_tanh", 6
 LOOSE = dict(atol=1e-4, rtol=1e-4)
-TOLERANCE = 0.005  # SPEC §6
+TOLERANCE = 0.005  # docs/PRUNING.md
 
 
 def new_model(name: str, dim: int, seed: int = 0, **tolerances) -> CNF:
@@ -133,6 +133,7 @@ def test_log_prob_and_gradients_reach_every_parameter():
         assert p.grad.abs().sum() > 0, f"{name}: time gate gets no gradient"
 
 
+@pytest.mark.slow
 def test_hutchinson_mean_matches_exact_trace():
     """Hutchinson's estimate εᵀ(∂f/∂z)ε is unbiased: averaged over many noise draws it equals the
     exact trace, for one evaluation of a block's dynamics and for the log-density integrated over

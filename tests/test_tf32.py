@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_config
 from experiment.config import load_configs
 from experiment.results import run_id
-from experiment.runner import run_experiment
+from experiment.scheduler import run_experiment
 
 
 def tf32_flags() -> tuple[bool, bool]:

@@ -1,4 +1,4 @@
-"""Toy datasets and the train/validation index split (SPEC section 5)."""
+"""Toy datasets and the train/validation index split (docs/DATASETS.md)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Many processes on one results tree (SPEC §11), through real runs of `python -m experiment.main` on a
+"""Many processes on one results tree (docs/RUNNING.md), through real runs of `python -m experiment.main` on a
 tiny cascade config (two dense nets, two methods, two ratios), checked through the tree they leave:
 
 * two processes upserting metrics rows into one run folder at once keep every row;
@@ -32,8 +32,10 @@ from experiment.jobs import Job, Shard, jobs_of
 from experiment.main import main
 from experiment.plan import make_plan
 from experiment.results import RunDir
-from experiment.runner import run_experiment
+from experiment.scheduler import run_experiment
 from experiment.workers import worker_devices
+
+pytestmark = pytest.mark.slow  # starts worker processes
 
 KEEPS = (0.5, 0.25)
 METHODS = ["FilterThresNet", "ThresNet"]

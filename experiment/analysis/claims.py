@@ -67,9 +67,9 @@ from experiment.plan import Plan, make_plan
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.report import main_metric, method_name, quantity_of
 from experiment.results import Run
-from experiment.results.rows import step_prune_ratio
-from experiment.results.tree import read_csv
-from experiment.runner import finished_jobs
+from experiment.plan import step_prune_ratio
+from experiment.files import read_csv
+from experiment.progress import finished_jobs
 
 MODERATE_MAX_RATIO = 0.8  # the geometric part of the paper's schedule (PR 0.2 .. 0.8)
 FULL_POTENTIAL = 0.975  # an achieved ratio this high is the schedule's last step, PR 0.98

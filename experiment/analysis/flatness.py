@@ -53,7 +53,8 @@ from experiment.analysis.hessian import (
 from experiment.data.transforms import build_transform
 from experiment.pruning.rules import CONTROL_METHOD
 from experiment.results import Run
-from experiment.results.rows import step_prune_ratio
+from experiment.results.rebuild import load_run_data
+from experiment.plan import step_prune_ratio
 from experiment.results.tree import model_name
 from experiment.seeds import seeded_generator
 from experiment.training.evaluate import trace_estimator_for
@@ -220,19 +221,22 @@ def data_subset_seed(seed: int, index: int) -> int:
     return seed if index == 0 else int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def training_split(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
-    """The run's training split (`Run.load_data`). A run folder trimmed of its data_split.npz (a
+def training_split(run: Run, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's training split (`load_run_data`). A run folder trimmed of its data_split.npz (a
     results-only copy) gets the split its runner drew from the run's seed (`train_valid_indices`),
-    rebuilt in memory and never written: cache entries name the data they were measured on by
-    content, so they serve only if it is the same split."""
-    return run.load_data(draw_missing_split=True)["train"]
+    rebuilt in memory and never written, with a note: cache entries name the data they were measured
+    on by content, so they serve only if it is the same split."""
+    data = load_run_data(run.settings, run.folder, draw_missing_split=True)
+    if data.split_drawn:
+        print(f"{label}: no data_split.npz; the training split is drawn again from the run's seed", flush=True)
+    return data.splits["train"]
 
 
-def data_subsets(run: Run, fraction: float, seed: int, count: int) -> list[DataSubset]:
+def data_subsets(run: Run, label: str, fraction: float, seed: int, count: int) -> list[DataSubset]:
     """`count` (at least 1) data subsets: subset i holds a seeded choice of round(fraction · N) rows
     of the run's training split, through the training transforms, whose random choices are drawn from
     a generator seeded with the same seed, `data_subset_seed(seed, i)`."""
-    x, y = training_split(run)
+    x, y = training_split(run, label)
     size = min(len(x), max(1, round(fraction * len(x))))
     schedule = run.settings.training
     transform = build_transform(schedule.transforms_train + schedule.transforms_final)
@@ -339,7 +343,7 @@ def analyse_run(run: Run, label: str, settings: FlatnessSettings, cache: dict | 
     vector of one model. `cache` and `saved`: see `FlatnessCache`; a model whose checkpoint is gone
     and that has no cache entry is left out, a quantity that needs a missing checkpoint and has no
     cache entry is NaN (both with a note)."""
-    data = data_subsets(run, settings.subset, settings.seed, settings.data_subsets)
+    data = data_subsets(run, label, settings.subset, settings.seed, settings.data_subsets)
     store = FlatnessCache({} if cache is None else cache, measurement_settings(settings, data[0].x, data[0].y),
                           [lambda_max_settings(settings, subset) for subset in data], saved)
     table, spectra = [], []

@@ -110,7 +110,7 @@ def differentiable_copy(model: nn.Module, dtype: torch.dtype = torch.float64) ->
     copied = copy.deepcopy(model).to(dtype).eval()
     for module in copied.modules():
         if isinstance(module, ODEBlock):
-            module.options = dataclasses.replace(module.options, adjoint=False)
+            module.options = dataclasses.replace(module.options, backend="backprop")
     for parameter in copied.parameters():
         parameter.requires_grad_(False)
     return copied

@@ -1,4 +1,4 @@
-"""Mode collapse of pruned 2-D flows (SPEC §8), measured against the true mixture.
+"""Mode collapse of pruned 2-D flows, measured against the true mixture.
 
 For flows on ToyGaussians / ToyGaussiansSpiral (`unmeasurable_reason` says why another run is not):
 
@@ -53,7 +53,7 @@ import numpy as np
 from experiment.analysis.cache import MeasurementCache
 from experiment.analysis.two_dimensional import sample_flow, two_d_family
 from experiment.results import Run, model_name
-from experiment.results.rows import step_prune_ratio
+from experiment.plan import step_prune_ratio
 
 KS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)
 HIT_K = 2.0  # modes hit are judged within 2 std

@@ -1,4 +1,4 @@
-"""The prune potential of a pruning method (SPEC §8): how far a net can be pruned before its main
+"""The prune potential of a pruning method: how far a net can be pruned before its main
 quantity gets worse than the dense nets' by more than a tolerance δ.
 
 For the points of one (run, mode, method) (`experiment.report.Point`: mean over nets of the value

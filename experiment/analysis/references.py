@@ -18,7 +18,8 @@ import numpy as np
 
 from experiment.analysis.mode_collapse import mahalanobis_distances, mode_statistics, unmeasurable_reason
 from experiment.pruning.rules import CONTROL_METHOD
-from experiment.results.rows import numeric, step_prune_ratio
+from experiment.files import numeric
+from experiment.plan import step_prune_ratio
 from experiment.results import Run
 
 

@@ -1,4 +1,4 @@
-"""Experiment configs (SPEC §3): `load_configs` reads a YAML file into fully resolved, validated
+"""Experiment configs: `load_configs` reads a YAML file into fully resolved, validated
 plain dicts (every key is documented in docs/CONFIG.md); `settings_of` gives their typed view."""
 
 from experiment.config.loading import add_overrides_argument, load_configs

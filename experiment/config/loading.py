@@ -1,4 +1,4 @@
-"""Reading config files (SPEC §3): `file:` includes, `customizations` expansion, command-line
+"""Reading config files (docs/CONFIG.md): `file:` includes, `customizations` expansion, command-line
 overrides, then validation (experiment/config/schema.py). Nothing here writes anything.
 
 While loading, every value travels as a `_Sourced` node that remembers the file that set it, so merges,

@@ -1,4 +1,4 @@
-"""Validation and defaults for a loaded config (SPEC §3; every key is documented in docs/CONFIG.md).
+"""Validation and defaults for a loaded config (every key is documented in docs/CONFIG.md).
 
 `validate_config` turns a plain mapping (includes, customizations and overrides already applied) into
 a fully resolved config: every key present with its default, values normalised (ints accepted where
@@ -18,7 +18,6 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,8 +26,7 @@ from torch.optim import lr_scheduler
 
 from experiment.data import DATASET_NAMES, DATASETS
 from experiment.data.transforms import TRANSFORM_NAMES, TRANSFORMS
-from experiment.models import build_model
-from experiment.models.dopri5 import DEFAULT_MAX_STEPS
+from experiment.config.defaults import DEFAULT_MAX_STEPS, DEFAULT_SOLVER_BACKEND
 from experiment.models.names import parse_model_name
 from experiment.training.losses import FLOW_LOSSES, LOSS_ARGUMENTS, LOSSES, build_loss
 from experiment.training.metrics import METRICS
@@ -41,13 +39,14 @@ MAX_NETS = 10_000
 MAX_REPETITIONS = 1_000
 MAX_KEEP_RATIOS = 10_000  # per spacing entry and in all
 DEFAULT_MAX_PARAMETERS = 100_000_000
-TRAINING_BYTES_PER_PARAMETER = 16  # float32 weight, gradient and the optimizer's two moments (AdamW)
 
-METHODS = ("ThresNet", "FilterThresNet", "NoPrune")
+CONTROL_METHOD = "NoPrune"  # the equal-training control: the chain of retrainings, nothing pruned (docs/PRUNING.md)
+METHODS = ("ThresNet", "FilterThresNet", CONTROL_METHOD)
 MODES = ("cascade", "retrain", "train")
 DEVICES = ("cpu", "cuda", "auto")  # and "cuda:N", GPU number N
 _CUDA_INDEX = re.compile(r"cuda:\d+")
 SPACING_TYPES = ("geometric", "linear", "manual", "relative")
+SOLVER_BACKENDS = (DEFAULT_SOLVER_BACKEND, "fused", "torchdiffeq", "backprop")  # experiment.models.solvers.options
 STOP_REFERENCES = ("dense", "best")
 STOP_MEASURES = ("loss", "error")
 
@@ -328,6 +327,7 @@ NETWORK_FIELDS = {
     "outputSize": Field(_integer(1)),
     "tolerances": Field(_section(TOLERANCE_FIELDS), {}),
     "maxSteps": Field(_integer(1), DEFAULT_MAX_STEPS),
+    "solverBackend": Field(_choice(SOLVER_BACKENDS, "solver backend"), DEFAULT_SOLVER_BACKEND),
 }
 
 METRIC_FIELDS = {"type": Field(_choice(tuple(METRICS), "metric")), "kwargs": Field(_kwargs, {})}
@@ -734,29 +734,23 @@ def validate_config(raw: Any, sources: Sources) -> dict:
     retraining = copy.deepcopy(config["training"]) | config["retraining"]
     config["retraining"] = _complete_training(retraining, ("retraining",), sources)
     _check_network_fits_data(config, sources)
-    _check_model_size(config, sources)
+    _check_solver_backend(config, sources)
     _check_stop_rule(config, sources)
     return config
 
 
-@lru_cache(maxsize=64)
-def parameter_count(name: str, output_size: int) -> int:
-    """The number of parameters of model `name` for `output_size`, counted on torch's meta device
-    (shapes without storage: a model of any size is counted without allocating it)."""
-    with torch.device("meta"):
-        return sum(parameter.numel() for parameter in build_model(name, output_size).parameters())
-
-
-def _check_model_size(config: dict, sources: Sources) -> None:
-    """A model above `limits.maxParameters` is refused before anything is written or allocated; the
-    error gives its training memory (TRAINING_BYTES_PER_PARAMETER per parameter)."""
-    network, limit = config["network"], config["limits"]["maxParameters"]
-    count = parameter_count(network["name"], network["outputSize"])
-    if count > limit:
-        memory = count * TRAINING_BYTES_PER_PARAMETER
-        raise sources.error(("network", "name"), f"{network['name']} has {count:,} parameters (about "
-                                                 f"{memory / 2**30:,.1f} GiB to train), above limits.maxParameters "
-                                                 f"= {limit:,}; raise that bound to train it")
+def _check_solver_backend(config: dict, sources: Sources) -> None:
+    """A backend asked for by name must fit the model name: `fused` takes the MLP fields (node_,
+    cnf_, ffjord_l{L}_h{H}) with dopri5 and the adjoint; `torchdiffeq` uses the adjoint, which an
+    `_autograd` name declines (`backprop` fits every model)."""
+    backend, name = config["network"]["solverBackend"], config["network"]["name"]
+    spec = parse_model_name(name)
+    if backend == "fused" and not (spec.family in ("node", "cnf") and spec.solver == "dopri5" and spec.adjoint):
+        raise sources.error(("network", "solverBackend"), f"the fused solver takes MLP fields with dopri5 and the "
+                                                          f"adjoint (node_, cnf_, ffjord_l{{L}}_h{{H}} with _da); {name} is not one")
+    if backend == "torchdiffeq" and not spec.adjoint:
+        raise sources.error(("network", "solverBackend"), f"{name} asks for backpropagation through the solver "
+                                                          "(_autograd); torchdiffeq would use the adjoint: use backprop")
 
 
 def _check_stop_rule(config: dict, sources: Sources) -> None:

@@ -31,6 +31,7 @@ class NetworkSettings:
     atol: float | None  # null: the model's default solver tolerance
     rtol: float | None
     max_steps: int  # solver steps per solve before it fails
+    solver_backend: str  # "auto" or a backend of experiment.models.solvers
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,13 @@ class LauncherSettings:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """`limits`: safety bounds a config may raise."""
+
+    max_parameters: int
+
+
+@dataclass(frozen=True)
 class Settings:
     """A resolved config, typed."""
 
@@ -151,6 +159,7 @@ class Settings:
     device: str
     tf32: bool
     launcher: LauncherSettings
+    limits: Limits
 
 
 def settings_of(config: Mapping[str, Any]) -> Settings:
@@ -159,7 +168,7 @@ def settings_of(config: Mapping[str, Any]) -> Settings:
     return Settings(
         network=NetworkSettings(name=network["name"], dataset=network["dataset"], output_size=network["outputSize"],
                                 atol=network["tolerances"]["atol"], rtol=network["tolerances"]["rtol"],
-                                max_steps=network["maxSteps"]),
+                                max_steps=network["maxSteps"], solver_backend=network["solverBackend"]),
         training=schedule_of(config["training"]),
         retraining=schedule_of(config["retraining"]),
         experiments=ExperimentSettings(
@@ -177,6 +186,7 @@ def settings_of(config: Mapping[str, Any]) -> Settings:
             time_min=launcher["timeMin"], timeout_requeues=launcher["timeoutRequeues"],
             gpus_per_task=launcher["gpusPerTask"], cpus_per_task=launcher["cpusPerTask"], mem_gb=launcher["memGb"],
             array_parallelism=launcher["arrayParallelism"], job_name=launcher["jobName"], logs=launcher["logs"]),
+        limits=Limits(max_parameters=config["limits"]["maxParameters"]),
     )
 
 

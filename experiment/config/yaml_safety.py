@@ -1,4 +1,4 @@
-"""Parsing config YAML more strictly than `yaml.safe_load` (SPEC §3: every config problem is an error
+"""Parsing config YAML more strictly than `yaml.safe_load` (every config problem is an error
 naming the file and the key), where PyYAML is lenient:
 
 * a key repeated in one mapping: PyYAML keeps the last value silently, so a setting the author sees

@@ -1,5 +1,5 @@
 """Dataset registry: ``load_dataset(name, data_dir, seed)`` dispatches on the class-style
-name used in a config's ``network.dataset`` (SPEC section 5). The loaders live in ``toy``, ``tabular``
+name used in a config's ``network.dataset`` (docs/DATASETS.md). The loaders live in ``toy``, ``tabular``
 and ``images``, each module holding its datasets' shapes, which the registry reads from there."""
 
 import os

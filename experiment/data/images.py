@@ -1,4 +1,4 @@
-"""Image datasets (SPEC section 5): MNIST, CIFAR-10 and scikit-learn's 8×8 Digits.
+"""Image datasets (docs/DATASETS.md): MNIST, CIFAR-10 and scikit-learn's 8×8 Digits.
 
 Every loader returns (train, test) TensorDatasets, which the registry (experiment/data/__init__.py)
 makes a :class:`~experiment.data.splits.Splits`, with ``x`` float32 ``[N, C, H, W]`` holding the

@@ -1,4 +1,4 @@
-"""The MAF tabular density-estimation benchmarks (Papamakarios et al. 2017; SPEC section 5):
+"""The MAF tabular density-estimation benchmarks (Papamakarios et al. 2017; docs/DATASETS.md):
 POWER, GAS, HEPMASS, MINIBOONE and BSDS300, with the standard preprocessing and fixed splits.
 
 Files

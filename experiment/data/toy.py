@@ -1,4 +1,4 @@
-"""Seeded 2-D toy datasets (SPEC section 5): the paper's generators (torchdyn 1.0.1 ``ToyDataset``).
+"""Seeded 2-D toy datasets (docs/DATASETS.md): the paper's generators (torchdyn 1.0.1 ``ToyDataset``).
 
 Each generator is a plain function ``generator(num_samples, rng) -> (x, y)`` returning
 ``x`` float64 [N, 2] and ``y`` int64 [N] (the mode, arm or class of each point), in

@@ -1,5 +1,5 @@
 """Per-batch data transforms named by the config keys `transformsTrain`, `transformsTest` and
-`transformsFinal` (lists of ``{type, kwargs}``; SPEC §3).
+`transformsFinal` (lists of ``{type, kwargs}``; docs/CONFIG.md).
 
 A transform maps a batch tensor (images ``[N, C, H, W]`` holding 8-bit values as ``k/255``) to a
 tensor of the same shape. Random transforms draw from the torch generator passed with the batch

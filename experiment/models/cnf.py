@@ -8,9 +8,9 @@ z(0) = x, the instantaneous change of variables gives
 computed by integrating the augmented state [z, ∫ tr] forward. Sampling solves the ODE backwards
 from z(T) ~ N(0, I). The trace is exact (D backward passes) or Hutchinson's estimate εᵀ(∂f/∂z)ε
 with Gaussian ε drawn once per solve (from the generator passed to `log_prob`, `transform` or
-`forward`) and kept fixed during it. For MLP fields both come from
-forward-mode products J v computed with the field (`experiment.models.fused`); for the others from
-backward passes through it.
+`forward`) and kept fixed during it. On the fused backend (MLP fields) both come from
+forward-mode products J v computed with the field (`experiment.models.solvers.fused`); on the
+others from backward passes through it.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import math
 import torch
 from torch import nn
 
-from experiment.models import fused
-from experiment.models.ode import ODEBlock, SolverOptions, odesolve
+from experiment.models.ode import ODEBlock, SolverOptions
 from experiment.models.prunable import ChainLayer, PrunableField
+from experiment.models.solvers.mlp_tangents import MLP
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -88,6 +88,22 @@ class DensityDynamics(nn.Module):
         """The prunable chain of f (none if f declares none)."""
         return self.field.prunable_chain() if isinstance(self.field, PrunableField) else []
 
+    # the fused backend (experiment.models.ode.FusableField): f's MLP, and the trace as Σ_k v_kᵀ J v_k
+
+    def fused_mlp(self) -> MLP | None:
+        return self.field.fused_mlp() if hasattr(self.field, "fused_mlp") else None
+
+    def fused_inputs(self, state: tuple[torch.Tensor, torch.Tensor],
+                     arguments: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and the tangents of the trace: Hutchinson's noise ε (one tangent), or the D unit vectors
+        for the exact trace (no noise)."""
+        z, noise = state[0], (arguments[0] if arguments else None)
+        return z, _unit_vectors(z) if noise is None else noise.unsqueeze(0)
+
+    def fused_outputs(self, state: tuple[torch.Tensor, torch.Tensor], z: torch.Tensor,
+                      integral: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return z, state[1] + integral
+
 
 class CNF(nn.Module):
     """A continuous normalizing flow: one or more CNF blocks over vectors of dimension `dim`,
@@ -124,14 +140,7 @@ class CNF(nn.Module):
         z, log_det = x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for block in self.blocks:
             noise = None if exact else standard_normal_like(z, generator)
-            mlp = block.fused_mlp(block.field.field)
-            if mlp is not None:
-                tangents = _unit_vectors(z) if noise is None else noise.unsqueeze(0)
-                options = block.options
-                z, delta = fused.solve(mlp, z, tangents, float(block.end_time), options.atol, options.rtol, block.count,
-                                        options.max_steps)
-            else:
-                z, delta = block.solve((z, torch.zeros_like(log_det)), noise)
+            z, delta = block.solve((z, torch.zeros_like(log_det)), noise)
             log_det = log_det + delta
         return z, log_det
 
@@ -139,8 +148,7 @@ class CNF(nn.Module):
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """x = z_0 for a given z_K: every block's ODE solved backwards, without density bookkeeping."""
         for block in reversed(self.blocks):
-            t_span = torch.stack([block.end_time, torch.zeros_like(block.end_time)])
-            z = odesolve(block.field.field, z, t_span, block.options)
+            z = block.solve_backwards(block.field.field, z)
         return z
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The multilayer perceptron vector fields of the toy models (SPEC §4), and the stack of
+"""The multilayer perceptron vector fields of the toy models (docs/MODELS.md), and the stack of
 time-conditioned layers that the tabular and image flows' fields are."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from experiment.models.prunable import ChainLayer, maps_zero_to_zero
-
-ACTIVATION_MODULES = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}
+from experiment.models.solvers.mlp_tangents import ACTIVATIONS, MLP, as_mlp
 
 
 def mlp(dim: int, hidden: int, num_layers: int, activation: str) -> nn.Sequential:
@@ -20,7 +19,7 @@ def mlp(dim: int, hidden: int, num_layers: int, activation: str) -> nn.Sequentia
     for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(width_in, width_out))
         if index < num_layers - 1:
-            layers.append(ACTIVATION_MODULES[activation]())
+            layers.append(ACTIVATIONS[activation].module())
     return nn.Sequential(*layers)
 
 
@@ -40,6 +39,17 @@ class AutonomousField(nn.Module):
         members = list(self.net) if isinstance(self.net, nn.Sequential) else [self.net]
         return [ChainLayer(member, zero_preserving=position + 1 < len(members) and maps_zero_to_zero(members[position + 1]))
                 for position, member in enumerate(members) if isinstance(member, nn.Linear)]
+
+    # the fused backend (experiment.models.ode.FusableField): the MLP alone, no trace
+
+    def fused_mlp(self) -> MLP | None:
+        return as_mlp(self.net)
+
+    def fused_inputs(self, state: torch.Tensor, arguments: tuple[object, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        return state, state.new_zeros((0, *state.shape))
+
+    def fused_outputs(self, state: torch.Tensor, z: torch.Tensor, integral: torch.Tensor) -> torch.Tensor:
+        return z
 
 
 class LayerStack(nn.Module):

@@ -1,4 +1,4 @@
-"""FFJORD's multiscale image flow (SPEC §4, `ffjord_multiscale_{mnist|cifar}`).
+"""FFJORD's multiscale image flow (docs/MODELS.md, `ffjord_multiscale_{mnist|cifar}`).
 
 Images x in [0, 1]^{C×H×W} (already uniformly dequantised by the data pipeline) are mapped to
 Gaussian noise by
@@ -38,7 +38,7 @@ from torch import nn
 
 from experiment.models.cnf import DensityDynamics, standard_normal_like, standard_normal_log_prob
 from experiment.models.mlp import LayerStack
-from experiment.models.ode import ODEBlock, SolverOptions, odesolve
+from experiment.models.ode import ODEBlock, SolverOptions
 from experiment.models.prunable import ChainLayer
 
 ALPHA = 1e-6
@@ -233,8 +233,7 @@ class MultiscaleCNF(nn.Module):
     @staticmethod
     def _integrate_back(blocks: list[ODEBlock], z: torch.Tensor) -> torch.Tensor:
         for block in reversed(blocks):
-            t_span = torch.stack([block.end_time, torch.zeros_like(block.end_time)])
-            z = odesolve(block.field.field, z, t_span, block.options)
+            z = block.solve_backwards(block.field.field, z)
         return z
 
     def sample(self, num_samples: int, image_shape: tuple[int, int, int] | None = None,

@@ -1,4 +1,4 @@
-"""The network-name grammar (SPEC §4): a model name is parsed into a `ModelSpec`.
+"""The network-name grammar (docs/MODELS.md): a model name is parsed into a `ModelSpec`.
 
     node_l{L}_h{H}_{act}[solver][_high_tol]       neural-ODE classifier
     ffjord_l{L}_h{H}_{act}[solver][_high_tol]     2-D CNF, Hutchinson trace

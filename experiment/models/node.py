@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from experiment.models import fused
 from experiment.models.ode import ODEBlock, SolverOptions
 
 
@@ -17,10 +16,4 @@ class NeuralODEClassifier(nn.Module):
         self.block = ODEBlock(field, options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mlp = self.block.fused_mlp(self.block.field)
-        if mlp is None:
-            return self.block.solve(x)
-        no_tangents = x.new_zeros((0, *x.shape))
-        options = self.block.options
-        return fused.solve(mlp, x, no_tangents, float(self.block.end_time), options.atol, options.rtol, self.block.count,
-                           options.max_steps)[0]
+        return self.block.solve(x)

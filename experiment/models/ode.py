@@ -1,81 +1,34 @@
-"""Solving ODEs: solver options from the model name and an `ODEBlock` that integrates a vector field
-over [0, T] and counts its evaluations (NFE). Solves go through torchdiffeq, except those of MLP fields
-with dopri5 and the adjoint, which the models hand to `experiment.models.fused` (see `fused_mlp`)."""
+"""The ODE block of every model: z(T) = z(0) + ∫ f over [0, T], solved by the backend that
+`experiment.models.solvers.resolve_backend` picks for it (the one dispatch: `ODEBlock.solve`), and
+the count of its field's evaluations (NFE)."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
-from torchdiffeq import odeint, odeint_adjoint
 
-from experiment.models.dopri5 import DEFAULT_MAX_STEPS, SolverError
-from experiment.models.fused import fusable_mlp
-from experiment.models.mlp_tangents import MLP
+from experiment.models.solvers import SolverError, SolverOptions, odesolve, resolve_backend, solver_errors
+from experiment.models.solvers import fused
+from experiment.models.solvers.mlp_tangents import MLP
 
 State = torch.Tensor | tuple[torch.Tensor, ...]
 
-
-@dataclass(frozen=True)
-class SolverOptions:
-    """How to integrate: torchdiffeq method, gradients by adjoint or by backprop through the solver,
-    tolerances and the most steps one solve may take (adaptive methods), or the number of equal steps
-    over [0, T] (fixed-grid methods). `fused`: solve MLP fields with dopri5 and the adjoint by hand
-    (`experiment.models.fused`) instead of through torchdiffeq; the same equations, several times
-    faster."""
-
-    method: str = "dopri5"
-    adjoint: bool = True
-    atol: float = 1e-5
-    rtol: float = 1e-5
-    num_steps: int | None = None
-    fused: bool = True
-    max_steps: int = DEFAULT_MAX_STEPS
+__all__ = ["ODEBlock", "FusableField", "SolverError", "SolverOptions", "State", "count_nfe", "solver_backend",
+           "solver_errors", "solver_options"]
 
 
-# torchdiffeq reports a solve that cannot finish with these assertions (rk_common.py, 0.2.x)
-_TORCHDIFFEQ_FAILURE = re.compile(r"^(underflow in dt|max_num_steps exceeded|non-finite values in state)")
+class FusableField(Protocol):
+    """A field the fused solve can take: an MLP (`fused_mlp`, None if its network is not one), the
+    solve's inputs from a block's state and fixed arguments (x [B, D] and the tangents [K, B, D] whose
+    Σ_k v_kᵀ J v_k it integrates beside z), and the block's state from z(T) and that integral."""
 
+    def fused_mlp(self) -> MLP | None: ...
 
-@contextmanager
-def solver_errors(options: SolverOptions | None) -> Iterator[None]:
-    """Meanwhile, torchdiffeq's assertion that a solve cannot finish (step-size underflow, too many
-    steps, a non-finite state) becomes a SolverError naming the solver settings `options` (if
-    known), as the fused solver raises: a diverging model then fails like any other, not with an
-    AssertionError. Wrap the forward solve and the backward pass (where the adjoint's solve runs)."""
-    try:
-        yield
-    except AssertionError as error:
-        message = str(error)
-        if not _TORCHDIFFEQ_FAILURE.match(message):
-            raise
-        settings = "" if options is None else (f" ({options.method}, atol {options.atol}, rtol {options.rtol}, "
-                                               f"at most {options.max_steps} steps: network.maxSteps)")
-        raise SolverError(f"torchdiffeq: {message[:200]}{settings}") from error
+    def fused_inputs(self, state: State, arguments: tuple[object, ...]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-
-def odesolve(func, state: State, t_span: torch.Tensor, options: SolverOptions) -> State:
-    """The state at t_span[-1] of dz/dt = func(t, z), z(t_span[0]) = state; a SolverError if the
-    solve cannot finish (see `solver_errors`)."""
-    kwargs = dict(method=options.method, atol=options.atol, rtol=options.rtol)
-    if options.num_steps is not None:
-        steps = options.num_steps
-        # Equal steps over the whole interval; torchdiffeq flips decreasing spans before calling this.
-        kwargs["options"] = {"grid_constructor": lambda f, y0, t: torch.linspace(t[0], t[-1], steps + 1, dtype=t.dtype, device=t.device)}
-    else:  # the adjoint's backward solve takes the same options
-        kwargs["options"] = {"max_num_steps": options.max_steps}
-    with solver_errors(options):
-        if options.adjoint and isinstance(func, nn.Module):
-            solution = odeint_adjoint(func, state, t_span, **kwargs)
-        else:
-            solution = odeint(func, state, t_span, **kwargs)
-    if isinstance(solution, tuple):
-        return tuple(component[-1] for component in solution)
-    return solution[-1]
+    def fused_outputs(self, state: State, z: torch.Tensor, integral: torch.Tensor) -> State: ...
 
 
 class ODEBlock(nn.Module):
@@ -105,23 +58,35 @@ class ODEBlock(nn.Module):
         self.nfe += 1
         return self.field(t, state, *arguments)
 
-    def fused_mlp(self, field: nn.Module) -> MLP | None:
-        """The MLP of `field` (this block's field, or the one inside it) if this block's solves can
-        take the fused path: dopri5 with the adjoint over a fixed interval; None otherwise."""
-        fixed_end = not self.sqrt_end_time.requires_grad
-        if self.options.fused and self.options.method == "dopri5" and self.options.adjoint and fixed_end:
-            return fusable_mlp(field)
-        return None
+    @property
+    def backend(self) -> str:
+        """The backend this block's solves use (`resolve_backend` of its options and field)."""
+        fusable = hasattr(self.field, "fused_mlp") and self.field.fused_mlp() is not None
+        return resolve_backend(self.options, fusable, fixed_end=not self.sqrt_end_time.requires_grad)
 
     def count(self, nfe: int) -> None:
         self.nfe += nfe
 
     def solve(self, state: State, *arguments: object) -> State:
-        """Integrates dz/dt = f(t, z, *arguments) from 0 to T; the arguments (e.g. Hutchinson's
-        noise) stay fixed during the solve."""
+        """Integrates dz/dt = f(t, z, *arguments) from 0 to T by the block's backend; the arguments
+        (e.g. Hutchinson's noise) stay fixed during the solve."""
+        backend = self.backend
+        if backend == "fused":
+            field: FusableField = self.field
+            x, tangents = field.fused_inputs(state, arguments)
+            z, integral = fused.solve(field.fused_mlp(), x, tangents, float(self.end_time), self.options.atol,
+                                      self.options.rtol, self.count, self.options.max_steps)
+            return field.fused_outputs(state, z, integral)
         zero = torch.zeros((), dtype=self.sqrt_end_time.dtype, device=self.sqrt_end_time.device)
         t_span = torch.stack([zero, self.end_time])
-        return odesolve(_FixedArguments(self, arguments), state, t_span, self.options)
+        return odesolve(_FixedArguments(self, arguments), state, t_span, self.options, adjoint=backend == "torchdiffeq")
+
+    def solve_backwards(self, field: nn.Module, state: torch.Tensor) -> torch.Tensor:
+        """z(0) for a given z(T) of dz/dt = field(t, z) over this block's interval (a flow's field
+        without its density bookkeeping, for sampling), by torchdiffeq without gradients."""
+        t_span = torch.stack([self.end_time, torch.zeros_like(self.end_time)])
+        with torch.no_grad():
+            return odesolve(field, state, t_span, self.options, adjoint=False)
 
 
 class _FixedArguments(nn.Module):
@@ -135,6 +100,11 @@ class _FixedArguments(nn.Module):
 
     def forward(self, t: torch.Tensor, state: State) -> State:
         return self.block(t, state, *self.arguments)
+
+
+def solver_backend(model: nn.Module) -> str:
+    """The backend of the first ODE block in `model` ("" without one), what a metrics row records."""
+    return next((module.backend for module in model.modules() if isinstance(module, ODEBlock)), "")
 
 
 def solver_options(model: nn.Module) -> SolverOptions | None:

@@ -1,4 +1,4 @@
-"""What pruning may touch, as a vector field declares it (SPEC §6).
+"""What pruning may touch, as a vector field declares it (docs/PRUNING.md).
 
 A prunable field lists its prunable layers in forward order, the last being the field's output
 layer: a chain in which output j of layer l (a neuron, a filter: row j of its weight) is read by

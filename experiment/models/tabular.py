@@ -1,4 +1,4 @@
-"""FFJORD's tabular flow (SPEC §4): `ffjord_l{NH}_hm{M}_f{F}_{act}`.
+"""FFJORD's tabular flow (docs/MODELS.md): `ffjord_l{NH}_hm{M}_f{F}_{act}`.
 
 F stacked CNF blocks over data of dimension D. Each block's vector field f(t, z) is a stack of
 concat-squash layers D→H, (NH−1)×(H→H), H→D with H = M·D and the activation after every layer but
@@ -11,7 +11,7 @@ b and time-bias weight c. Parameters per layer: d_in·d_out + d_out + 2·d_out +
 also learns its end time T = τ² (τ initialised to 1), and the trace is Hutchinson's estimate; the
 solver is dopri5 with adjoint gradients at atol 1e-8, rtol 1e-6 unless overridden.
 
-Pruning (SPEC §6) touches only the main Linear layers: the field declares them as its prunable
+Pruning (docs/PRUNING.md) touches only the main Linear layers: the field declares them as its prunable
 chain (`ConcatSquashField.prunable_chain`), in forward order, the last being the output layer, each
 with its a, b, c as companions of its outputs, removed with an output that can no longer reach the
 field's.
@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from experiment.models.cnf import CNF
-from experiment.models.mlp import ACTIVATION_MODULES, LayerStack
+from experiment.models.mlp import LayerStack
+from experiment.models.solvers.mlp_tangents import ACTIVATIONS
 from experiment.models.names import ModelSpec
-from experiment.models.ode import SolverOptions
+from experiment.models.solvers import SolverOptions
 from experiment.models.prunable import ChainLayer
 
 
@@ -81,7 +82,7 @@ class ConcatSquashField(LayerStack):
     def __init__(self, dim: int, hidden: int, num_hidden_layers: int, activation: str):
         widths = [dim] + [hidden] * num_hidden_layers + [dim]
         super().__init__((ConcatSquashLinear(width_in, width_out) for width_in, width_out in zip(widths[:-1], widths[1:])),
-                         ACTIVATION_MODULES[activation]())
+                         ACTIVATIONS[activation].module())
 
     def prunable_chain(self) -> list[ChainLayer]:
         """Every layer's main Linear, its time gate as companions."""

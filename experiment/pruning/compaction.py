@@ -1,4 +1,4 @@
-"""Compaction: a neuron-pruned model rebuilt as a smaller dense twin, and mapped back (issue 10).
+"""Compaction: a neuron-pruned model rebuilt as a smaller dense twin, and mapped back.
 
 Structured pruning (FT) removes whole outputs (neurons, filters) of a field's hidden layers, but the
 masked model still multiplies by their zeros: a field at prune ratio 0.8 costs about as much as the

@@ -1,4 +1,4 @@
-"""Which parameters pruning may touch (SPEC §6): the prunable chain every vector field declares
+"""Which parameters pruning may touch (docs/PRUNING.md): the prunable chain every vector field declares
 (`experiment.models.prunable`), one chain per ODE block, with the layers named by parameter."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Parameters that can still influence a field's output (SPEC §6).
+"""Parameters that can still influence a field's output (docs/PRUNING.md, "Liveness").
 
 Pruning leaves neurons that no longer matter: a hidden neuron with no outgoing weight to a live
 neuron has no path to the output, so its incoming weights, bias and companions (e.g. time-gate
@@ -66,7 +66,7 @@ def _zero_outputs(layer: PrunableLayer, outputs: torch.Tensor, masks: Masks) -> 
         return False
     changed = False
     for name in (layer.weight, *layer.per_output):
-        entries = masks[name][outputs]
-        changed |= bool(entries.any())
-        masks[name][outputs] = 0.0
+        if masks[name][outputs].any():  # mostly rows already zero: nothing to write
+            masks[name][outputs] = 0.0
+            changed = True
     return changed

@@ -1,4 +1,4 @@
-"""The paper's pruning rules (SPEC §6), as functions of a model, a target prune ratio and the masks
+"""The paper's pruning rules (docs/PRUNING.md), as functions of a model, a target prune ratio and the masks
 so far. A mask is a 0/1 tensor shaped like its parameter; parameters without a mask are dense.
 Every rule only ever adds zeros to the masks it is given, so in a cascade the zeros only grow.
 
@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from experiment.config.schema import CONTROL_METHOD  # the method that prunes nothing: the training-budget control
 from experiment.pruning.layers import PrunableLayer, input_offset, prunable_chains
 from experiment.pruning.liveness import Masks, remove_dead
 
@@ -94,8 +95,10 @@ def filter_threshold(model: nn.Module, prune_ratio: float, masks: Masks) -> Mask
         alive.append(int(is_alive.sum()))
         widths.append(rows.shape[0])
 
+    live = remove_dead(chains, parameters, masks)  # complete masks of every chain parameter
+
     def candidate(counts: list[int]) -> Masks:
-        new_masks = remove_dead(chains, parameters, masks)  # complete (cloned) masks of every chain parameter
+        new_masks = {name: mask.clone() for name, mask in live.items()}
         for (layer, consumer), ranking, count in zip(pairs, rankings, counts):
             kept = torch.zeros(len(ranking), device=ranking.device)
             kept[ranking[:count]] = 1.0
@@ -107,7 +110,12 @@ def filter_threshold(model: nn.Module, prune_ratio: float, masks: Masks) -> Mask
         return [min(alive_i, max(1, rounding(fraction * width))) for alive_i, width in zip(alive, widths)]
 
     target = _target(parameters, prune_ratio)
-    nonzero = lambda chosen: _nonzero(parameters, candidate(chosen))
+    counted: dict[tuple[int, ...], int] = {}  # the search meets the same counts many times
+
+    def nonzero(chosen: list[int]) -> int:
+        if tuple(chosen) not in counted:
+            counted[tuple(chosen)] = _nonzero(parameters, candidate(chosen))
+        return counted[tuple(chosen)]
     low, high = 0.0, 1.0
     for _ in range(40):  # bisection for the fraction at which the count crosses the target
         middle = (low + high) / 2
@@ -128,9 +136,6 @@ def no_prune(model: nn.Module, prune_ratio: float, masks: Masks) -> Masks:
     that its chain differs from a pruning chain only in what is pruned."""
     return dict(masks)
 
-
-CONTROL_METHOD = "NoPrune"
-"""The method that prunes nothing: its chain is the training-budget control of the others."""
 
 STRUCTURED_METHODS = frozenset({"FilterThresNet"})
 """The methods that remove whole outputs (neurons, filters): their pruned models are retrained and

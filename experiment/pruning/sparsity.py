@@ -1,4 +1,4 @@
-"""Counting parameters and zeros. Prune ratio = 1 − (live parameters) / #parameters (SPEC §6), where a
+"""Counting parameters and zeros. Prune ratio = 1 − (live parameters) / #parameters (docs/PRUNING.md), where a
 live parameter is non-zero and can still influence the output (`experiment.pruning.liveness`)."""
 
 from __future__ import annotations

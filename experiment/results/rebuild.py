@@ -22,7 +22,7 @@ def build_run_model(network: NetworkSettings, device: str | torch.device,
     """A new (untrained) model of the run's `network` settings, on `device`, its parameters drawn on
     the CPU from `generator` (None: the global default generator; see `build_model`)."""
     return build_model(network.name, network.output_size, network.atol, network.rtol, network.max_steps,
-                       generator).to(device)
+                       generator, network.solver_backend).to(device)
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class RunData:
 
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]]  # "train", "valid", "test" → (x, y)
     dim: int  # D, the data dimension
+    split_drawn: bool = False  # the train/valid split was drawn again in memory (no data_split.npz)
 
 
 def load_run_data(settings: Settings, run: RunDir, *, make_split: bool = False, draw_missing_split: bool = False) -> RunData:
@@ -42,14 +43,14 @@ def load_run_data(settings: Settings, run: RunDir, *, make_split: bool = False, 
     the dataset and experiment/data/splits.py are unchanged since the run."""
     seed = settings.seed
     splits = load_dataset(settings.network.dataset, settings.directories.training_data, derive_seed(seed, "data"))
-    indices = None
+    indices, drawn = None, False
     if splits.valid is None:
         num_train = len(splits.train)
         draw = lambda: train_valid_indices(num_train, derive_seed(seed, "split"))  # noqa: E731
         if make_split:
             indices = run.data_split(draw)
         elif draw_missing_split and not run.split_file.exists():
-            indices = draw()
+            indices, drawn = draw(), True
         else:
             indices = read_split(run.split_file)
-    return RunData(split_tensors(splits, indices), splits.dim)
+    return RunData(split_tensors(splits, indices), splits.dim, drawn)

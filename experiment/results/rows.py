@@ -60,6 +60,7 @@ class MetricsRow:
     valid: Evaluation
     train_seconds: float
     epochs: int
+    backend: str  # the solver backend that trained and evaluated it (experiment.models.solvers)
 
     def columns(self) -> dict[str, str | int | float]:
         """The row as metrics.csv holds it, in the file's column order."""
@@ -73,6 +74,7 @@ class MetricsRow:
             "test_loss": self.test.loss,
             **self.test.metrics,
             "trace_estimator": self.test.trace_estimator,
+            "backend": self.backend,
             "nfe_forward": self.test.nfe_forward,
             "flops": self.sparsity.nonzero_weights * self.test.nfe_forward,
             "train_seconds": self.train_seconds,
@@ -101,18 +103,3 @@ def non_finite_measurements(test: Evaluation, valid: Evaluation) -> dict[str, fl
     """{column: value} of the test and validation numbers that are not finite (a model that diverged)."""
     measured = {"test_loss": test.loss, **test.metrics, **validation_columns(valid)}
     return {name: value for name, value in measured.items() if not math.isfinite(value)}
-
-
-def numeric(value: object) -> float | None:
-    """A metrics cell as a float; None for an empty or text cell (bools are not numbers here)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def step_prune_ratio(row: dict) -> float:
-    """The prune ratio a metrics row's step is scheduled at: its target for the pruning methods;
-    the NoPrune control (target 0: it prunes nothing) records the ratio the pruning methods reach at
-    the same step in `step_prune_ratio`, so that it is compared at an equal training budget."""
-    value = numeric(row.get("step_prune_ratio"))
-    return float(row["target_prune_ratio"]) if value is None else value

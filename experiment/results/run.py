@@ -14,7 +14,8 @@ from experiment.config.settings import Settings, recorded_settings
 from experiment.files import RETRAIN_ADVICE, DamagedFileError, load_checkpoint
 from experiment.pruning.rules import apply_masks
 from experiment.results.rebuild import build_run_model, load_run_data
-from experiment.results.tree import RunDir, is_failed, model_name, read_csv
+from experiment.results.tree import RunDir, is_failed, model_name
+from experiment.files import read_csv
 
 
 class Run:

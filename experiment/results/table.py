@@ -13,7 +13,9 @@ import numpy as np
 
 from experiment.config import load_configs
 from experiment.config.settings import recorded_settings
-from experiment.results.tree import RunDir, is_failed, read_csv, run_folder
+from experiment.results.tree import RunDir, is_failed
+from experiment.files import read_csv
+from experiment.config.identity import run_folder
 
 if TYPE_CHECKING:  # pandas is an optional extra, imported only by to_pandas
     import pandas

@@ -1,4 +1,4 @@
-"""The results tree (SPEC §7): one folder per resolved experiment,
+"""The results tree (docs/RESULTS.md): one folder per resolved experiment,
 
     {directories.results}/{dataset}/{network name}/{run id}/
         config.yaml             the resolved config of the run (see "Many writers" for `experiments`)
@@ -63,10 +63,7 @@ evaluated again). Damaged checkpoints and progress files are set aside and recom
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import io
-import json
 import logging
 import os
 import shlex
@@ -74,20 +71,19 @@ import socket
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import yaml
 from filelock import FileLock, Timeout
 
-from experiment.config.settings import settings_of
-from experiment.data import DATASETS
-from experiment.files import DamagedFileError, atomic_write_bytes, atomic_write_text, remove_temporaries
-from experiment.models.dopri5 import DEFAULT_MAX_STEPS
+from experiment.jobs import chain_name, dense_name
+from experiment.files import (DamagedFileError, atomic_write_bytes, atomic_write_text, read_csv, remove_temporaries,
+                              rows_to_csv, write_curve)
+from experiment.config.identity import run_folder
 
 log = logging.getLogger("experiment")
 
-RUN_ID_EXCLUDED_KEYS = ("experiments", "directories", "device", "launcher", "limits")
 METRIC_KEY = ("mode", "method", "net", "repetition", "step")
 
 
@@ -103,38 +99,6 @@ def is_failed(row: dict) -> bool:
     """Does a metrics row stand for a model that failed (`status` "failed": it holds the reason in
     `error` and no measurements)? Rows written before the column existed are models that finished."""
     return row.get("status") == "failed"
-
-
-def dense_name(net: int) -> str:
-    return f"dense_net{net}"
-
-
-def chain_name(mode: str, method: str, net: int, repetition: int) -> str:
-    """The prefix shared by the models of one prune chain (their names add `_step{k}`)."""
-    return f"{mode}_{method}_net{net}_rep{repetition}"
-
-
-def run_id(config: dict) -> str:
-    """A short stable hash of the parts of the resolved config that determine the trained models,
-    and of the dataset's revision where it is above 1 (so runs on data that has since changed are
-    never reused). `network.maxSteps` and `tf32` count only when they differ from their defaults, so
-    the run ids of results made before these keys existed stay what they were."""
-    relevant = {key: value for key, value in config.items() if key not in RUN_ID_EXCLUDED_KEYS}
-    if relevant["network"].get("maxSteps") == DEFAULT_MAX_STEPS:  # added later: runs made before it keep their id
-        relevant["network"] = {key: value for key, value in relevant["network"].items() if key != "maxSteps"}
-    if relevant.get("tf32") is False:  # added later, likewise; TF32 changes GPU numerics, so `true` is another run
-        del relevant["tf32"]
-    revision = DATASETS[relevant["network"]["dataset"]].revision
-    if revision > 1:
-        relevant["datasetRevision"] = revision
-    canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
-def run_folder(config: dict) -> Path:
-    """{directories.results}/{dataset}/{network name}/{run id} of a resolved config."""
-    settings = settings_of(config)
-    return Path(settings.directories.results) / settings.network.dataset / settings.network.name / run_id(config)
 
 
 class RunDir:
@@ -244,7 +208,7 @@ class RunDir:
                 for path in remove_temporaries(self.path / folder, lambda name: owns(name.rsplit(".", 1)[0]))]
 
     def write_curve(self, model: str, rows: list[dict]) -> None:
-        atomic_write_text(self.curve(model), rows_to_csv(rows))
+        write_curve(self.curve(model), rows)
 
     def read_metrics(self) -> list[dict]:
         """metrics.csv's rows (`read_csv`), each checked: the key columns there and of their types, every
@@ -365,7 +329,7 @@ def merged_config(recorded: dict | None, asked: dict) -> dict:
     return {**asked, "experiments": experiments}
 
 
-TEXT_COLUMNS = ("mode", "method", "status", "error", "trace_estimator")  # every other metrics column holds numbers
+TEXT_COLUMNS = ("mode", "method", "status", "error", "trace_estimator", "backend")  # every other metrics column holds numbers
 
 
 def check_metrics_rows(path: Path, rows: list[dict]) -> None:
@@ -420,62 +384,3 @@ def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if any(part.ndim != 1 or part.dtype.kind not in "iu" for part in (train, valid)):
         raise DamagedFileError(path, "does not hold two integer index arrays `train` and `valid`", SPLIT_ADVICE)
     return train, valid
-
-
-def rows_to_csv(rows: list[dict], columns: Sequence[str] | None = None) -> str:
-    """The CSV text of `rows` (every CSV file of the project is written by this): the header is
-    `columns`, or else every key of the rows in first-seen order; a row without a column leaves its
-    cell empty."""
-    if columns is None:
-        columns = list(dict.fromkeys(name for row in rows for name in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-_REPORTED_TORN_LINES: set[tuple[str, str]] = set()  # (file, torn text) warned about by this process
-
-
-def read_csv(path: Path, advice: str = "Restore it from a backup") -> list[dict]:
-    """Rows of a CSV file with numbers parsed back into int/float ('' stays a string).
-
-    Every CSV file we write ends with a newline, so text after the last newline is a row torn by
-    something that bypassed the atomic write (a copy cut short, a full disk): it is left out, with a
-    warning. A file that does not parse otherwise is a DamagedFileError naming it, with `advice`."""
-    if not path.exists():
-        return []
-    try:
-        with open(path, newline="") as file:
-            text = file.read()
-    except UnicodeDecodeError as error:
-        raise DamagedFileError(path, f"is not text ({error})", advice) from None
-    complete, _, torn = text.rpartition("\n")
-    if torn:
-        if not complete:
-            raise DamagedFileError(path, "has no complete header line", advice)
-        if (str(path), torn) not in _REPORTED_TORN_LINES:  # the file is read many times until it is rewritten
-            _REPORTED_TORN_LINES.add((str(path), torn))
-            log.warning("%s: its last line is incomplete (%r...), probably cut off by a crash; reading the file without "
-                        "it (the next update of the file drops it)", path, torn[:40])
-    reader = csv.DictReader(io.StringIO(complete + "\n"))
-    rows = []
-    try:
-        for row in reader:
-            if None in row or None in row.values():
-                raise DamagedFileError(path, f"line {reader.line_num} does not have the {len(reader.fieldnames)} "
-                                             "fields of the header", advice)
-            rows.append({name: _parse_number(value) for name, value in row.items()})
-    except csv.Error as error:
-        raise DamagedFileError(path, f"is not a readable CSV file (line {reader.line_num}: {error})", advice) from None
-    return rows
-
-
-def _parse_number(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text

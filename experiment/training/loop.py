@@ -25,8 +25,7 @@ from experiment.data.transforms import Transform, identity
 from experiment.distributed import SINGLE, Ranks
 from experiment.models import SolverError, count_nfe, solver_errors, solver_options
 from experiment.pruning.rules import apply_masks
-from experiment.files import atomic_torch_save, atomic_write_text, load_or_set_aside
-from experiment.results.tree import rows_to_csv
+from experiment.files import atomic_torch_save, load_or_set_aside, write_curve
 from experiment.seeds import derive_seed, seeded_generator
 from experiment.training.evaluate import evaluate
 from experiment.training.losses import Loss
@@ -205,14 +204,6 @@ def epoch_line(description: str, row: dict, num_epochs: int) -> str:
             f"valid {row['valid_loss']:.4f} nfe {row['nfe_forward']:.0f}/{row['nfe_backward']:.0f} "
             f"{row['seconds']:.2f} s lr {row['lr']:.3g}")
 
-
-def write_curve(path: Path, rows: list[dict]) -> None:
-    """The curve file `path` holding exactly `rows` (none: no file). Rewritten whole and atomically, so
-    that a reader never sees a torn row; a curve is small (one short row per epoch)."""
-    if rows:
-        atomic_write_text(path, rows_to_csv(rows))
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _train_epoch(model: nn.Module, trained: nn.Module, optimizer: torch.optim.Optimizer, data: TrainData,
