@@ -103,6 +103,18 @@ def test_pruning_that_beats_dense_and_the_control_in_every_net_holds(tmp_path):
     assert verdict.verdict == "does not hold"
 
 
+def test_a_chain_short_of_the_last_step_has_no_prune_potential(tmp_path):
+    """A net still being pruned (or pruned only to moderate ratios) would report the potential of the
+    steps it has: it is left out until its chain reaches the run's last step."""
+    folder = flow_run(tmp_path / "run", {"dense": (1.20,), "ThresNet": (1.15, 1.16, 1.17)}, nets=3)
+    metrics = folder / "metrics.csv"
+    lines = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text("".join(line for line in lines if not line.startswith("cascade,2,0,8642,ThresNet,3,")))  # net 2, step 3
+    measures, _ = potential_claim(Run(folder))
+    potential = measured(measures, "WT", "prune potential")
+    assert potential.effect.count == 2 and potential.effect.mean == pytest.approx(0.9)
+
+
 def test_two_nets_that_disagree_are_inconclusive(tmp_path):
     """The committed Gaussians run's case: lower than NoPrune in both nets, but with 2 nets the
     t interval (t(1) = 12.7) spans no effect."""

@@ -47,7 +47,8 @@ The claims (the paper's abstract and §5) and their effects:
     potential: the largest achieved prune ratio at which that net's value is within δ of its dense
     net's (0.005 nats, 0.5 percentage points of top-1 error). Holds when the interval of the
     potentials lies at or above the schedule's last step (PR 0.98), does not hold when it lies
-    below, inconclusive otherwise.
+    below, inconclusive otherwise. Only nets whose chain reached the run's last step count (a net
+    pruned only to moderate ratios, or still being pruned, says nothing about the potential).
 """
 
 from __future__ import annotations
@@ -314,9 +315,10 @@ def potential_claim(run: Run) -> tuple[list[Measure], Verdict]:
     by_method = {}
     for method in PRUNING_METHODS:
         potentials, there = [], []
+        last = max((max(values.steps(method, net)) for net in values.dense if values.steps(method, net)), default=None)
         for net, dense_value in sorted(values.dense.items()):
             steps = values.steps(method, net)
-            if not steps:
+            if not steps or max(steps) < last:  # a chain that stopped short of the last step (see the rule)
                 continue
             within = [values.pruned[(method, net, ratio)] for ratio in steps if values.pruned[(method, net, ratio)][0] <= dense_value + delta]
             best = max(within, key=lambda value_and_ratio: value_and_ratio[1], default=None)
