@@ -2,9 +2,11 @@
 
 torchdiffeq's `dopri5` accepts tuples, grids of output times, callbacks and events; it spends
 ≈ 0.3 ms of Python per function evaluation on them. The fused flows (`experiment.models.solvers.fused`)
-need none of that: one flat tensor, one interval, the end state. This solver takes the same steps
-as torchdiffeq's (Hairer's initial step, the same tableau, error ratio, controller and norm) except
-that its last step is shortened to land on t1 instead of interpolating past it.
+need none of that: one flat tensor, one interval, the end state. Its error control per step is
+torchdiffeq's (the same tableau, error ratio, controller and norm); where its steps fall is not:
+the initial step is Hairer's with the exponent 1/(order + 1) = 1/6 (torchdiffeq's initial step uses
+1/5), and the last step is shortened to land on t1 instead of interpolating past it. At the same
+tolerance it usually takes fewer steps than torchdiffeq, for about the same error.
 
     y1, nfe = dopri5(func, y0, t0, t1, atol, rtol, norm)
 
