@@ -315,9 +315,10 @@ def potential_claim(run: Run) -> tuple[list[Measure], Verdict]:
     by_method = {}
     for method in PRUNING_METHODS:
         potentials, there = [], []
-        last = max((max(values.steps(method, net)) for net in values.dense if values.steps(method, net)), default=None)
+        chains = {net: values.steps(method, net) for net in values.dense}
+        last = max((max(steps) for steps in chains.values() if steps), default=None)
         for net, dense_value in sorted(values.dense.items()):
-            steps = values.steps(method, net)
+            steps = chains[net]
             if not steps or max(steps) < last:  # a chain that stopped short of the last step (see the rule)
                 continue
             within = [values.pruned[(method, net, ratio)] for ratio in steps if values.pruned[(method, net, ratio)][0] <= dense_value + delta]
